@@ -1,0 +1,56 @@
+// swift-tools-version: 6.1
+// heki-plugin: the VMM side of Linux Heki, as a Swift shared library with a C ABI.
+import PackageDescription
+
+// Exports only heki_* (the version script) and carries the Swift runtime
+// inside the .so, so a VMM on a machine without Swift can load it. These flags
+// sit on a product-only C target: on the Swift target they would also reach
+// the test runner.
+let productLinkFlags: [String] = [
+    "-static-stdlib",
+    "-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/HekiPluginLink/exports.map",
+    "-Xlinker", "-Bsymbolic",
+    "-Xlinker", "-z", "-Xlinker", "now",
+]
+
+let package = Package(
+    name: "heki-plugin",
+    products: [
+        .library(name: "HekiPlugin", type: .dynamic, targets: ["HekiPlugin", "HekiPluginLink"]),
+        .executable(name: "heki-demo", targets: ["heki-demo"]),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CGLib",
+            pkgConfig: "glib-2.0",
+            providers: [.apt(["libglib2.0-dev"])]
+        ),
+        // The kvm_run payload view and the few C facilities Swift cannot reach.
+        .target(name: "CBridge", dependencies: ["CGLib"]),
+        .target(
+            name: "HekiPlugin",
+            dependencies: ["CBridge", "CGLib"]
+        ),
+        .target(
+            name: "HekiPluginLink",
+            exclude: ["exports.map"],
+            linkerSettings: [.unsafeFlags(productLinkFlags)]
+        ),
+        // The fake host: the patched kernel's side and a VMM that dlopens the .so.
+        .target(
+            name: "FakeHost",
+            dependencies: ["CGLib"],
+            path: "Tests/FakeHost",
+            linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]
+        ),
+        .executableTarget(
+            name: "heki-demo",
+            dependencies: ["FakeHost"],
+            path: "Tests/Demo"
+        ),
+        .testTarget(
+            name: "HekiPluginTests",
+            dependencies: ["HekiPlugin", "FakeHost"]
+        ),
+    ]
+)

@@ -1,0 +1,40 @@
+/*
+ * CBridge: the kvm_run payload view.  The only place that knows where the
+ * Heki fields sit in struct kvm_run; kvm_run_view.c ties the offsets to
+ * <linux/kvm.h> with static assertions.  Swift does the rest.
+ */
+#ifndef HEKI_CBRIDGE_H
+#define HEKI_CBRIDGE_H
+
+#include <stdint.h>
+#include <string.h>
+#include "../../../include/heki_plugin.h"
+
+/* struct kvm_run: __u32 exit_reason at 8; the exit union at 32. */
+#define CBRIDGE_KVM_RUN_EXIT_REASON_OFFSET 8
+#define CBRIDGE_KVM_RUN_EXIT_UNION_OFFSET 32
+
+/* The 64-byte payload of KVM_EXIT_HEKI_CONFIGURE and _DENIAL (the patch's
+   heki_configure / heki_denial): reason, then cr_pinned or cr_value, then
+   six reserved words the plugin ignores. */
+typedef struct CBridgeHekiPayload {
+    uint64_t reason;
+    uint64_t value;
+} CBridgeHekiPayload;
+
+/* Reads exit_reason once.  kvm_run is shared memory: every field is copied
+   out exactly once so a later re-read cannot see a different value. */
+static inline uint32_t cbridge_exit_reason(const struct kvm_run *run) {
+    uint32_t reason;
+    memcpy(&reason, (const char *)run + CBRIDGE_KVM_RUN_EXIT_REASON_OFFSET, sizeof reason);
+    return reason;
+}
+
+/* Reads the two meaningful words of the Heki payload, once each. */
+static inline CBridgeHekiPayload cbridge_heki_payload(const struct kvm_run *run) {
+    CBridgeHekiPayload payload;
+    memcpy(&payload, (const char *)run + CBRIDGE_KVM_RUN_EXIT_UNION_OFFSET, sizeof payload);
+    return payload;
+}
+
+#endif /* HEKI_CBRIDGE_H */
