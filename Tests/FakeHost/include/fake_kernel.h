@@ -1,0 +1,233 @@
+/*
+ * fake_kernel.h - a model of the kernel side of Heki (RFC v2 patch 03,
+ * "KVM: x86: Add notifications for Heki policy configuration and
+ * violation"), for tests and for a user-space emulator in front of a real VMM.
+ *
+ * Plain C11 + <linux/kvm.h> + stdatomic; no GLib, no plugin dependency.
+ * What is modelled, per the patch:
+ *   - KVM_CHECK_EXTENSION / KVM_ENABLE_CAP of KVM_CAP_HEKI_CONFIGURE/_DENIAL
+ *     (kvm_vm_ioctl_check_extension, kvm_vm_ioctl_enable_cap);
+ *   - the KVM_HC_LOCK_CR_UPDATE hypercall (kvm_emulate_hypercall +
+ *     heki_lock_cr + heki_exit_cr);
+ *   - guest writes to CR0/CR4 (handle_cr / emulator_set_cr + heki_check_cr);
+ *   - the completion of a pending exit when user space re-enters KVM_RUN
+ *     (complete_heki_configure_exit / complete_heki_denial_exit).
+ * The exit payload is written into a real struct kvm_run owned by the caller.
+ *
+ * Threads: one FkVcpu is driven by one thread at a time; any number of vCPUs
+ * of one FkVm may run at once (the pins are atomics, as in the kernel).
+ * Capabilities are enabled before vCPUs run, as a VMM does.
+ *
+ * The types are opaque and the functions take plain C types, so the header
+ * imports into Swift as is.
+ */
+#ifndef HEKI_FAKE_KERNEL_H
+#define HEKI_FAKE_KERNEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct kvm_run;
+
+/* Control register bits (arch/x86/include/uapi/asm/processor-flags.h). */
+#define FK_CR0_PE (1ull << 0)
+#define FK_CR0_MP (1ull << 1)
+#define FK_CR0_EM (1ull << 2)
+#define FK_CR0_TS (1ull << 3)
+#define FK_CR0_ET (1ull << 4)
+#define FK_CR0_NE (1ull << 5)
+#define FK_CR0_WP (1ull << 16)
+#define FK_CR0_AM (1ull << 18)
+#define FK_CR0_NW (1ull << 29)
+#define FK_CR0_CD (1ull << 30)
+#define FK_CR0_PG (1ull << 31)
+
+#define FK_CR4_PAE (1ull << 5)
+#define FK_CR4_PGE (1ull << 7)
+#define FK_CR4_OSFXSR (1ull << 9)
+#define FK_CR4_OSXMMEXCPT (1ull << 10)
+#define FK_CR4_UMIP (1ull << 11)
+#define FK_CR4_FSGSBASE (1ull << 16)
+#define FK_CR4_PCIDE (1ull << 17)
+#define FK_CR4_OSXSAVE (1ull << 18)
+#define FK_CR4_SMEP (1ull << 20)
+#define FK_CR4_SMAP (1ull << 21)
+#define FK_CR4_PKE (1ull << 22)
+#define FK_CR4_CET (1ull << 23)
+#define FK_CR4_FRED (1ull << 32)
+
+/* The patch's heki_pinnable_cr4 (v2), and v3's (adds FRED). */
+#define FK_PINNABLE_CR4_V2 \
+    (FK_CR4_SMEP | FK_CR4_SMAP | FK_CR4_UMIP | FK_CR4_FSGSBASE | FK_CR4_CET)
+#define FK_PINNABLE_CR4_V3 (FK_PINNABLE_CR4_V2 | FK_CR4_FRED)
+
+/* A typical x86-64 Linux host: CR0 = PE|MP|ET|NE|WP|AM|PG; CR4 with SMEP,
+   SMAP, UMIP, FSGSBASE but without CET and FRED (so host masking shows). */
+#define FK_DEFAULT_HOST_CR0 0x80050033ull
+#define FK_DEFAULT_HOST_CR4                                                   \
+    (FK_CR4_PAE | FK_CR4_PGE | FK_CR4_OSFXSR | FK_CR4_OSXMMEXCPT |            \
+     FK_CR4_UMIP | FK_CR4_FSGSBASE | FK_CR4_PCIDE | FK_CR4_OSXSAVE |          \
+     FK_CR4_SMEP | FK_CR4_SMAP | FK_CR4_PKE)
+
+/* x86 state after RESET/INIT: CR0 = ET|NW|CD (0x60000010), CR4 = 0. */
+#define FK_RESET_CR0 0x60000010ull
+#define FK_RESET_CR4 0ull
+
+/* KVM_HEKI_EXIT_REASON_* (capability mask bits and payload `reason`). */
+#define FK_HEKI_EXIT_REASON_CR0 (1ull << 0)
+#define FK_HEKI_EXIT_REASON_CR4 (1ull << 1)
+#define FK_HEKI_EXIT_REASON_VALID_MASK \
+    (FK_HEKI_EXIT_REASON_CR0 | FK_HEKI_EXIT_REASON_CR4)
+
+/* The hypercall (include/uapi/linux/kvm_para.h of the series). */
+#define FK_KVM_HC_LOCK_CR_UPDATE 13
+#define FK_KVM_LOCK_CR_UPDATE_VERSION (1ull << 0)
+#define FK_HEKI_ABI_VERSION 1
+#define FK_KVM_EINVAL 22   /* KVM_EINVAL (= EINVAL) of <linux/kvm_para.h> */
+#define FK_KVM_ENOSYS 1000 /* KVM_ENOSYS: unknown hypercall number */
+#define FK_EINVAL 22       /* -EINVAL returned by the ioctls */
+#define FK_VMCALL_LENGTH 3 /* 0f 01 c1 */
+#define FK_MOV_CR_LENGTH 3 /* 0f 22 /r */
+
+/* kvm_run layout (x86-64): exit_reason at 8, the exit union at 32. */
+#define FK_KVM_RUN_EXIT_REASON_OFFSET 8
+#define FK_KVM_RUN_UNION_OFFSET 32
+#define FK_HEKI_PAYLOAD_SIZE 64
+#define FK_HEKI_PAYLOAD_WORDS 8
+
+/* Exit/capability numbering.  The numbers are plain fields: a test or an
+   emulator may override any of them. */
+typedef enum { FK_PROFILE_V2 = 2, FK_PROFILE_V3 = 3 } FkProfileId;
+
+typedef struct FkProfile {
+    uint32_t exit_configure; /* KVM_EXIT_HEKI_CONFIGURE */
+    uint32_t exit_denial;    /* KVM_EXIT_HEKI_DENIAL */
+    uint32_t cap_configure;  /* KVM_CAP_HEKI_CONFIGURE */
+    uint32_t cap_denial;     /* KVM_CAP_HEKI_DENIAL */
+    uint64_t pinnable_cr4;   /* heki_pinnable_cr4 */
+} FkProfile;
+
+/* v2: exits 39/40, caps 235/236, FK_PINNABLE_CR4_V2.
+   v3: exits 40/41, caps 236/237, FK_PINNABLE_CR4_V3.  Unknown id: v2. */
+FkProfile fk_profile(FkProfileId id);
+
+/* Results of the guest-visible operations. */
+typedef enum {
+    FK_OK = 0,    /* done inside the kernel; the guest continues */
+    FK_EXIT = 1,  /* exit to user space: run->exit_reason and payload filled,
+                     a completion is pending (fk_vcpu_complete) */
+    FK_GP = 2,    /* #GP(0) injected by the kernel itself, no exit */
+    FK_BUSY = -1, /* model misuse: an exit is still pending completion */
+    FK_BAD = -2   /* model misuse: register the model does not hold */
+} FkResult;
+
+/* What fk_vcpu_complete() did. */
+typedef enum {
+    FK_PENDING_NONE = 0,
+    FK_PENDING_CONFIGURE = 1, /* complete_heki_configure_exit */
+    FK_PENDING_DENIAL = 2     /* complete_heki_denial_exit */
+} FkPending;
+
+typedef struct FkVm FkVm;
+typedef struct FkVcpu FkVcpu;
+
+/* ---- VM ---------------------------------------------------------------- */
+
+/* A VM on a host whose CPU has host_cr0/host_cr4 (what __read_cr4() and
+   read_cr0() return in heki_lock_cr).  NULL profile: v2.  Heki is built in
+   (CONFIG_HEKI) until fk_vm_set_heki_built(vm, false). */
+FkVm *fk_vm_new(const FkProfile *profile, uint64_t host_cr0, uint64_t host_cr4);
+/* Frees the VM; its vCPUs must have been freed. */
+void fk_vm_free(FkVm *vm);
+FkProfile fk_vm_profile(const FkVm *vm);
+uint64_t fk_vm_host_cr(const FkVm *vm, int cr);
+
+/* A kernel built without CONFIG_HEKI: KVM_ENABLE_CAP fails with -EINVAL for
+   the Heki caps, the hypercall does not exist (-KVM_ENOSYS) and no pin is
+   ever made, yet KVM_CHECK_EXTENSION still answers 3 (the switch case sits
+   outside #ifdef CONFIG_HEKI in the patch). */
+void fk_vm_set_heki_built(FkVm *vm, bool built);
+bool fk_vm_heki_built(const FkVm *vm);
+
+/* KVM_CHECK_EXTENSION: 3 (the valid mask) for either Heki cap, else 0. */
+int fk_check_extension(const FkVm *vm, uint32_t cap);
+/* KVM_ENABLE_CAP(cap, args[0] = arg0): 0, or -EINVAL for unknown bits in
+   arg0, for a kernel without Heki, and for any cap that is not a Heki cap of
+   this profile.  Stores the mask (a later call replaces it). */
+int fk_enable_cap(FkVm *vm, uint32_t cap, uint64_t arg0);
+uint64_t fk_vm_configure_mask(const FkVm *vm);
+uint64_t fk_vm_denial_mask(const FkVm *vm);
+
+/* kvm->heki_pinned_cr0 / _cr4: OR-ed, never unpinned.  cr other than 0/4: 0. */
+uint64_t fk_vm_pinned(const FkVm *vm, int cr);
+
+/* System reset of every vCPU of the VM (fk_vcpu_reset).  The pins are kept:
+   the patch has no way to clear them, which is the RFC's stated open problem
+   (reboot, kexec, hibernation would need it). */
+void fk_vm_reset(FkVm *vm);
+
+/* Counters over the VM's life (atomics; any thread). */
+uint64_t fk_vm_configure_exits(const FkVm *vm); /* exits to user space */
+uint64_t fk_vm_denial_exits(const FkVm *vm);
+uint64_t fk_vm_denials(const FkVm *vm); /* refused CR writes, exit or not */
+
+/* ---- vCPU -------------------------------------------------------------- */
+
+/* A vCPU whose mmap'ed kvm_run is `run` (at least sizeof(struct kvm_run)
+   bytes, owned by the caller).  Starts with a booted Linux's CR0/CR4:
+   host_cr0 and host_cr4 of the VM.  At most FK_MAX_VCPUS per VM; NULL when
+   full. */
+#define FK_MAX_VCPUS 256
+FkVcpu *fk_vcpu_new(FkVm *vm, struct kvm_run *run);
+void fk_vcpu_free(FkVcpu *vcpu);
+struct kvm_run *fk_vcpu_run(const FkVcpu *vcpu);
+uint32_t fk_vcpu_index(const FkVcpu *vcpu);
+
+uint64_t fk_vcpu_cr(const FkVcpu *vcpu, int cr);     /* 0 or 4; else 0 */
+void fk_vcpu_set_cr_raw(FkVcpu *vcpu, int cr, uint64_t value); /* no checks */
+uint64_t fk_vcpu_rax(const FkVcpu *vcpu);
+uint64_t fk_vcpu_rip(const FkVcpu *vcpu);
+FkPending fk_vcpu_pending(const FkVcpu *vcpu);
+uint64_t fk_vcpu_gp_count(const FkVcpu *vcpu);   /* #GP(0) injected */
+uint64_t fk_vcpu_hypercalls(const FkVcpu *vcpu); /* vcpu->stat.hypercalls */
+
+/* The guest executes VMCALL with rax = nr, rbx..rdx = a0..a2 (as
+   kvm_emulate_hypercall reads them).  FK_OK: rax holds the result (for
+   KVM_HC_LOCK_CR_UPDATE: 0, the version, or -KVM_EINVAL as a u64), rip moved
+   past the VMCALL.  FK_EXIT: a KVM_EXIT_HEKI_CONFIGURE is in run. */
+FkResult fk_vcpu_hypercall(FkVcpu *vcpu, uint64_t nr, uint64_t a0,
+                           uint64_t a1, uint64_t a2);
+/* Shorthand: KVM_HC_LOCK_CR_UPDATE(cr, pin, flags). */
+FkResult fk_vcpu_lock_cr(FkVcpu *vcpu, uint64_t cr, uint64_t pin,
+                         uint64_t flags);
+/* The guest executes MOV to CR0/CR4 (cr 0 or 4; else FK_BAD).  FK_OK: the
+   value is in place.  FK_EXIT: KVM_EXIT_HEKI_DENIAL in run, #GP deferred to
+   the completion.  FK_GP: #GP injected without exit (denial cap off for that
+   register). */
+FkResult fk_vcpu_write_cr(FkVcpu *vcpu, int cr, uint64_t value);
+
+/* User space re-enters KVM_RUN: completes the pending exit (configure:
+   rax = 0, rip += 3, hypercalls++; denial: #GP injected).  Returns what was
+   pending. */
+FkPending fk_vcpu_complete(FkVcpu *vcpu);
+/* Reset of this vCPU: CR0/CR4 to the reset values, rax = rip = 0, and a
+   pending completion is dropped (the VMM resets the vCPU instead of
+   re-entering).  Pins are per VM and survive. */
+void fk_vcpu_reset(FkVcpu *vcpu);
+
+/* Helpers over a kvm_run buffer (memcpy, no alignment assumptions). */
+uint32_t fk_run_exit_reason(const struct kvm_run *run);
+/* word 0 = reason, word 1 = cr_pinned / cr_value, words 2..7 = reserved. */
+uint64_t fk_run_payload_word(const struct kvm_run *run, unsigned index);
+void fk_run_write_raw(struct kvm_run *run, uint32_t exit_reason,
+                      const uint64_t words[FK_HEKI_PAYLOAD_WORDS]);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* HEKI_FAKE_KERNEL_H */
