@@ -1,0 +1,100 @@
+import CBridge
+
+/// An event ready for the host: rendered once, handed to every sink.
+struct RenderedEvent {
+    let name: String
+    let data: String
+    let level: HekiLogLevel
+    let message: String
+    let timeMicros: Int64
+}
+
+/// Turns records into the JSON data and log lines of DESIGN.md's events.
+struct EventRenderer {
+    let config: Configuration
+
+    func render(_ record: EventRecord) -> RenderedEvent {
+        var data = JSONObject()
+        if let name = config.vmName { data.add("vm-name", name) }
+        let register = ControlRegister(rawValue: record.register)
+        let subject = (config.vmName.map { "vm \(Options.printable($0)) " } ?? "") + "vcpu \(record.vcpu)"
+        let level: HekiLogLevel
+        let message: String
+
+        func bits(_ key: String, _ value: UInt64) {
+            data.add(key, hex: value)
+            data.add(key + "-bits", register?.bitNames.names(of: value) ?? [])
+        }
+        func names(_ value: UInt64) -> String {
+            let list = register?.bitNames.names(of: value) ?? []
+            return list.isEmpty ? "none" : list.joined(separator: "+")
+        }
+
+        switch record.kind {
+        case .configure:
+            data.add("vcpu", record.vcpu)
+            data.add("register", register?.name ?? "")
+            data.add("exit-reason", record.number)
+            bits("value", record.value)
+            bits("pinned", record.pinned)
+            data.add("verdict", record.verdict.name)
+            level = HEKI_LOG_INFO
+            message = "\(subject): guest pinned \(register?.name ?? "") \(names(record.value)) (pinned now \(names(record.pinned))), verdict \(record.verdict.name)"
+        case .denial:
+            data.add("vcpu", record.vcpu)
+            data.add("register", register?.name ?? "")
+            data.add("exit-reason", record.number)
+            bits("value", record.value)
+            bits("pinned", record.pinned)
+            bits("violated", record.extra)
+            data.add("verdict", record.verdict.name)
+            level = HEKI_LOG_WARNING
+            message = "\(subject): KVM denied a \(register?.name ?? "") write of 0x\(String(record.value, radix: 16)) clearing \(names(record.extra)), verdict \(record.verdict.name)"
+        case .weakPinning:
+            data.add("vcpu", record.vcpu)
+            data.add("register", register?.name ?? "")
+            bits("pinned", record.pinned)
+            bits("required", record.value)
+            bits("missing", record.extra)
+            data.add("verdict", record.verdict.name)
+            level = HEKI_LOG_WARNING
+            message = "\(subject): weak pinning of \(register?.name ?? ""): \(names(record.extra)) required but not pinned, verdict \(record.verdict.name)"
+        case .malformedExit:
+            let problem = MalformedProblem(rawValue: record.detail)?.name ?? "unknown"
+            let kind = HekiExitKindIndex(rawValue: Int(record.extra))?.name ?? "unknown"
+            data.add("vcpu", record.vcpu)
+            if let register { data.add("register", register.name) }
+            data.add("exit-reason", record.number)
+            data.add("reason", hex: record.value)
+            data.add("problem", problem)
+            data.add("kind", kind)
+            data.add("verdict", Verdict.notHeki.name)
+            level = HEKI_LOG_WARNING
+            message = "\(subject): exit \(record.number) (heki \(kind)) not claimed: \(problem), reason 0x\(String(record.value, radix: 16))"
+        case .capability:
+            let kind = HekiExitKindIndex(rawValue: Int(record.detail)) ?? .configure
+            let result = Int64(bitPattern: record.extra)
+            let mask = ExitReasonMask(rawValue: record.value)
+            data.add("kind", kind.name)
+            data.add("capability", record.number)
+            data.add("mask", hex: record.value)
+            data.add("mask-bits", ControlRegister.allCases.filter { mask.contains($0) }.map(\.name))
+            data.add("result", result)
+            data.add("enabled", result == 0)
+            data.add("required", config.requireCaps)
+            level = result == 0 ? HEKI_LOG_INFO : (config.requireCaps ? HEKI_LOG_ERROR : HEKI_LOG_WARNING)
+            message = (config.vmName.map { "vm \(Options.printable($0)): " } ?? "")
+                + "KVM_ENABLE_CAP \(record.number) (heki \(kind.name), mask \(mask.spelling)) "
+                + (result == 0 ? "enabled" : "refused (\(result)); heki \(kind.name) exits will not be claimed")
+        case .suppressed:
+            let coalesced = EventKind(rawValue: record.detail)?.eventName ?? "unknown"
+            data.add("event", coalesced)
+            data.add("count", record.value)
+            level = HEKI_LOG_WARNING
+            message = (config.vmName.map { "vm \(Options.printable($0)): " } ?? "")
+                + "\(record.value) \(coalesced) events coalesced (rate limit \(config.rateLimit)/s)"
+        }
+        return RenderedEvent(name: record.kind.eventName, data: data.rendered,
+                             level: level, message: "heki: " + message, timeMicros: record.timeMicros)
+    }
+}

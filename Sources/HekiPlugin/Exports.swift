@@ -1,0 +1,106 @@
+import CBridge
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// The C ABI of include/heki_plugin.h. `@c @implementation` makes the compiler
+// check each signature against the header, so the two cannot drift. Each
+// function only converts between C and Swift; Plugin does the work.
+
+@inline(__always)
+private func withPlugin<T>(_ pointer: OpaquePointer?, _ otherwise: T, _ body: (Plugin) -> T) -> T {
+    guard let pointer else { return otherwise }
+    return Unmanaged<Plugin>.fromOpaque(UnsafeRawPointer(pointer))._withUnsafeGuaranteedRef(body)
+}
+
+/// A malloc'ed copy, for heki_plugin_free_string.
+private func cString(_ string: String) -> UnsafeMutablePointer<CChar>? {
+    string.withCString { strdup($0) }
+}
+
+private func kindIndex(_ kind: HekiExitKind) -> HekiExitKindIndex? {
+    kind.index.flatMap(HekiExitKindIndex.init(rawValue:))
+}
+
+@c @implementation
+public func heki_plugin_abi_version() -> UInt32 { 1 }
+
+@c @implementation
+public func heki_plugin_new(
+    _ host: UnsafePointer<HekiHost>?, _ argc: Int32,
+    _ argv: UnsafePointer<UnsafePointer<CChar>?>?,
+    _ error: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?
+) -> OpaquePointer? {
+    func fail(_ message: String) -> OpaquePointer? {
+        error?.pointee = cString(message)
+        return nil
+    }
+    guard let host else { return fail("heki-plugin: host is NULL") }
+    // Read `size` alone first: a smaller struct must not be read whole.
+    let size = UnsafeRawPointer(host).load(as: UInt32.self)
+    let known = MemoryLayout<HekiHost>.size
+    guard Int(size) >= known else {
+        return fail("heki-plugin: HekiHost.size is \(size) bytes; ABI version 1 needs at least \(known)")
+    }
+    guard argc >= 0, argc == 0 || argv != nil else { return fail("heki-plugin: argc is \(argc) with argv NULL") }
+    var arguments: [String] = []
+    for index in 0..<Int(argc) {
+        guard let argument = argv![index] else { return fail("heki-plugin: argv[\(index)] is NULL") }
+        guard let text = String(validatingCString: argument) else {
+            return fail("heki-plugin: argv[\(index)] is not valid UTF-8")
+        }
+        arguments.append(text)
+    }
+    do {
+        let config = try Options.parse(arguments)
+        let plugin = try Plugin(host: host.pointee, config: config)
+        error?.pointee = nil
+        return OpaquePointer(Unmanaged.passRetained(plugin).toOpaque())
+    } catch let failure {
+        return fail(failure.message)
+    }
+}
+
+@c @implementation
+public func heki_plugin_free(_ plugin: OpaquePointer?) {
+    withPlugin(plugin, ()) { $0.free() }
+}
+
+@c @implementation
+public func heki_plugin_free_string(_ string: UnsafeMutablePointer<CChar>?) {
+    free(string)
+}
+
+@c @implementation
+public func heki_plugin_exit_number(_ plugin: OpaquePointer?, _ kind: HekiExitKind) -> UInt32 {
+    withPlugin(plugin, 0) { plugin in kindIndex(kind).map(plugin.exitNumber) ?? 0 }
+}
+
+@c @implementation
+public func heki_plugin_cap_number(_ plugin: OpaquePointer?, _ kind: HekiExitKind) -> UInt32 {
+    withPlugin(plugin, 0) { plugin in kindIndex(kind).map(plugin.capNumber) ?? 0 }
+}
+
+@c @implementation
+public func heki_plugin_cap_mask(_ plugin: OpaquePointer?, _ kind: HekiExitKind) -> UInt64 {
+    withPlugin(plugin, 0) { plugin in kindIndex(kind).map(plugin.capMask) ?? 0 }
+}
+
+@c @implementation
+public func heki_plugin_cap_result(_ plugin: OpaquePointer?, _ kind: HekiExitKind, _ kvmResult: Int32) -> Int32 {
+    withPlugin(plugin, -1) { plugin in
+        guard let kind = kindIndex(kind) else { return -1 }
+        return plugin.capabilityResult(kind, kvmResult: kvmResult)
+    }
+}
+
+@c @implementation
+public func heki_plugin_handle_exit(_ plugin: OpaquePointer?, _ vcpuIndex: UInt32, _ run: OpaquePointer?) -> HekiVerdict {
+    guard let run else { return Verdict.notHeki.cValue }
+    return withPlugin(plugin, Verdict.notHeki.cValue) { $0.handleExit(vcpu: vcpuIndex, run: run).cValue }
+}
+
+@c @implementation
+public func heki_plugin_query(_ plugin: OpaquePointer?) -> UnsafeMutablePointer<CChar>? {
+    withPlugin(plugin, nil) { cString($0.queryJSON()) }
+}

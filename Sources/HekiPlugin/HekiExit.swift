@@ -1,0 +1,82 @@
+import CBridge
+
+/// One KVM_RUN exit, as the plugin sees it: decoding of the kvm_run union in
+/// one place. Like kvm-ioctls' `VcpuExit`, an exit that is not ours comes back
+/// as `.foreign` for the host to handle.
+enum DecodedExit: Equatable {
+    /// `KVM_EXIT_HEKI_CONFIGURE`: `pinned` are the bits this call pinned
+    /// (`cr_pinned`, after the kernel's host masking), not the running total.
+    case configure(ControlRegister, pinned: UInt64)
+    /// `KVM_EXIT_HEKI_DENIAL`: `value` is the whole value the guest tried to
+    /// write (`cr_value`).
+    case denial(ControlRegister, value: UInt64)
+    /// A Heki exit number whose payload or state is not valid: not claimed.
+    case malformed(HekiExitKind, reason: UInt64, problem: MalformedProblem)
+    /// Any other exit number.
+    case foreign
+}
+
+/// Why a Heki-numbered exit was not claimed.
+enum MalformedProblem: UInt8, Sendable {
+    /// `reason` is not exactly one of the KVM_HEKI_EXIT_REASON_* bits.
+    case reasonNotOneKnownBit = 0
+    /// The capability of this exit number was not enabled: on a kernel
+    /// without Heki the number means something else.
+    case capabilityNotEnabled = 1
+    /// One known bit, but not one the host asked KVM to exit for.
+    case registerNotEnabled = 2
+
+    var name: String {
+        switch self {
+        case .reasonNotOneKnownBit: "reason-not-one-known-bit"
+        case .capabilityNotEnabled: "capability-not-enabled"
+        case .registerNotEnabled: "register-not-enabled"
+        }
+    }
+}
+
+extension HekiExitKind {
+    var name: String { self == HEKI_EXIT_CONFIGURE ? "configure" : "denial" }
+    /// Index 0 (configure) or 1 (denial); nil for a value outside the enum.
+    var index: Int? {
+        switch rawValue {
+        case HEKI_EXIT_CONFIGURE.rawValue: 0
+        case HEKI_EXIT_DENIAL.rawValue: 1
+        default: nil
+        }
+    }
+}
+
+/// The exit numbers and what KVM granted: everything decoding depends on.
+struct ExitTable {
+    let configureExit: UInt32
+    let denialExit: UInt32
+
+    /// Decodes `run`. `granted(kind)` is the mask KVM accepted for that
+    /// capability, nil when it was not enabled. Reads each kvm_run field once.
+    @inline(__always)
+    func decode(_ run: OpaquePointer, granted: (HekiExitKind) -> ExitReasonMask?) -> DecodedExit {
+        let number = cbridge_exit_reason(run)
+        let kind: HekiExitKind
+        if number == configureExit {
+            kind = HEKI_EXIT_CONFIGURE
+        } else if number == denialExit {
+            kind = HEKI_EXIT_DENIAL
+        } else {
+            return .foreign
+        }
+        let payload = cbridge_heki_payload(run)
+        guard let mask = granted(kind) else {
+            return .malformed(kind, reason: payload.reason, problem: .capabilityNotEnabled)
+        }
+        guard let register = ControlRegister(reason: payload.reason) else {
+            return .malformed(kind, reason: payload.reason, problem: .reasonNotOneKnownBit)
+        }
+        guard mask.contains(register) else {
+            return .malformed(kind, reason: payload.reason, problem: .registerNotEnabled)
+        }
+        return kind == HEKI_EXIT_CONFIGURE
+            ? .configure(register, pinned: payload.value)
+            : .denial(register, value: payload.value)
+    }
+}

@@ -1,0 +1,72 @@
+import CGLib
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The plugin's GSource on the host's GMainContext: an eventfd that vCPU
+/// threads signal (a non-blocking write, at most once per drain), plus a
+/// ready time for the next HEKI_SUPPRESSED summary. Dispatch runs on the
+/// thread that runs the context.
+final class MainLoopSource {
+    private let eventFD: Int32
+    private let source: UnsafeMutablePointer<GSource>
+    private let context: OpaquePointer
+    /// Set by the first producer after a drain; cleared by the consumer
+    /// before it drains, so no push is ever left unseen.
+    private let wakePending = Atomic<Bool>(false)
+
+    /// `dispatch(opaque)` runs each time the source fires.
+    init(context: OpaquePointer, opaque: UnsafeMutableRawPointer,
+         dispatch: @convention(c) (UnsafeMutableRawPointer?) -> Int32) throws(OptionError) {
+        let fd = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+        guard fd >= 0 else {
+            throw OptionError(message: "eventfd: \(String(cString: strerror(errno)))")
+        }
+        eventFD = fd
+        self.context = context
+        source = g_source_new(MainLoopSource.funcs, UInt32(MemoryLayout<GSource>.size))
+        g_source_set_name(source, "heki-plugin")
+        g_source_add_unix_fd(source, fd, G_IO_IN)
+        g_source_set_callback(source, dispatch, opaque, nil)
+        g_source_attach(source, context)
+    }
+
+    /// GLib keeps a pointer to the funcs for the source's lifetime.
+    private nonisolated(unsafe) static let funcs: UnsafeMutablePointer<GSourceFuncs> = {
+        let funcs = UnsafeMutablePointer<GSourceFuncs>.allocate(capacity: 1)
+        funcs.initialize(to: GSourceFuncs(
+            prepare: nil, check: nil,
+            dispatch: { _, callback, userData in callback?(userData) ?? 1 },
+            finalize: nil, closure_callback: nil, closure_marshal: nil))
+        return funcs
+    }()
+
+    /// Any thread: makes the main loop dispatch soon. Never blocks.
+    @inline(__always)
+    func wake() {
+        if !wakePending.exchange(true, ordering: .acquiringAndReleasing) {
+            var one: UInt64 = 1
+            _ = write(eventFD, &one, 8)
+        }
+    }
+
+    /// Main loop thread, at the start of a dispatch: re-arms the wake-up.
+    func acknowledge() {
+        _ = wakePending.exchange(false, ordering: .acquiringAndReleasing)
+        var counter: UInt64 = 0
+        _ = read(eventFD, &counter, 8)
+    }
+
+    /// Main loop thread: dispatch again at `monotonicMicros` (-1: no timer).
+    func setReadyTime(_ monotonicMicros: Int64) {
+        g_source_set_ready_time(source, gint64(monotonicMicros))
+    }
+
+    /// Main loop thread: detaches the source; dispatch never runs again.
+    func destroy() {
+        g_source_destroy(source)
+        g_source_unref(source)
+        close(eventFD)
+    }
+}

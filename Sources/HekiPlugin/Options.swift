@@ -1,0 +1,163 @@
+/// Parses QEMU-style key=value options into a `Configuration`.
+/// Every error names the key and the values it accepts.
+struct OptionError: Error, Equatable {
+    let message: String
+    init(_ key: String, _ detail: String) { message = "heki-plugin: \(key): \(detail)" }
+    init(message: String) { self.message = "heki-plugin: \(message)" }
+}
+
+enum Options {
+    static let keys = [
+        "abi", "exit-configure", "exit-denial", "cap-configure", "cap-denial",
+        "configure-exits", "denial-exits", "on-denial", "on-denial-cr0", "on-denial-cr4",
+        "require-cr0", "require-cr4", "on-weak-pinning", "vm-name", "audit-log",
+        "rate-limit", "require-caps",
+    ]
+    static let maxRateLimit: UInt32 = 1_000_000
+    static let maxTextBytes = 1024
+
+    static func parse(_ arguments: [String]) throws(OptionError) -> Configuration {
+        var given: [String: String] = [:]
+        var order: [String] = []
+        for argument in arguments {
+            guard let equals = argument.firstIndex(of: "=") else {
+                throw OptionError(message: "'\(printable(argument))' is not key=value; keys: \(keys.joined(separator: ", "))")
+            }
+            let key = String(argument[..<equals])
+            let value = String(argument[argument.index(after: equals)...])
+            guard keys.contains(key) else {
+                throw OptionError(message: "unknown option '\(printable(key))'; keys: \(keys.joined(separator: ", "))")
+            }
+            guard given[key] == nil else { throw OptionError(key, "given twice") }
+            given[key] = value
+            order.append(key)
+        }
+
+        var config = Configuration()
+        // The profile first: the overrides and the pinnable bits depend on it.
+        if let abi = given["abi"] {
+            guard let profile = Profile.all.first(where: { $0.name == abi }) else {
+                throw OptionError("abi", "'\(printable(abi))' is not one of \(Profile.all.map(\.name).joined(separator: ", "))")
+            }
+            config.profile = profile
+        }
+        config.exitConfigure = config.profile.exitConfigure
+        config.exitDenial = config.profile.exitDenial
+        config.capConfigure = config.profile.capConfigure
+        config.capDenial = config.profile.capDenial
+
+        for key in order where key != "abi" {
+            let value = given[key]!
+            switch key {
+            case "exit-configure": config.exitConfigure = try number(key, value)
+            case "exit-denial": config.exitDenial = try number(key, value)
+            case "cap-configure": config.capConfigure = try number(key, value)
+            case "cap-denial": config.capDenial = try number(key, value)
+            case "configure-exits": config.configureExits = try registers(key, value)
+            case "denial-exits": config.denialExits = try registers(key, value)
+            case "on-denial": config.onDenial = try verdict(key, value)
+            case "on-denial-cr0": config.onDenialCR0 = try verdict(key, value)
+            case "on-denial-cr4": config.onDenialCR4 = try verdict(key, value)
+            case "on-weak-pinning": config.onWeakPinning = try verdict(key, value)
+            case "require-cr0": config.requireCR0 = try bits(key, value, CR0.names, accepted: CR0.names.table.map(\.bit))
+            case "require-cr4":
+                let pinnable = CR4.names.table.map(\.bit).filter { config.profile.pinnableCR4.rawValue & $0 != 0 }
+                config.requireCR4 = try bits(key, value, CR4.names, accepted: pinnable)
+            case "vm-name": config.vmName = try text(key, value)
+            case "audit-log":
+                guard !value.isEmpty else { throw OptionError(key, "expects a file path") }
+                config.auditLogPath = try text(key, value)
+            case "rate-limit":
+                let limit = try number(key, value)
+                guard limit <= maxRateLimit else {
+                    throw OptionError(key, "'\(printable(value))' is out of range: 0 (no coalescing) to \(maxRateLimit) events per second")
+                }
+                config.rateLimit = limit
+            case "require-caps": config.requireCaps = try boolean(key, value)
+            default: break
+            }
+        }
+        guard config.exitConfigure != config.exitDenial else {
+            throw OptionError("exit-denial", "exit number \(config.exitDenial) is also the configure exit; the two must differ")
+        }
+        guard config.capConfigure != config.capDenial else {
+            throw OptionError("cap-denial", "capability number \(config.capDenial) is also the configure capability; the two must differ")
+        }
+        return config
+    }
+
+    /// Decimal or 0x-prefixed hexadecimal, 0 to 2^32-1.
+    static func number(_ key: String, _ value: String) throws(OptionError) -> UInt32 {
+        let lower = value.lowercased()
+        let parsed = lower.hasPrefix("0x") ? UInt32(lower.dropFirst(2), radix: 16) : UInt32(lower, radix: 10)
+        guard let parsed, !lower.hasPrefix("+") else {
+            throw OptionError(key, "'\(printable(value))' is not a number (decimal or 0x-hex, 0 to 4294967295)")
+        }
+        return parsed
+    }
+
+    static func verdict(_ key: String, _ value: String) throws(OptionError) -> Verdict {
+        guard let verdict = Verdict.choosable.first(where: { $0.name == value }) else {
+            throw OptionError(key, "'\(printable(value))' is not one of \(Verdict.choosable.map(\.name).joined(separator: ", "))")
+        }
+        return verdict
+    }
+
+    static func registers(_ key: String, _ value: String) throws(OptionError) -> ExitReasonMask {
+        let accepted = "cr0, cr4, cr0+cr4, none"
+        if value == "none" { return [] }
+        var mask: ExitReasonMask = []
+        for part in value.split(separator: "+", omittingEmptySubsequences: false) {
+            switch part {
+            case "cr0" where !mask.contains(.cr0): mask.insert(.cr0)
+            case "cr4" where !mask.contains(.cr4): mask.insert(.cr4)
+            default: throw OptionError(key, "'\(printable(value))' is not one of \(accepted)")
+            }
+        }
+        return mask
+    }
+
+    /// Bit names joined by '+', each among `accepted`, or "none".
+    static func bits(_ key: String, _ value: String, _ names: BitNames, accepted: [UInt64]) throws(OptionError) -> UInt64 {
+        if value == "none" { return 0 }
+        let acceptedNames = accepted.compactMap { bit in names.table.first { $0.bit == bit }?.name }
+        var result: UInt64 = 0
+        for part in value.split(separator: "+", omittingEmptySubsequences: false) {
+            guard let bit = names.bit(named: String(part)), accepted.contains(bit) else {
+                throw OptionError(key, "'\(printable(String(part)))' is not a bit that can be required; use none or names joined by '+' among \(acceptedNames.joined(separator: ", "))")
+            }
+            result |= bit
+        }
+        return result
+    }
+
+    static func boolean(_ key: String, _ value: String) throws(OptionError) -> Bool {
+        switch value {
+        case "on", "yes", "true": return true
+        case "off", "no", "false": return false
+        default: throw OptionError(key, "'\(printable(value))' is not one of on, off, yes, no, true, false")
+        }
+    }
+
+    static func text(_ key: String, _ value: String) throws(OptionError) -> String {
+        guard value.utf8.count <= maxTextBytes else { throw OptionError(key, "longer than \(maxTextBytes) bytes") }
+        guard !value.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
+            throw OptionError(key, "contains a control character")
+        }
+        return value
+    }
+
+    /// An option as it can appear inside an error message: control
+    /// characters escaped, length bounded.
+    static func printable(_ text: String) -> String {
+        var out = ""
+        for scalar in text.unicodeScalars.prefix(64) {
+            if scalar.value < 0x20 || scalar.value == 0x7f {
+                out += "\\x" + String(scalar.value, radix: 16)
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return text.unicodeScalars.count > 64 ? out + "..." : out
+    }
+}

@@ -1,0 +1,27 @@
+import Synchronization
+
+/// The VM's pins, per register, as the guest made them: the OR of every
+/// CONFIGURE exit's `cr_pinned`. Shared by all vCPUs without locks. KVM has
+/// no read-back of its pins, so this is how the VMM knows which bits a
+/// DENIAL clears.
+final class PinLedger: Sendable {
+    private let cr0 = Atomic<UInt64>(0)
+    private let cr4 = Atomic<UInt64>(0)
+
+    /// Adds a pin; returns the register's pins after it.
+    @inline(__always)
+    func pin(_ bits: UInt64, on register: ControlRegister) -> UInt64 {
+        switch register {
+        case .cr0: cr0.bitwiseOr(bits, ordering: .relaxed).newValue
+        case .cr4: cr4.bitwiseOr(bits, ordering: .relaxed).newValue
+        }
+    }
+
+    @inline(__always)
+    func pins(_ register: ControlRegister) -> UInt64 {
+        switch register {
+        case .cr0: cr0.load(ordering: .relaxed)
+        case .cr4: cr4.load(ordering: .relaxed)
+        }
+    }
+}

@@ -1,0 +1,68 @@
+/// heki_plugin_query: a JSON snapshot of profile, numbers, policy, pins and
+/// counters. Reads only atomics and the immutable configuration, so any
+/// thread may ask.
+extension Plugin {
+    func queryJSON() -> String {
+        var root = JSONObject()
+        root.add("abi-version", UInt64(1))
+        root.add("profile", config.profile.name)
+        root.add("vm-name", config.vmName)
+
+        var exitsObject = JSONObject()
+        for kind in HekiExitKindIndex.allCases {
+            var entry = JSONObject()
+            entry.add("exit", exitNumber(kind))
+            entry.add("capability", capNumber(kind))
+            entry.add("mask", hex: capMask(kind))
+            if let granted = grantedMask(kind) { entry.add("granted", hex: granted) } else { entry.add("granted", nil as String?) }
+            entry.add("enabled", grantedMask(kind) != nil)
+            if let result = capResult(kind) { entry.add("kvm-result", result) } else { entry.add("kvm-result", nil as String?) }
+            exitsObject.add(kind.name, entry)
+        }
+        root.add("exits", exitsObject)
+
+        var policy = JSONObject()
+        policy.add("on-denial", config.onDenial.name)
+        policy.add("on-denial-cr0", config.onDenial(.cr0).name)
+        policy.add("on-denial-cr4", config.onDenial(.cr4).name)
+        policy.add("on-weak-pinning", config.onWeakPinning.name)
+        for register in ControlRegister.allCases {
+            policy.add("require-" + register.name, register.bitNames.names(of: config.required(register)))
+        }
+        policy.add("configure-exits", config.configureExits.spelling)
+        policy.add("denial-exits", config.denialExits.spelling)
+        policy.add("rate-limit", config.rateLimit)
+        policy.add("require-caps", config.requireCaps)
+        policy.add("audit-log", config.auditLogPath)
+        root.add("policy", policy)
+
+        var pins = JSONObject()
+        for register in ControlRegister.allCases {
+            let value = ledger.pins(register)
+            var entry = JSONObject()
+            entry.add("value", hex: value)
+            entry.add("bits", register.bitNames.names(of: value))
+            entry.add("missing-required", register.bitNames.names(of: config.required(register) & ~value))
+            pins.add(register.name, entry)
+        }
+        root.add("pins", pins)
+
+        var counts = JSONObject()
+        for kind in [EventKind.configure, .denial, .weakPinning] {
+            var perRegister = JSONObject()
+            for register in ControlRegister.allCases { perRegister.add(register.name, counters.total(kind, register)) }
+            counts.add(kind == .configure ? "configure" : kind == .denial ? "denial" : "weak-pinning", perRegister)
+        }
+        counts.add("malformed-exit", counters.malformedExits.load(ordering: .relaxed))
+        counts.add("capability", counters.capabilityReports.load(ordering: .relaxed))
+        var suppressed = JSONObject()
+        for kind in EventKind.allCases where kind != .suppressed {
+            suppressed.add(kind.eventName, counters.summarisedTotal(kind) + limiter.pendingCount(kind))
+        }
+        counts.add("suppressed", suppressed)
+        counts.add("delivered", counters.delivered.load(ordering: .relaxed))
+        counts.add("audit-failures", counters.auditFailures.load(ordering: .relaxed))
+        root.add("counters", counts)
+        return root.rendered
+    }
+}
