@@ -1,0 +1,225 @@
+// The fake host, seen from Swift: finding and loading libHekiPlugin.so, a
+// small VM wrapper over fh_vm_*, JSON helpers; plus the loader's own tests
+// (missing file, missing symbol, ABI version mismatch).
+//
+// Everything here goes through the dlopen'ed .so and the public C ABI; the
+// plugin's Swift module is never imported.
+import FakeHost
+import Foundation
+import XCTest
+
+// Control register bits (the FK_* macros, spelled out for Swift).
+enum CR0 {
+    static let pe: UInt64 = 1 << 0
+    static let mp: UInt64 = 1 << 1
+    static let et: UInt64 = 1 << 4
+    static let ne: UInt64 = 1 << 5
+    static let wp: UInt64 = 1 << 16
+    static let am: UInt64 = 1 << 18
+    static let nw: UInt64 = 1 << 29
+    static let cd: UInt64 = 1 << 30
+    static let pg: UInt64 = 1 << 31
+    static let host: UInt64 = 0x8005_0033
+    static let reset: UInt64 = 0x6000_0010
+}
+
+enum CR4 {
+    static let pae: UInt64 = 1 << 5
+    static let umip: UInt64 = 1 << 11
+    static let fsgsbase: UInt64 = 1 << 16
+    static let smep: UInt64 = 1 << 20
+    static let smap: UInt64 = 1 << 21
+    static let cet: UInt64 = 1 << 23
+    static let fred: UInt64 = 1 << 32
+    /// FK_DEFAULT_HOST_CR4: SMEP, SMAP, UMIP, FSGSBASE; no CET, no FRED.
+    static let host: UInt64 = (1 << 5) | (1 << 7) | (1 << 9) | (1 << 10) | umip | fsgsbase
+        | (1 << 17) | (1 << 18) | smep | smap | (1 << 22)
+}
+
+let kvmEINVAL = UInt64(bitPattern: -22)
+let verdictNotHeki = HEKI_VERDICT_NOT_HEKI.rawValue
+let verdictResume = HEKI_VERDICT_RESUME.rawValue
+let verdictPause = HEKI_VERDICT_PAUSE.rawValue
+let verdictPoweroff = HEKI_VERDICT_POWEROFF.rawValue
+let verdictReset = HEKI_VERDICT_RESET.rawValue
+let verdictExit = HEKI_VERDICT_EXIT.rawValue
+
+enum PluginLibrary {
+    /// libHekiPlugin.so: $HEKI_PLUGIN_PATH, or the first directory up from
+    /// the test runner (.build/<config>/heki-pluginPackageTests.xctest) that
+    /// holds it.
+    static let path: String? = {
+        if let env = ProcessInfo.processInfo.environment["HEKI_PLUGIN_PATH"], !env.isEmpty {
+            return env
+        }
+        guard let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+        else { return nil }
+        var dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
+        while dir.path != "/" {
+            let candidate = dir.appendingPathComponent("libHekiPlugin.so").path
+            if FileManager.default.fileExists(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        return nil
+    }()
+
+    /// One loaded copy for the whole run (a Swift runtime inside a .so is
+    /// better not unloaded and reloaded over and over).
+    nonisolated(unsafe) static let shared: OpaquePointer? = {
+        guard let path else { return nil }
+        var error: UnsafeMutablePointer<CChar>?
+        let lib = fh_library_open(path, HEKI_PLUGIN_ABI_VERSION, &error)
+        if let error { fh_free_string(error) }
+        return lib
+    }()
+
+    static func require(file: StaticString = #filePath, line: UInt = #line) throws -> OpaquePointer {
+        guard let path else {
+            throw XCTSkip("libHekiPlugin.so not found next to the test runner (run `swift build` first)")
+        }
+        guard let lib = shared else {
+            XCTFail("cannot load \(path)", file: file, line: line)
+            throw XCTSkip("plugin not loadable")
+        }
+        return lib
+    }
+}
+
+func parseJSON(_ text: String, file: StaticString = #filePath, line: UInt = #line) -> [String: Any] {
+    guard let data = text.data(using: .utf8),
+          let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+    else {
+        XCTFail("not a JSON object: \(text)", file: file, line: line)
+        return [:]
+    }
+    return object
+}
+
+extension Dictionary where Key == String, Value == Any {
+    func int(_ key: String) -> Int? { (self[key] as? NSNumber)?.intValue }
+    func uint64(_ key: String) -> UInt64? { (self[key] as? NSNumber)?.uint64Value }
+    func string(_ key: String) -> String? { self[key] as? String }
+    func strings(_ key: String) -> [String]? { self[key] as? [String] }
+    func object(_ key: String) -> [String: Any]? { self[key] as? [String: Any] }
+}
+
+func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
+
+/// One VM of the fake host with the plugin.
+final class TestVM {
+    let vm: OpaquePointer
+
+    init(lib: OpaquePointer, kernel: FkProfile? = nil, vcpus: UInt32 = 1) {
+        if var profile = kernel {
+            vm = fh_vm_new(lib, &profile)
+        } else {
+            vm = fh_vm_new(lib, nil)
+        }
+        fh_vm_set_vcpus(vm, vcpus)
+    }
+
+    deinit { fh_vm_free(vm) }
+
+    /// A VM with the plugin created from `options` and the caps enabled.
+    static func started(_ options: [String], kernel: FkProfile? = nil, vcpus: UInt32 = 1,
+                        file: StaticString = #filePath, line: UInt = #line) throws -> TestVM {
+        let t = TestVM(lib: try PluginLibrary.require(), kernel: kernel, vcpus: vcpus)
+        XCTAssertTrue(t.create(options), "heki_plugin_new failed: \(t.error)", file: file, line: line)
+        XCTAssertEqual(t.enableCaps(), 0, t.error, file: file, line: line)
+        return t
+    }
+
+    @discardableResult
+    func create(_ options: [String]) -> Bool {
+        fh_vm_clear_options(vm)
+        for option in options { fh_vm_add_option(vm, option) }
+        return fh_vm_create_plugin(vm) == 0
+    }
+
+    func enableCaps() -> Int32 { fh_vm_enable_caps(vm) }
+    var error: String { String(cString: fh_vm_last_error(vm)) }
+    var kernel: OpaquePointer { fh_vm_kernel(vm) }
+    func vcpu(_ i: UInt32) -> OpaquePointer { fh_vm_vcpu(vm, i) }
+
+    func pin(_ vcpu: UInt32 = 0, cr: Int32, _ bits: UInt64, repeat n: UInt64 = 1) {
+        XCTAssertEqual(fh_vm_op_pin(vm, vcpu, cr, bits, n), 0)
+    }
+    func write(_ vcpu: UInt32 = 0, cr: Int32, _ value: UInt64, repeat n: UInt64 = 1) {
+        XCTAssertEqual(fh_vm_op_write_cr(vm, vcpu, cr, value, n), 0)
+    }
+    func raw(_ vcpu: UInt32 = 0, exit: UInt32, words: [UInt64], repeat n: UInt64 = 1) {
+        var w = words + Array(repeating: 0, count: max(0, 8 - words.count))
+        XCTAssertEqual(fh_vm_op_raw_exit(vm, vcpu, exit, &w, n), 0)
+    }
+
+    /// Runs the programs (then drops them); returns the stop reason.
+    @discardableResult
+    func run() -> Int32 {
+        let stop = fh_vm_run(vm)
+        fh_vm_clear_programs(vm)
+        return stop
+    }
+
+    func verdicts(_ verdict: Int32) -> UInt64 { fh_vm_verdict_count(vm, verdict) }
+    func query() -> [String: Any] {
+        guard let q = fh_vm_query(vm) else { return [:] }
+        defer { fh_free_string(q) }
+        return parseJSON(String(cString: q))
+    }
+    func freePlugin() { fh_vm_free_plugin(vm) }
+
+    var events: [(name: String, data: [String: Any], raw: String)] {
+        (0..<fh_vm_event_count(vm)).map { i in
+            let raw = String(cString: fh_vm_event_data(vm, i))
+            return (String(cString: fh_vm_event_name(vm, i)), parseJSON(raw), raw)
+        }
+    }
+    func events(_ name: String) -> [[String: Any]] { events.filter { $0.name == name }.map(\.data) }
+    func count(_ name: String) -> UInt64 { fh_vm_event_count_named(vm, name) }
+    func suppressed(_ name: String) -> UInt64 { fh_vm_suppressed_sum(vm, name) }
+    var logs: [String] { (0..<fh_vm_log_count(vm)).map { String(cString: fh_vm_log_message(vm, $0)) } }
+}
+
+/// A guest-written payload: exit reason and words of a "denial"/"configure".
+func payload(reason: UInt64, value: UInt64 = 0) -> [UInt64] { [reason, value, 0, 0, 0, 0, 0, 0] }
+
+final class HostHarnessTests: XCTestCase {
+    func testPluginIsFoundAndLoaded() throws {
+        let lib = try PluginLibrary.require()
+        XCTAssertEqual(fh_library_abi_version(lib), HEKI_PLUGIN_ABI_VERSION)
+        let api = fh_library_api(lib)!.pointee
+        XCTAssertNotNil(api.handle_exit)
+        XCTAssertNotNil(api.query)
+        XCTAssertEqual(api.abi_version!(), 1)
+    }
+
+    func testLoaderRefusesMissingFile() {
+        var error: UnsafeMutablePointer<CChar>?
+        let lib = fh_library_open("/nonexistent/libHekiPlugin.so", HEKI_PLUGIN_ABI_VERSION, &error)
+        XCTAssertNil(lib)
+        let message = error.map { String(cString: $0) } ?? ""
+        fh_free_string(error)
+        XCTAssertTrue(message.contains("cannot load"), message)
+        XCTAssertTrue(message.contains("/nonexistent/libHekiPlugin.so"), message)
+    }
+
+    func testLoaderRefusesLibraryWithoutTheSymbols() {
+        var error: UnsafeMutablePointer<CChar>?
+        let lib = fh_library_open("libm.so.6", HEKI_PLUGIN_ABI_VERSION, &error)
+        XCTAssertNil(lib)
+        let message = error.map { String(cString: $0) } ?? ""
+        fh_free_string(error)
+        XCTAssertTrue(message.contains("missing symbol heki_plugin_abi_version"), message)
+    }
+
+    func testLoaderRefusesAbiVersionMismatch() throws {
+        guard let path = PluginLibrary.path else { throw XCTSkip("no plugin") }
+        _ = try PluginLibrary.require()
+        var error: UnsafeMutablePointer<CChar>?
+        let lib = fh_library_open(path, HEKI_PLUGIN_ABI_VERSION + 1, &error)
+        XCTAssertNil(lib)
+        let message = error.map { String(cString: $0) } ?? ""
+        fh_free_string(error)
+        XCTAssertTrue(message.contains("ABI version 1, this host needs 2"), message)
+    }
+}
