@@ -152,13 +152,10 @@ final class TestVM {
         XCTAssertEqual(fh_vm_op_raw_exit(vm, vcpu, exit, &w, n), 0)
     }
 
-    /// Runs the programs (then drops them); returns the stop reason.
+    /// Runs the programs from where they stopped (ops added since run
+    /// next); returns the stop reason.
     @discardableResult
-    func run() -> Int32 {
-        let stop = fh_vm_run(vm)
-        fh_vm_clear_programs(vm)
-        return stop
-    }
+    func run() -> Int32 { fh_vm_run(vm) }
 
     func verdicts(_ verdict: Int32) -> UInt64 { fh_vm_verdict_count(vm, verdict) }
     func query() -> [String: Any] {

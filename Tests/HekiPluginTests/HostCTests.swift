@@ -1,0 +1,112 @@
+// The C side of the contract: the public header compiles as C11 and C++17
+// with warnings as errors, and a plain C program (Tests/CProgram/load_plugin.c)
+// loads the .so, checks the version, creates a plugin and handles one exit.
+import FakeHost
+import Foundation
+import XCTest
+
+final class HostCTests: XCTestCase {
+    /// The package root: Tests/HekiPluginTests/<this file> -> ../..
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent()
+
+    var scratch: URL!
+
+    override func setUpWithError() throws {
+        scratch = FileManager.default.temporaryDirectory
+            .appendingPathComponent("heki-c-\(getpid())-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: scratch) }
+
+    /// Runs a command; returns (status, stdout+stderr).
+    @discardableResult
+    func sh(_ arguments: [String]) throws -> (Int32, String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    func requireTool(_ tool: String) throws {
+        let (status, _) = try sh(["sh", "-c", "command -v \(tool)"])
+        if status != 0 { throw XCTSkip("\(tool) not installed") }
+    }
+
+    func testHeaderCompilesAsC11AndCxx17() throws {
+        let header = root.appendingPathComponent("include/heki_plugin.h").path
+        XCTAssertTrue(FileManager.default.fileExists(atPath: header), header)
+        try requireTool("cc")
+        try requireTool("c++")
+        let c = scratch.appendingPathComponent("h.c")
+        try """
+        #include "heki_plugin.h"
+        #include "heki_plugin.h" /* the include guard */
+        _Static_assert(HEKI_PLUGIN_ABI_VERSION == 1u, "abi");
+        int use(const HekiHost *h) { return (int)h->size + (int)HEKI_VERDICT_EXIT + (int)HEKI_EXIT_DENIAL; }
+        """.write(to: c, atomically: true, encoding: .utf8)
+        var (status, output) = try sh(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-Wpedantic",
+                                       "-I", root.appendingPathComponent("include").path, "-fsyntax-only", c.path])
+        XCTAssertEqual(status, 0, output)
+        // The header alone, as C11, C++17.
+        (status, output) = try sh(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-fsyntax-only",
+                                   "-x", "c", header])
+        XCTAssertEqual(status, 0, output)
+        (status, output) = try sh(["c++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-fsyntax-only",
+                                   "-x", "c++", header])
+        XCTAssertEqual(status, 0, output)
+        let cxx = scratch.appendingPathComponent("h.cc")
+        try """
+        #include "heki_plugin.h"
+        #include <glib.h>
+        static_assert(HEKI_PLUGIN_ABI_VERSION == 1u, "abi");
+        extern "C" void f(HekiHost *h) { h->context = g_main_context_default(); }
+        """.write(to: cxx, atomically: true, encoding: .utf8)
+        let (_, glib) = try sh(["pkg-config", "--cflags", "glib-2.0"])
+        let glibFlags = glib.split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init)
+        (status, output) = try sh(["c++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-fsyntax-only",
+                                   "-I", root.appendingPathComponent("include").path] + glibFlags + [cxx.path])
+        XCTAssertEqual(status, 0, "the GMainContext typedef agrees with glib's: \(output)")
+    }
+
+    func testPlainCProgramLoadsThePlugin() throws {
+        guard let plugin = PluginLibrary.path else { throw XCTSkip("no plugin") }
+        try requireTool("cc")
+        let source = root.appendingPathComponent("Tests/CProgram/load_plugin.c").path
+        let binary = scratch.appendingPathComponent("load_plugin").path
+        var (status, output) = try sh(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror",
+                                       "-I", root.appendingPathComponent("include").path,
+                                       source, "-o", binary, "-ldl"])
+        XCTAssertEqual(status, 0, output)
+        (status, output) = try sh([binary, plugin])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertTrue(output.contains("load_plugin: ok"), output)
+        XCTAssertTrue(output.contains("event HEKI_CONFIGURE {"), output)
+        XCTAssertTrue(output.contains("\"vm-name\":\"cprog\""), output)
+        // A wrong path fails cleanly.
+        (status, output) = try sh([binary, scratch.appendingPathComponent("nope.so").path])
+        XCTAssertEqual(status, 1, output)
+    }
+
+    func testDemoRunsAndItsChecksHold() throws {
+        guard let plugin = PluginLibrary.path else { throw XCTSkip("no plugin") }
+        let demo = URL(fileURLWithPath: plugin).deletingLastPathComponent().appendingPathComponent("heki-demo").path
+        guard FileManager.default.isExecutableFile(atPath: demo) else { throw XCTSkip("heki-demo not built") }
+        let (status, output) = try sh([demo, "--plugin", plugin])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertTrue(output.contains("heki-demo: all checks hold"), output)
+        XCTAssertTrue(output.contains("HEKI_SUPPRESSED"), output)
+        XCTAssertTrue(output.contains("the VM stopped with verdict: pause"), output)
+        // A bad option is reported with the key, and the demo fails.
+        let (bad, message) = try sh([demo, "--plugin", plugin, "on-denial=explode"])
+        XCTAssertEqual(bad, 2)
+        XCTAssertTrue(message.contains("heki-plugin: on-denial"), message)
+    }
+}
