@@ -72,6 +72,24 @@ final class LibraryTests: XCTestCase {
         XCTAssertTrue(output.contains("Library soname: [libHekiPlugin.so]"))
     }
 
+    /// handle_exit allocates nothing, on every path (pin, weak pin, denial,
+    /// malformed, foreign, rate-limited, queue full): Tests/CProgram/no_alloc.c
+    /// interposes malloc and drives the release .so through dlopen.
+    func testHandleExitNeverAllocates() throws {
+        let release = Self.packageDirectory.appendingPathComponent(".build/release/libHekiPlugin.so").path
+        guard FileManager.default.fileExists(atPath: release) else {
+            return XCTFail("\(release) is missing: run the tests with `make test`, which builds it first")
+        }
+        let binary = FileManager.default.temporaryDirectory.appendingPathComponent("heki-no-alloc-\(getpid())").path
+        defer { try? FileManager.default.removeItem(atPath: binary) }
+        let source = Self.packageDirectory.appendingPathComponent("Tests/CProgram/no_alloc.c").path
+        let compile = try Self.run(["sh", "-c", "cc -std=c11 -Wall -Wextra -Werror -rdynamic -o \(binary) \(source) $(pkg-config --cflags --libs glib-2.0) -ldl"])
+        XCTAssertEqual(compile.status, 0, compile.output)
+        let result = try Self.run([binary, release, "300000"])
+        XCTAssertEqual(result.status, 0, result.output)
+        XCTAssertTrue(result.output.contains("allocations: 0 in 300000 calls"), result.output)
+    }
+
     /// `make install-files` with DESTDIR and PREFIX, then a C program built
     /// with `pkg-config --cflags --libs heki-plugin` links against the .so
     /// (no dlopen) and runs.
