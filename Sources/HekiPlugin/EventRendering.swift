@@ -61,7 +61,7 @@ struct EventRenderer {
             message = "\(subject): weak pinning of \(register?.name ?? ""): \(names(record.extra)) required but not pinned, verdict \(record.verdict.name)"
         case .malformedExit:
             let problem = MalformedProblem(rawValue: record.detail)?.name ?? "unknown"
-            let kind = HekiExitKindIndex(rawValue: Int(record.extra))?.name ?? "unknown"
+            let kind = HekiExitKindIndex(rawValue: Int(truncatingIfNeeded: record.extra))?.name ?? "unknown"
             data.add("vcpu", record.vcpu)
             if let register { data.add("register", register.name) }
             data.add("exit-reason", record.number)
