@@ -10,6 +10,7 @@ let productLinkFlags: [String] = [
     "-static-stdlib",
     "-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/HekiPluginLink/exports.map",
     "-Xlinker", "-Bsymbolic",
+    "-Xlinker", "-soname=libHekiPlugin.so",
     "-Xlinker", "-z", "-Xlinker", "now",
 ]
 

@@ -4,7 +4,7 @@ import Synchronization
 /// (Vyukov's bounded queue): vCPU threads push without locks or allocation,
 /// the main loop pops. A push into a full queue fails at once; the caller
 /// counts what it could not push.
-final class EventQueue {
+final class EventQueue: @unchecked Sendable {
     private let capacity: Int
     private let mask: Int
     /// Per cell: the position it expects to be written (pos) or read (pos+1).

@@ -30,22 +30,24 @@ struct EventRenderer {
             return list.isEmpty ? "none" : list.joined(separator: "+")
         }
 
-        switch record.kind {
-        case .configure:
+        // What a configure and a denial both carry: where, which exit, the
+        // payload's value and the ledger's pins.
+        func exitFields() {
             data.add("vcpu", record.vcpu)
             data.add("register", register?.name ?? "")
             data.add("exit-reason", record.number)
             bits("value", record.value)
             bits("pinned", record.pinned)
+        }
+
+        switch record.kind {
+        case .configure:
+            exitFields()
             data.add("verdict", record.verdict.name)
             level = HEKI_LOG_INFO
             message = "\(subject): guest pinned \(register?.name ?? "") \(names(record.value)) (pinned now \(names(record.pinned))), verdict \(record.verdict.name)"
         case .denial:
-            data.add("vcpu", record.vcpu)
-            data.add("register", register?.name ?? "")
-            data.add("exit-reason", record.number)
-            bits("value", record.value)
-            bits("pinned", record.pinned)
+            exitFields()
             bits("violated", record.extra)
             data.add("verdict", record.verdict.name)
             level = HEKI_LOG_WARNING
@@ -61,7 +63,7 @@ struct EventRenderer {
             message = "\(subject): weak pinning of \(register?.name ?? ""): \(names(record.extra)) required but not pinned, verdict \(record.verdict.name)"
         case .malformedExit:
             let problem = MalformedProblem(rawValue: record.detail)?.name ?? "unknown"
-            let kind = HekiExitKindIndex(rawValue: Int(record.extra))?.name ?? "unknown"
+            let kind = HekiExitKindIndex(rawValue: Int(truncatingIfNeeded: record.extra))?.name ?? "unknown"
             data.add("vcpu", record.vcpu)
             if let register { data.add("register", register.name) }
             data.add("exit-reason", record.number)

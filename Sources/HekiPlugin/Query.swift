@@ -57,7 +57,7 @@ extension Plugin {
         counts.add("capability", counters.capabilityReports.load(ordering: .relaxed))
         var suppressed = JSONObject()
         for kind in EventKind.allCases where kind != .suppressed {
-            suppressed.add(kind.eventName, counters.summarisedTotal(kind) + limiter.pendingCount(kind))
+            suppressed.add(kind.eventName, counters.summarisedTotal(kind) &+ limiter.pendingCount(kind))
         }
         counts.add("suppressed", suppressed)
         counts.add("delivered", counters.delivered.load(ordering: .relaxed))

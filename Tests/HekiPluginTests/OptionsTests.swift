@@ -1,8 +1,127 @@
-import XCTest
+import Testing
 @testable import HekiPlugin
-final class OptionsTests: XCTestCase {
-    func testDefaults() throws {
-        let config = try Options.parse([])
-        XCTAssertEqual(config.profile.name, "v2")
+
+/// Every option of DESIGN.md's table, good and bad values.
+@Suite struct OptionsTests {
+    private func parse(_ arguments: String...) throws -> Configuration {
+        try Options.parse(arguments)
+    }
+
+    private func error(_ arguments: String...) -> String? {
+        do {
+            _ = try Options.parse(arguments)
+            return nil
+        } catch {
+            return error.message
+        }
+    }
+
+    @Test func defaults() throws {
+        let config = try parse()
+        #expect(config.profile.name == "v2")
+        #expect(config.exitConfigure == 39 && config.exitDenial == 40)
+        #expect(config.capConfigure == 235 && config.capDenial == 236)
+        #expect(config.configureExits == .all && config.denialExits == .all)
+        #expect(config.onDenial == .resume && config.onWeakPinning == .resume)
+        #expect(config.onDenial(.cr0) == .resume && config.onDenial(.cr4) == .resume)
+        #expect(config.requireCR0 == 0 && config.requireCR4 == 0)
+        #expect(config.rateLimit == 100 && config.requireCaps == false)
+        #expect(config.vmName == nil && config.auditLogPath == nil)
+    }
+
+    @Test func profiles() throws {
+        let v3 = try parse("abi=v3")
+        #expect([v3.exitConfigure, v3.exitDenial, v3.capConfigure, v3.capDenial] == [40, 41, 236, 237])
+        let v2 = try parse("abi=v2")
+        #expect([v2.exitConfigure, v2.exitDenial, v2.capConfigure, v2.capDenial] == [39, 40, 235, 236])
+        #expect(error("abi=v4") == "heki-plugin: abi: 'v4' is not one of v2, v3")
+    }
+
+    @Test func overridesApplyWhateverTheOrder() throws {
+        let config = try parse("exit-configure=0x50", "abi=v3", "exit-denial=81", "cap-configure=300", "cap-denial=0x12d")
+        #expect(config.profile.name == "v3")
+        #expect([config.exitConfigure, config.exitDenial, config.capConfigure, config.capDenial] == [80, 81, 300, 301])
+    }
+
+    @Test(arguments: ["", "x", "-1", "+5", "0x", "4294967296", "0x1ffffffff", "1.5", " 4"])
+    func badNumbers(_ value: String) {
+        let message = error("exit-configure=\(value)")
+        #expect(message?.hasPrefix("heki-plugin: exit-configure: ") == true)
+        #expect(message?.contains("decimal or 0x-hex") == true)
+    }
+
+    @Test func exitAndCapNumbersMustDiffer() {
+        #expect(error("exit-configure=40")?.contains("exit-denial") == true)
+        #expect(error("abi=v3", "cap-denial=236")?.contains("cap-denial") == true)
+    }
+
+    @Test func exitMasks() throws {
+        #expect(try parse("configure-exits=cr0").configureExits == .cr0)
+        #expect(try parse("configure-exits=cr4").configureExits == .cr4)
+        #expect(try parse("denial-exits=cr4+cr0").denialExits == .all)
+        #expect(try parse("denial-exits=none").denialExits == [])
+        for bad in ["cr3", "cr0+cr0", "cr0+", "CR0", "all", ""] {
+            #expect(error("denial-exits=\(bad)")?.contains("is not one of cr0, cr4, cr0+cr4, none") == true, "\(bad)")
+        }
+    }
+
+    @Test func verdictOptions() throws {
+        for verdict in Verdict.choosable {
+            let config = try parse("on-denial=\(verdict.name)", "on-weak-pinning=\(verdict.name)")
+            #expect(config.onDenial == verdict && config.onWeakPinning == verdict)
+        }
+        let config = try parse("on-denial=poweroff", "on-denial-cr4=exit")
+        #expect(config.onDenial(.cr0) == .poweroff)
+        #expect(config.onDenial(.cr4) == .exit)
+        #expect(try parse("on-denial=reset", "on-denial-cr0=pause").onDenial(.cr0) == .pause)
+        for key in ["on-denial", "on-denial-cr0", "on-denial-cr4", "on-weak-pinning"] {
+            #expect(error("\(key)=not-heki") == "heki-plugin: \(key): 'not-heki' is not one of resume, pause, poweroff, reset, exit")
+        }
+    }
+
+    @Test func requiredPins() throws {
+        #expect(try parse("require-cr0=wp").requireCR0 == CR0.wp.rawValue)
+        #expect(try parse("require-cr0=wp+pg").requireCR0 == (CR0.wp.rawValue | CR0.pg.rawValue))
+        #expect(try parse("require-cr4=smep+smap+umip").requireCR4 == ([CR4.smep, .smap, .umip] as CR4).rawValue)
+        #expect(try parse("require-cr4=none").requireCR4 == 0)
+        #expect(try parse("abi=v3", "require-cr4=fred").requireCR4 == CR4.fred.rawValue)
+        // FRED is not pinnable in v2; PKE is pinnable in no version.
+        #expect(error("require-cr4=fred")?.hasSuffix("among umip, fsgsbase, smep, smap, cet") == true)
+        #expect(error("require-cr4=pke")?.hasPrefix("heki-plugin: require-cr4: 'pke'") == true)
+        #expect(error("require-cr0=smep")?.hasPrefix("heki-plugin: require-cr0: 'smep'") == true)
+        #expect(error("require-cr0=wp+")?.contains("''") == true)
+    }
+
+    @Test func textOptions() throws {
+        #expect(try parse("vm-name=guest \"one\"").vmName == "guest \"one\"")
+        #expect(try parse("vm-name=a=b").vmName == "a=b")
+        #expect(error("vm-name=bad\u{1b}[31m")?.contains("control character") == true)
+        #expect(error("vm-name=" + String(repeating: "x", count: 1025))?.contains("longer than 1024") == true)
+        #expect(try parse("audit-log=/tmp/x.jsonl").auditLogPath == "/tmp/x.jsonl")
+        #expect(error("audit-log=")?.contains("expects a file path") == true)
+    }
+
+    @Test func rateLimit() throws {
+        #expect(try parse("rate-limit=0").rateLimit == 0)
+        #expect(try parse("rate-limit=1000000").rateLimit == 1_000_000)
+        #expect(error("rate-limit=1000001")?.contains("out of range") == true)
+        #expect(error("rate-limit=-3")?.contains("rate-limit") == true)
+    }
+
+    @Test func booleans() throws {
+        for yes in ["on", "yes", "true"] { #expect(try parse("require-caps=\(yes)").requireCaps) }
+        for no in ["off", "no", "false"] { #expect(try !parse("require-caps=\(no)").requireCaps) }
+        #expect(error("require-caps=1") == "heki-plugin: require-caps: '1' is not one of on, off, yes, no, true, false")
+    }
+
+    @Test func malformedArguments() {
+        #expect(error("on-denial")?.contains("is not key=value") == true)
+        #expect(error("colour=blue")?.hasPrefix("heki-plugin: unknown option 'colour'; keys: abi, ") == true)
+        #expect(error("on-denial=pause", "on-denial=resume") == "heki-plugin: on-denial: given twice")
+        #expect(error("=x")?.contains("unknown option ''") == true)
+        // Hostile text is escaped and bounded in messages.
+        let message = error("k\u{7}ey=1") ?? ""
+        #expect(message.contains("k\\x7ey") && !message.contains("\u{7}"))
+        #expect((error(String(repeating: "z", count: 5000) + "=1")?.count ?? .max) < 400)
     }
 }

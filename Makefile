@@ -1,0 +1,48 @@
+# heki-plugin: the two README commands (demo, test) and the install step.
+# PREFIX and DESTDIR follow the usual conventions.
+
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+DESTDIR ?=
+VERSION = 1.0.0
+# Where install-files takes the library from.
+BUILD_DIR ?= .build/release
+
+.PHONY: all deps build demo test install install-files uninstall clean
+
+all: build
+
+deps:
+	@scripts/ensure-deps.sh
+
+build: deps
+	swift build -c release
+
+# The demo: a scenario on the fake host (pins at boot, an SMEP attack, a storm).
+demo: build
+	$(BUILD_DIR)/heki-demo --plugin $(BUILD_DIR)/libHekiPlugin.so
+
+# Every test: unit tests, the fake host through the dlopen'ed .so, the C and
+# C++ header checks, the install check (on the release .so that `build` makes).
+test: build
+	swift test
+
+install: build install-files
+
+install-files:
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	install -m 0755 $(BUILD_DIR)/libHekiPlugin.so $(DESTDIR)$(LIBDIR)/libHekiPlugin.so
+	install -m 0644 include/heki_plugin.h $(DESTDIR)$(INCLUDEDIR)/heki_plugin.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
+	    heki-plugin.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/heki-plugin.pc
+	chmod 0644 $(DESTDIR)$(PKGCONFIGDIR)/heki-plugin.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR)/libHekiPlugin.so $(DESTDIR)$(INCLUDEDIR)/heki_plugin.h \
+	      $(DESTDIR)$(PKGCONFIGDIR)/heki-plugin.pc
+
+clean:
+	rm -rf .build

@@ -1,0 +1,67 @@
+import Testing
+@testable import HekiPlugin
+import CBridge
+
+/// The kvm_run view and the decoding of Heki exits, on a real
+/// struct-kvm_run-sized buffer.
+@Suite struct DecodeTests {
+    /// A zeroed kvm_run-sized page with `exitReason` at offset 8 and the
+    /// payload words at offset 32.
+    private func decode(exit: UInt32, reason: UInt64, value: UInt64,
+                        granted: ExitReasonMask? = .all, reserved: UInt64 = 0) -> DecodedExit {
+        let page = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+        defer { page.deallocate() }
+        page.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
+        page.storeBytes(of: exit, toByteOffset: 8, as: UInt32.self)
+        page.storeBytes(of: reason, toByteOffset: 32, as: UInt64.self)
+        page.storeBytes(of: value, toByteOffset: 40, as: UInt64.self)
+        for word in 0..<6 { page.storeBytes(of: reserved, toByteOffset: 48 + 8 * word, as: UInt64.self) }
+        let table = ExitTable(configureExit: 39, denialExit: 40)
+        return table.decode(OpaquePointer(page)) { _ in granted }
+    }
+
+    @Test func configureAndDenial() {
+        #expect(decode(exit: 39, reason: 1, value: CR0.wp.rawValue) == .configure(.cr0, pinned: CR0.wp.rawValue))
+        #expect(decode(exit: 39, reason: 2, value: 0x300000) == .configure(.cr4, pinned: 0x300000))
+        #expect(decode(exit: 40, reason: 2, value: 0x6f0) == .denial(.cr4, value: 0x6f0))
+        #expect(decode(exit: 40, reason: 1, value: .max) == .denial(.cr0, value: .max))
+    }
+
+    @Test func reservedWordsAreIgnored() {
+        #expect(decode(exit: 40, reason: 2, value: 5, reserved: .max) == .denial(.cr4, value: 5))
+    }
+
+    @Test func foreignExits() {
+        for exit: UInt32 in [0, 2, 5, 38, 41, .max] {
+            #expect(decode(exit: exit, reason: 1, value: 1) == .foreign)
+        }
+    }
+
+    @Test(arguments: [UInt64(0), 3, 4, 1 << 63, .max, 0x10])
+    func reasonNotOneKnownBit(_ reason: UInt64) {
+        #expect(decode(exit: 40, reason: reason, value: 0)
+            == .malformed(HEKI_EXIT_DENIAL, reason: reason, problem: .reasonNotOneKnownBit))
+    }
+
+    @Test func capabilityNotEnabled() {
+        #expect(decode(exit: 39, reason: 1, value: 0, granted: nil)
+            == .malformed(HEKI_EXIT_CONFIGURE, reason: 1, problem: .capabilityNotEnabled))
+    }
+
+    @Test func registerNotRequested() {
+        #expect(decode(exit: 39, reason: 2, value: 0, granted: .cr0)
+            == .malformed(HEKI_EXIT_CONFIGURE, reason: 2, problem: .registerNotEnabled))
+        #expect(decode(exit: 39, reason: 1, value: 0, granted: .cr0) == .configure(.cr0, pinned: 0))
+    }
+
+    @Test func bitNames() {
+        #expect(CR0.names.names(of: 0x8001_0001) == ["pe", "wp", "pg"])
+        #expect(CR4.names.names(of: CR4.smep.rawValue | CR4.lamSup.rawValue | CR4.fred.rawValue) == ["smep", "lam-sup", "fred"])
+        #expect(CR4.names.names(of: 1 << 15 | 1 << 63) == ["bit15", "bit63"])
+        #expect(CR0.names.names(of: 0).isEmpty)
+        // Every architectural bit has a distinct name.
+        #expect(Set(CR0.names.table.map(\.name)).count == 11)
+        #expect(Set(CR4.names.table.map(\.name)).count == CR4.names.table.count)
+        #expect(CR4.names.table.reduce(0) { $0 | $1.bit } == 0x1_1bff_7fff & ~(1 << 15 | 1 << 26) | 1 << 32)
+    }
+}

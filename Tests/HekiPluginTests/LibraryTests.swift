@@ -1,0 +1,142 @@
+import Foundation
+import XCTest
+
+/// What the built libHekiPlugin.so looks like from outside: its exports, its
+/// dependencies, and the install step C consumers use.
+final class LibraryTests: XCTestCase {
+    static let packageDirectory = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    /// .build/<configuration>: the test runner and the .so sit side by side.
+    static let binDirectory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+    static let library = binDirectory.appendingPathComponent("libHekiPlugin.so").path
+
+    static let abiFunctions: Set<String> = [
+        "heki_plugin_abi_version", "heki_plugin_new", "heki_plugin_free", "heki_plugin_free_string",
+        "heki_plugin_exit_number", "heki_plugin_cap_number", "heki_plugin_cap_mask",
+        "heki_plugin_cap_result", "heki_plugin_handle_exit", "heki_plugin_query",
+    ]
+
+    @discardableResult
+    static func run(_ arguments: [String], environment: [String: String] = [:],
+                    directory: URL? = nil) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        if let directory { process.currentDirectoryURL = directory }
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    /// Global dynamic symbols: exactly the C ABI. (A debug build also lists
+    /// Swift symbols that the version script made local: `nm` types in
+    /// lower case, which nothing can bind to.)
+    func testExportsExactlyTheCABI() throws {
+        let (status, output) = try Self.run(["nm", "-D", "--defined-only", Self.library])
+        XCTAssertEqual(status, 0, output)
+        let global = output.split(separator: "\n").compactMap { line -> String? in
+            let fields = line.split(separator: " ")
+            guard fields.count == 3, fields[1].first!.isUppercase else { return nil }
+            return String(fields[2])
+        }
+        XCTAssertEqual(Set(global), Self.abiFunctions, "exported: \(global)")
+    }
+
+    /// The release library (`make test` builds it first, as `make demo`
+    /// does): `nm -D --defined-only` lists the C ABI and nothing else.
+    func testReleaseLibraryListsOnlyTheCABI() throws {
+        let release = Self.packageDirectory.appendingPathComponent(".build/release/libHekiPlugin.so").path
+        guard FileManager.default.fileExists(atPath: release) else {
+            return XCTFail("\(release) is missing: run the tests with `make test`, which builds it first")
+        }
+        let (status, output) = try Self.run(["nm", "-D", "--defined-only", release])
+        XCTAssertEqual(status, 0, output)
+        let symbols = output.split(separator: "\n").compactMap { $0.split(separator: " ").last.map(String.init) }
+        XCTAssertEqual(Set(symbols), Self.abiFunctions, "exported: \(symbols)")
+        XCTAssertEqual(symbols.count, Self.abiFunctions.count)
+    }
+
+    func testCarriesTheSwiftRuntimeStatically() throws {
+        let (status, output) = try Self.run(["readelf", "-d", Self.library])
+        XCTAssertEqual(status, 0, output)
+        let needed = output.split(separator: "\n").filter { $0.contains("(NEEDED)") }
+        XCTAssertFalse(needed.isEmpty)
+        XCTAssertFalse(needed.contains { $0.contains("libswift") || $0.contains("Foundation") || $0.contains("XCTest") },
+                       "needs: \(needed)")
+        XCTAssertTrue(needed.contains { $0.contains("libglib-2.0") })
+        XCTAssertTrue(output.contains("Library soname: [libHekiPlugin.so]"))
+    }
+
+    /// handle_exit allocates nothing, on every path (pin, weak pin, denial,
+    /// malformed, foreign, rate-limited, queue full): Tests/CProgram/no_alloc.c
+    /// interposes malloc and drives the release .so through dlopen.
+    func testHandleExitNeverAllocates() throws {
+        let release = Self.packageDirectory.appendingPathComponent(".build/release/libHekiPlugin.so").path
+        guard FileManager.default.fileExists(atPath: release) else {
+            return XCTFail("\(release) is missing: run the tests with `make test`, which builds it first")
+        }
+        let binary = FileManager.default.temporaryDirectory.appendingPathComponent("heki-no-alloc-\(getpid())").path
+        defer { try? FileManager.default.removeItem(atPath: binary) }
+        let source = Self.packageDirectory.appendingPathComponent("Tests/CProgram/no_alloc.c").path
+        let compile = try Self.run(["sh", "-c", "cc -std=c11 -Wall -Wextra -Werror -rdynamic -o \(binary) \(source) $(pkg-config --cflags --libs glib-2.0) -ldl"])
+        XCTAssertEqual(compile.status, 0, compile.output)
+        let result = try Self.run([binary, release, "300000"])
+        XCTAssertEqual(result.status, 0, result.output)
+        XCTAssertTrue(result.output.contains("allocations: 0 in 300000 calls"), result.output)
+    }
+
+    /// `make install-files` with DESTDIR and PREFIX, then a C program built
+    /// with `pkg-config --cflags --libs heki-plugin` links against the .so
+    /// (no dlopen) and runs.
+    func testInstallGivesPkgConfigConsumersALibrary() throws {
+        let stage = FileManager.default.temporaryDirectory.appendingPathComponent("heki-install-\(getpid())")
+        try? FileManager.default.removeItem(at: stage)
+        defer { try? FileManager.default.removeItem(at: stage) }
+        let install = try Self.run(["make", "-s", "install-files", "BUILD_DIR=\(Self.binDirectory.path)",
+                                    "DESTDIR=\(stage.path)", "PREFIX=/opt/heki"],
+                                   directory: Self.packageDirectory)
+        XCTAssertEqual(install.status, 0, install.output)
+        let root = stage.path + "/opt/heki"
+        for file in ["lib/libHekiPlugin.so", "include/heki_plugin.h", "lib/pkgconfig/heki-plugin.pc"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: root + "/" + file), file)
+        }
+        let pc = try String(contentsOfFile: root + "/lib/pkgconfig/heki-plugin.pc", encoding: .utf8)
+        XCTAssertTrue(pc.contains("prefix=/opt/heki\n"), pc)
+        XCTAssertFalse(pc.contains("@"), pc)
+
+        let environment = ["PKG_CONFIG_PATH": root + "/lib/pkgconfig", "PKG_CONFIG_SYSROOT_DIR": stage.path]
+        let flags = try Self.run(["pkg-config", "--cflags", "--libs", "heki-plugin"], environment: environment)
+        XCTAssertEqual(flags.status, 0, flags.output)
+        XCTAssertTrue(flags.output.contains("-I\(root)/include"), flags.output)
+        XCTAssertTrue(flags.output.contains("-lHekiPlugin"), flags.output)
+
+        let source = stage.appendingPathComponent("consumer.c")
+        try """
+        #include <heki_plugin.h>
+        #include <stdio.h>
+        int main(void) {
+            char *error = NULL;
+            const char *argv[] = { "abi=v3" };
+            HekiHost host = { sizeof host, NULL, NULL, NULL, NULL };
+            HekiPlugin *plugin = heki_plugin_new(&host, 1, argv, &error);
+            if (!plugin) { fprintf(stderr, "%s\\n", error); return 1; }
+            printf("abi %u exit %u\\n", heki_plugin_abi_version(),
+                   heki_plugin_exit_number(plugin, HEKI_EXIT_DENIAL));
+            heki_plugin_free(plugin);
+            return 0;
+        }
+        """.write(to: source, atomically: true, encoding: .utf8)
+        let binary = stage.appendingPathComponent("consumer").path
+        let compile = try Self.run(["sh", "-c", "cc -std=c11 -Wall -Wextra -Werror -o \(binary) \(source.path) $(pkg-config --cflags --libs heki-plugin)"],
+                                   environment: environment)
+        XCTAssertEqual(compile.status, 0, compile.output)
+        let output = try Self.run([binary], environment: ["LD_LIBRARY_PATH": root + "/lib"])
+        XCTAssertEqual(output.status, 0, output.output)
+        XCTAssertEqual(output.output, "abi 1 exit 41\n")
+    }
+}
