@@ -10,8 +10,8 @@ final class KernelFixture {
     var vcpus: [OpaquePointer] = []
     var pages: [UnsafeMutableRawPointer] = []
 
-    init(_ profile: FkProfile = fk_profile(FK_PROFILE_V2), hostCR0: UInt64 = CR0.host,
-         hostCR4: UInt64 = CR4.host, vcpus n: Int = 1) {
+    init(_ profile: FkProfile = fk_profile(FK_PROFILE_V2), hostCR0: UInt64 = GuestCR0.host,
+         hostCR4: UInt64 = GuestCR4.host, vcpus n: Int = 1) {
         var p = profile
         vm = fk_vm_new(&p, hostCR0, hostCR4)
         for _ in 0..<n {
@@ -49,9 +49,9 @@ final class FakeHostKernelTests: XCTestCase {
         let v2 = fk_profile(FK_PROFILE_V2), v3 = fk_profile(FK_PROFILE_V3)
         XCTAssertEqual([v2.exit_configure, v2.exit_denial, v2.cap_configure, v2.cap_denial], [39, 40, 235, 236])
         XCTAssertEqual([v3.exit_configure, v3.exit_denial, v3.cap_configure, v3.cap_denial], [40, 41, 236, 237])
-        let v2pinnable = CR4.smep | CR4.smap | CR4.umip | CR4.fsgsbase | CR4.cet
+        let v2pinnable = GuestCR4.smep | GuestCR4.smap | GuestCR4.umip | GuestCR4.fsgsbase | GuestCR4.cet
         XCTAssertEqual(v2.pinnable_cr4, v2pinnable)
-        XCTAssertEqual(v3.pinnable_cr4, v2pinnable | CR4.fred)
+        XCTAssertEqual(v3.pinnable_cr4, v2pinnable | GuestCR4.fred)
     }
 
     func testVersionQueryReturnsOneWithoutExit() {
@@ -69,18 +69,18 @@ final class FakeHostKernelTests: XCTestCase {
         let cases: [(String, UInt64, UInt64, UInt64)] = [
             ("unknown flags", 0, 0, 2),
             ("version flag with a register", 4, 0, 1),
-            ("version flag with a pin", 0, CR0.wp, 1),
+            ("version flag with a pin", 0, GuestCR0.wp, 1),
             ("version flag plus another flag", 0, 0, 3),
-            ("a0 > U32_MAX", (1 << 32), CR4.smep, 0),
-            ("a0 > U32_MAX (cr0 in the low bits)", (1 << 32) | 0, CR0.wp, 0),
+            ("a0 > U32_MAX", (1 << 32), GuestCR4.smep, 0),
+            ("a0 > U32_MAX (cr0 in the low bits)", (1 << 32) | 0, GuestCR0.wp, 0),
             ("pin == 0 on cr0", 0, 0, 0),
             ("pin == 0 on cr4", 4, 0, 0),
-            ("register 3", 3, CR4.smep, 0),
-            ("register 8", 8, CR4.smep, 0),
-            ("cr0 pin without WP", 0, CR0.pe, 0),
-            ("cr0 pin with a bit the host lacks (CD)", 0, CR0.wp | CR0.cd, 0),
-            ("cr4 pin outside pinnable (PAE)", 4, CR4.smep | CR4.pae, 0),
-            ("cr4 FRED under v2", 4, CR4.fred, 0),
+            ("register 3", 3, GuestCR4.smep, 0),
+            ("register 8", 8, GuestCR4.smep, 0),
+            ("cr0 pin without WP", 0, GuestCR0.pe, 0),
+            ("cr0 pin with a bit the host lacks (CD)", 0, GuestCR0.wp | GuestCR0.cd, 0),
+            ("cr4 pin outside pinnable (PAE)", 4, GuestCR4.smep | GuestCR4.pae, 0),
+            ("cr4 FRED under v2", 4, GuestCR4.fred, 0),
         ]
         let k = KernelFixture()
         k.enableAll()
@@ -104,16 +104,16 @@ final class FakeHostKernelTests: XCTestCase {
     }
 
     func testFredIsPinnableUnderV3AndStillMaskedByTheHost() {
-        let withFred = KernelFixture(fk_profile(FK_PROFILE_V3), hostCR4: CR4.host | CR4.fred)
+        let withFred = KernelFixture(fk_profile(FK_PROFILE_V3), hostCR4: GuestCR4.host | GuestCR4.fred)
         withFred.enableAll()
-        XCTAssertEqual(fk_vcpu_lock_cr(withFred.v0, 4, CR4.fred, 0), FK_EXIT)
+        XCTAssertEqual(fk_vcpu_lock_cr(withFred.v0, 4, GuestCR4.fred, 0), FK_EXIT)
         XCTAssertEqual(withFred.exitReason(), 40)
-        XCTAssertEqual(withFred.word(1), CR4.fred)
+        XCTAssertEqual(withFred.word(1), GuestCR4.fred)
         let noFred = KernelFixture(fk_profile(FK_PROFILE_V3))
         noFred.enableAll()
-        XCTAssertEqual(fk_vcpu_lock_cr(noFred.v0, 4, CR4.fred | CR4.smep, 0), FK_EXIT)
-        XCTAssertEqual(noFred.word(1), CR4.smep)
-        XCTAssertEqual(fk_vm_pinned(noFred.vm, 4), CR4.smep)
+        XCTAssertEqual(fk_vcpu_lock_cr(noFred.v0, 4, GuestCR4.fred | GuestCR4.smep, 0), FK_EXIT)
+        XCTAssertEqual(noFred.word(1), GuestCR4.smep)
+        XCTAssertEqual(fk_vm_pinned(noFred.vm, 4), GuestCR4.smep)
     }
 
     func testCR4PinIsAndedWithHostCR4AndPayloadLayout() {
@@ -121,18 +121,18 @@ final class FakeHostKernelTests: XCTestCase {
         k.enableAll()
         k.poison()
         // CET is pinnable but this host lacks it.
-        XCTAssertEqual(fk_vcpu_lock_cr(k.v0, 4, CR4.smep | CR4.cet, 0), FK_EXIT)
-        XCTAssertEqual(fk_vm_pinned(k.vm, 4), CR4.smep)
+        XCTAssertEqual(fk_vcpu_lock_cr(k.v0, 4, GuestCR4.smep | GuestCR4.cet, 0), FK_EXIT)
+        XCTAssertEqual(fk_vm_pinned(k.vm, 4), GuestCR4.smep)
         XCTAssertEqual(k.exitReason(), 39)
         XCTAssertEqual(k.word(0), 1 << 1, "reason = KVM_HEKI_EXIT_REASON_CR4")
-        XCTAssertEqual(k.word(1), CR4.smep, "cr_pinned after host masking")
+        XCTAssertEqual(k.word(1), GuestCR4.smep, "cr_pinned after host masking")
         for w in 2..<8 { XCTAssertEqual(k.word(w), 0, "reserved word \(w) zeroed") }
         // Bytes outside the 64-byte payload are untouched.
         XCTAssertEqual(k.page().load(fromByteOffset: 96, as: UInt64.self), 0xAAAA_AAAA_AAAA_AAAA)
         XCTAssertEqual(k.page().load(fromByteOffset: 0, as: UInt64.self), 0xAAAA_AAAA_AAAA_AAAA)
         // The helpers read the same places.
         XCTAssertEqual(fk_run_exit_reason(OpaquePointer(k.page())), 39)
-        XCTAssertEqual(fk_run_payload_word(OpaquePointer(k.page()), 1), CR4.smep)
+        XCTAssertEqual(fk_run_payload_word(OpaquePointer(k.page()), 1), GuestCR4.smep)
         // The pin is not complete until user space re-enters.
         XCTAssertEqual(fk_vcpu_rip(k.v0), 0)
         XCTAssertEqual(fk_vcpu_complete(k.v0), FK_PENDING_CONFIGURE)
@@ -146,57 +146,57 @@ final class FakeHostKernelTests: XCTestCase {
         let k = KernelFixture()
         k.enableAll()
         k.poison()
-        XCTAssertEqual(fk_vcpu_lock_cr(k.v0, 0, CR0.wp | CR0.pe, 0), FK_EXIT)
+        XCTAssertEqual(fk_vcpu_lock_cr(k.v0, 0, GuestCR0.wp | GuestCR0.pe, 0), FK_EXIT)
         XCTAssertEqual(k.word(0), 1)
-        XCTAssertEqual(k.word(1), CR0.wp | CR0.pe)
+        XCTAssertEqual(k.word(1), GuestCR0.wp | GuestCR0.pe)
         for w in 2..<8 { XCTAssertEqual(k.word(w), 0) }
-        XCTAssertEqual(fk_vm_pinned(k.vm, 0), CR0.wp | CR0.pe)
+        XCTAssertEqual(fk_vm_pinned(k.vm, 0), GuestCR0.wp | GuestCR0.pe)
     }
 
     func testPinsAreOredPerVMAcrossVcpus() {
         let k = KernelFixture(vcpus: 2)
         let other = KernelFixture()
         k.enableAll()
-        XCTAssertEqual(fk_vcpu_lock_cr(k.vcpus[0], 4, CR4.smep, 0), FK_EXIT)
+        XCTAssertEqual(fk_vcpu_lock_cr(k.vcpus[0], 4, GuestCR4.smep, 0), FK_EXIT)
         fk_vcpu_complete(k.vcpus[0])
-        XCTAssertEqual(fk_vcpu_lock_cr(k.vcpus[1], 4, CR4.smap, 0), FK_EXIT)
-        XCTAssertEqual(k.word(1, 1), CR4.smap, "cr_pinned is this call's bits, not the total")
+        XCTAssertEqual(fk_vcpu_lock_cr(k.vcpus[1], 4, GuestCR4.smap, 0), FK_EXIT)
+        XCTAssertEqual(k.word(1, 1), GuestCR4.smap, "cr_pinned is this call's bits, not the total")
         fk_vcpu_complete(k.vcpus[1])
         // Pinning an already pinned bit again is accepted and changes nothing.
-        XCTAssertEqual(fk_vcpu_lock_cr(k.vcpus[1], 4, CR4.smep, 0), FK_EXIT)
+        XCTAssertEqual(fk_vcpu_lock_cr(k.vcpus[1], 4, GuestCR4.smep, 0), FK_EXIT)
         fk_vcpu_complete(k.vcpus[1])
-        XCTAssertEqual(fk_vm_pinned(k.vm, 4), CR4.smep | CR4.smap)
+        XCTAssertEqual(fk_vm_pinned(k.vm, 4), GuestCR4.smep | GuestCR4.smap)
         XCTAssertEqual(fk_vm_pinned(other.vm, 4), 0, "pins are per VM")
         // vCPU 0 is denied a write that clears what vCPU 1 pinned.
-        XCTAssertEqual(fk_vcpu_write_cr(k.vcpus[0], 4, CR4.host & ~CR4.smap), FK_EXIT)
+        XCTAssertEqual(fk_vcpu_write_cr(k.vcpus[0], 4, GuestCR4.host & ~GuestCR4.smap), FK_EXIT)
     }
 
     func testDenialOnlyWhenPinnedBitsAreCleared() {
         let k = KernelFixture()
         k.enableAll()
-        XCTAssertEqual(fk_vcpu_lock_cr(k.v0, 4, CR4.smep, 0), FK_EXIT)
+        XCTAssertEqual(fk_vcpu_lock_cr(k.v0, 4, GuestCR4.smep, 0), FK_EXIT)
         fk_vcpu_complete(k.v0)
         let rip = fk_vcpu_rip(k.v0)
         // Setting extra bits, or clearing unpinned ones, is fine.
-        XCTAssertEqual(fk_vcpu_write_cr(k.v0, 4, CR4.host | CR4.cet), FK_OK)
-        XCTAssertEqual(fk_vcpu_cr(k.v0, 4), CR4.host | CR4.cet)
-        XCTAssertEqual(fk_vcpu_write_cr(k.v0, 4, CR4.host & ~CR4.smap), FK_OK)
-        XCTAssertEqual(fk_vcpu_cr(k.v0, 4), CR4.host & ~CR4.smap)
+        XCTAssertEqual(fk_vcpu_write_cr(k.v0, 4, GuestCR4.host | GuestCR4.cet), FK_OK)
+        XCTAssertEqual(fk_vcpu_cr(k.v0, 4), GuestCR4.host | GuestCR4.cet)
+        XCTAssertEqual(fk_vcpu_write_cr(k.v0, 4, GuestCR4.host & ~GuestCR4.smap), FK_OK)
+        XCTAssertEqual(fk_vcpu_cr(k.v0, 4), GuestCR4.host & ~GuestCR4.smap)
         XCTAssertEqual(fk_vcpu_rip(k.v0), rip + 6)
-        // CR0 has no pins: anything goes.
+        // GuestCR0 has no pins: anything goes.
         XCTAssertEqual(fk_vcpu_write_cr(k.v0, 0, 0), FK_OK)
         // Clearing SMEP: denial exit with the whole attempted value.
         k.poison()
-        let attempt = CR4.host & ~CR4.smep
+        let attempt = GuestCR4.host & ~GuestCR4.smep
         XCTAssertEqual(fk_vcpu_write_cr(k.v0, 4, attempt), FK_EXIT)
         XCTAssertEqual(k.exitReason(), 40)
         XCTAssertEqual(k.word(0), 2)
         XCTAssertEqual(k.word(1), attempt)
         for w in 2..<8 { XCTAssertEqual(k.word(w), 0) }
-        XCTAssertEqual(fk_vcpu_cr(k.v0, 4), CR4.host & ~CR4.smap, "the write did not happen")
+        XCTAssertEqual(fk_vcpu_cr(k.v0, 4), GuestCR4.host & ~GuestCR4.smap, "the write did not happen")
         XCTAssertEqual(fk_vcpu_pending(k.v0), FK_PENDING_DENIAL)
         XCTAssertEqual(fk_vcpu_gp_count(k.v0), 0, "#GP waits for the completion")
-        XCTAssertEqual(fk_vcpu_write_cr(k.v0, 4, CR4.host), FK_BUSY)
+        XCTAssertEqual(fk_vcpu_write_cr(k.v0, 4, GuestCR4.host), FK_BUSY)
         XCTAssertEqual(fk_vcpu_complete(k.v0), FK_PENDING_DENIAL)
         XCTAssertEqual(fk_vcpu_gp_count(k.v0), 1)
         XCTAssertEqual(fk_vcpu_rip(k.v0), rip + 9, "a faulting write does not advance rip")
@@ -209,19 +209,19 @@ final class FakeHostKernelTests: XCTestCase {
         let p = fk_vm_profile(k.vm)
         XCTAssertEqual(fk_enable_cap(k.vm, p.cap_configure, 3), 0)
         XCTAssertEqual(fk_enable_cap(k.vm, p.cap_denial, 1), 0) // cr0 only
-        fk_vcpu_lock_cr(k.v0, 0, CR0.wp, 0); fk_vcpu_complete(k.v0)
-        fk_vcpu_lock_cr(k.v0, 4, CR4.smep, 0); fk_vcpu_complete(k.v0)
+        fk_vcpu_lock_cr(k.v0, 0, GuestCR0.wp, 0); fk_vcpu_complete(k.v0)
+        fk_vcpu_lock_cr(k.v0, 4, GuestCR4.smep, 0); fk_vcpu_complete(k.v0)
         fk_run_write_raw(OpaquePointer(k.page()), 0xbeef, nil)
         XCTAssertEqual(fk_vcpu_write_cr(k.v0, 4, 0), FK_GP)
         XCTAssertEqual(fk_vcpu_gp_count(k.v0), 1)
         XCTAssertEqual(k.exitReason(), 0xbeef, "no exit")
         XCTAssertEqual(fk_vcpu_pending(k.v0), FK_PENDING_NONE)
-        XCTAssertEqual(fk_vcpu_write_cr(k.v0, 0, CR0.host & ~CR0.wp), FK_EXIT)
+        XCTAssertEqual(fk_vcpu_write_cr(k.v0, 0, GuestCR0.host & ~GuestCR0.wp), FK_EXIT)
         XCTAssertEqual(fk_vm_denials(k.vm), 2)
         XCTAssertEqual(fk_vm_denial_exits(k.vm), 1)
         // Without any denial cap: #GP directly.
         let bare = KernelFixture()
-        fk_vcpu_lock_cr(bare.v0, 0, CR0.wp, 0)
+        fk_vcpu_lock_cr(bare.v0, 0, GuestCR0.wp, 0)
         XCTAssertEqual(fk_vcpu_write_cr(bare.v0, 0, 0), FK_GP)
         XCTAssertEqual(fk_vcpu_gp_count(bare.v0), 1)
     }
@@ -230,17 +230,17 @@ final class FakeHostKernelTests: XCTestCase {
         let k = KernelFixture()
         let p = fk_vm_profile(k.vm)
         // No cap at all: the pin is made, rax = 0, rip skipped, no exit.
-        XCTAssertEqual(fk_vcpu_lock_cr(k.v0, 0, CR0.wp, 0), FK_OK)
+        XCTAssertEqual(fk_vcpu_lock_cr(k.v0, 0, GuestCR0.wp, 0), FK_OK)
         XCTAssertEqual(fk_vcpu_rax(k.v0), 0)
         XCTAssertEqual(fk_vcpu_rip(k.v0), 3)
-        XCTAssertEqual(fk_vm_pinned(k.vm, 0), CR0.wp)
+        XCTAssertEqual(fk_vm_pinned(k.vm, 0), GuestCR0.wp)
         XCTAssertEqual(k.exitReason(), 0)
-        // CR4 only: a CR0 pin stays in the kernel, a CR4 pin exits.
+        // GuestCR4 only: a GuestCR0 pin stays in the kernel, a GuestCR4 pin exits.
         XCTAssertEqual(fk_enable_cap(k.vm, p.cap_configure, 2), 0)
-        XCTAssertEqual(fk_vcpu_lock_cr(k.v0, 0, CR0.wp | CR0.pg, 0), FK_OK)
-        XCTAssertEqual(fk_vcpu_lock_cr(k.v0, 4, CR4.umip, 0), FK_EXIT)
+        XCTAssertEqual(fk_vcpu_lock_cr(k.v0, 0, GuestCR0.wp | GuestCR0.pg, 0), FK_OK)
+        XCTAssertEqual(fk_vcpu_lock_cr(k.v0, 4, GuestCR4.umip, 0), FK_EXIT)
         XCTAssertEqual(fk_vm_configure_exits(k.vm), 1)
-        XCTAssertEqual(fk_vm_pinned(k.vm, 0), CR0.wp | CR0.pg)
+        XCTAssertEqual(fk_vm_pinned(k.vm, 0), GuestCR0.wp | GuestCR0.pg)
     }
 
     func testEnableCapAndCheckExtension() {
@@ -270,7 +270,7 @@ final class FakeHostKernelTests: XCTestCase {
         XCTAssertEqual(fk_check_extension(k.vm, 235), 3, "still answered without CONFIG_HEKI")
         XCTAssertEqual(fk_enable_cap(k.vm, 235, 3), -22)
         XCTAssertEqual(fk_enable_cap(k.vm, 236, 3), -22)
-        XCTAssertEqual(fk_vcpu_lock_cr(k.v0, 0, CR0.wp, 0), FK_OK)
+        XCTAssertEqual(fk_vcpu_lock_cr(k.v0, 0, GuestCR0.wp, 0), FK_OK)
         XCTAssertEqual(fk_vcpu_rax(k.v0), UInt64(bitPattern: -1000), "-KVM_ENOSYS")
         XCTAssertEqual(fk_vm_pinned(k.vm, 0), 0)
         XCTAssertEqual(fk_vcpu_write_cr(k.v0, 0, 0), FK_OK)
@@ -279,15 +279,15 @@ final class FakeHostKernelTests: XCTestCase {
     func testResetKeepsPins() {
         let k = KernelFixture(vcpus: 2)
         k.enableAll()
-        fk_vcpu_lock_cr(k.v0, 0, CR0.wp, 0); fk_vcpu_complete(k.v0)
+        fk_vcpu_lock_cr(k.v0, 0, GuestCR0.wp, 0); fk_vcpu_complete(k.v0)
         XCTAssertEqual(fk_vcpu_write_cr(k.vcpus[1], 0, 0), FK_EXIT)
         fk_vm_reset(k.vm)
         XCTAssertEqual(fk_vcpu_pending(k.vcpus[1]), FK_PENDING_NONE, "reset drops the pending exit")
         XCTAssertEqual(fk_vcpu_gp_count(k.vcpus[1]), 0)
-        XCTAssertEqual(fk_vcpu_cr(k.vcpus[1], 0), CR0.reset)
+        XCTAssertEqual(fk_vcpu_cr(k.vcpus[1], 0), GuestCR0.reset)
         XCTAssertEqual(fk_vcpu_cr(k.v0, 4), 0)
-        XCTAssertEqual(fk_vm_pinned(k.vm, 0), CR0.wp, "pins survive a reset")
-        // The open problem: the rebooting guest cannot write a CR0 without WP.
-        XCTAssertEqual(fk_vcpu_write_cr(k.v0, 0, CR0.pe), FK_EXIT)
+        XCTAssertEqual(fk_vm_pinned(k.vm, 0), GuestCR0.wp, "pins survive a reset")
+        // The open problem: the rebooting guest cannot write a GuestCR0 without WP.
+        XCTAssertEqual(fk_vcpu_write_cr(k.v0, 0, GuestCR0.pe), FK_EXIT)
     }
 }

@@ -25,7 +25,7 @@ final class HostAuditTests: XCTestCase {
 
     private func lifetime(_ path: String, name: String) throws -> TestVM {
         let t = try TestVM.started(["audit-log=\(path)", "vm-name=\(name)"])
-        t.pin(cr: 0, CR0.wp)
+        t.pin(cr: 0, GuestCR0.wp)
         t.write(cr: 0, 0)
         t.raw(exit: 39, words: payload(reason: 5))
         XCTAssertEqual(t.run(), FH_STOP_NONE)

@@ -9,7 +9,7 @@ import Foundation
 import XCTest
 
 // Control register bits (the FK_* macros, spelled out for Swift).
-enum CR0 {
+enum GuestCR0 {
     static let pe: UInt64 = 1 << 0
     static let mp: UInt64 = 1 << 1
     static let et: UInt64 = 1 << 4
@@ -23,7 +23,7 @@ enum CR0 {
     static let reset: UInt64 = 0x6000_0010
 }
 
-enum CR4 {
+enum GuestCR4 {
     static let pae: UInt64 = 1 << 5
     static let umip: UInt64 = 1 << 11
     static let fsgsbase: UInt64 = 1 << 16

@@ -12,10 +12,10 @@ final class HostPolicyTests: XCTestCase {
     func testEachDenialVerdict() throws {
         for (name, verdict) in verdictNames {
             let t = try TestVM.started(["on-denial=\(name)"], vcpus: 2)
-            t.pin(0, cr: 0, CR0.wp)
+            t.pin(0, cr: 0, GuestCR0.wp)
             XCTAssertEqual(t.run(), FH_STOP_NONE)
-            t.write(1, cr: 0, CR0.host & ~CR0.wp)
-            t.write(1, cr: 4, CR4.host) // after the denial: runs only if resumed
+            t.write(1, cr: 0, GuestCR0.host & ~GuestCR0.wp)
+            t.write(1, cr: 4, GuestCR4.host) // after the denial: runs only if resumed
             let stop = t.run()
             XCTAssertEqual(stop, verdict == verdictResume ? FH_STOP_NONE : verdict, name)
             XCTAssertEqual(t.verdicts(verdict), verdict == verdictResume ? 2 : 1, name)
@@ -31,8 +31,8 @@ final class HostPolicyTests: XCTestCase {
                 XCTAssertEqual(fh_vm_vcpu_gp(t.vm, 1), 1)
             case verdictReset:
                 XCTAssertEqual(fh_vm_resets(t.vm), 1)
-                XCTAssertEqual(fk_vcpu_cr(t.vcpu(1), 0), CR0.reset)
-                XCTAssertEqual(fk_vm_pinned(t.kernel, 0), CR0.wp, "pins survive the reset")
+                XCTAssertEqual(fk_vcpu_cr(t.vcpu(1), 0), GuestCR0.reset)
+                XCTAssertEqual(fk_vm_pinned(t.kernel, 0), GuestCR0.wp, "pins survive the reset")
                 XCTAssertEqual(fh_vm_vcpu_gp(t.vm, 1), 0)
             case verdictPoweroff:
                 XCTAssertEqual(fh_vm_poweroffs(t.vm), 1)
@@ -50,8 +50,8 @@ final class HostPolicyTests: XCTestCase {
 
     func testPerRegisterVerdictsTakePrecedence() throws {
         let t = try TestVM.started(["on-denial=poweroff", "on-denial-cr4=pause"])
-        t.pin(cr: 0, CR0.wp)
-        t.pin(cr: 4, CR4.smep)
+        t.pin(cr: 0, GuestCR0.wp)
+        t.pin(cr: 4, GuestCR4.smep)
         XCTAssertEqual(t.run(), FH_STOP_NONE)
         t.write(cr: 4, 0)
         XCTAssertEqual(t.run(), verdictPause)
@@ -61,17 +61,17 @@ final class HostPolicyTests: XCTestCase {
         XCTAssertEqual(t.events("HEKI_DENIAL").map { $0.string("verdict") ?? "" }, ["pause", "poweroff"])
 
         let u = try TestVM.started(["on-denial-cr0=reset", "on-denial=exit"])
-        u.pin(cr: 0, CR0.wp)
-        u.pin(cr: 4, CR4.smap)
+        u.pin(cr: 0, GuestCR0.wp)
+        u.pin(cr: 4, GuestCR4.smap)
         u.run()
-        u.write(cr: 0, CR0.pe)
+        u.write(cr: 0, GuestCR0.pe)
         XCTAssertEqual(u.run(), verdictReset)
         u.write(cr: 4, 0)
         XCTAssertEqual(u.run(), verdictExit)
         // Both per-register keys, no on-denial: the default for neither.
         let w = try TestVM.started(["on-denial-cr0=pause", "on-denial-cr4=resume"])
-        w.pin(cr: 0, CR0.wp)
-        w.pin(cr: 4, CR4.smap)
+        w.pin(cr: 0, GuestCR0.wp)
+        w.pin(cr: 4, GuestCR4.smap)
         w.write(cr: 4, 0)
         w.write(cr: 0, 0)
         XCTAssertEqual(w.run(), verdictPause)
@@ -81,9 +81,9 @@ final class HostPolicyTests: XCTestCase {
     func testWeakPinning() throws {
         let t = try TestVM.started(["require-cr4=smep+smap", "require-cr0=wp", "on-weak-pinning=pause",
                                     "vm-name=weak"])
-        t.pin(cr: 0, CR0.wp)   // cr0 requirements met
-        t.pin(cr: 4, CR4.smep) // smap missing
-        t.pin(cr: 4, CR4.umip) // never reached: the VM paused
+        t.pin(cr: 0, GuestCR0.wp)   // cr0 requirements met
+        t.pin(cr: 4, GuestCR4.smep) // smap missing
+        t.pin(cr: 4, GuestCR4.umip) // never reached: the VM paused
         XCTAssertEqual(t.run(), verdictPause)
         XCTAssertEqual(t.verdicts(verdictResume), 1)
         XCTAssertEqual(t.verdicts(verdictPause), 1)
@@ -91,14 +91,14 @@ final class HostPolicyTests: XCTestCase {
         XCTAssertEqual(q.object("pins")?.object("cr4")?.strings("missing-required"), ["smap"])
         XCTAssertEqual(q.object("counters")?.object("weak-pinning")?.int("cr4"), 1)
         // Resume; umip still leaves smap missing; then smap completes it.
-        t.pin(cr: 4, CR4.smap)
+        t.pin(cr: 4, GuestCR4.smap)
         XCTAssertEqual(t.run(), verdictPause, "the umip pin is still weak")
         XCTAssertEqual(t.run(), FH_STOP_NONE, "the smap pin completes the requirement")
         XCTAssertEqual(t.verdicts(verdictPause), 2)
         XCTAssertEqual(t.verdicts(verdictResume), 2)
         q = t.query()
         XCTAssertEqual(q.object("pins")?.object("cr4")?.strings("missing-required"), [])
-        XCTAssertEqual(q.object("pins")?.object("cr4")?.string("value"), hex(CR4.smep | CR4.smap | CR4.umip))
+        XCTAssertEqual(q.object("pins")?.object("cr4")?.string("value"), hex(GuestCR4.smep | GuestCR4.smap | GuestCR4.umip))
         t.freePlugin()
         let weak = t.events("HEKI_WEAK_PINNING")
         XCTAssertEqual(weak.count, 2)
@@ -106,11 +106,11 @@ final class HostPolicyTests: XCTestCase {
         XCTAssertEqual(first.string("vm-name"), "weak")
         XCTAssertEqual(first.int("vcpu"), 0)
         XCTAssertEqual(first.string("register"), "cr4")
-        XCTAssertEqual(first.string("pinned"), hex(CR4.smep))
+        XCTAssertEqual(first.string("pinned"), hex(GuestCR4.smep))
         XCTAssertEqual(first.strings("pinned-bits"), ["smep"])
-        XCTAssertEqual(first.string("required"), hex(CR4.smep | CR4.smap))
+        XCTAssertEqual(first.string("required"), hex(GuestCR4.smep | GuestCR4.smap))
         XCTAssertEqual(first.strings("required-bits"), ["smep", "smap"])
-        XCTAssertEqual(first.string("missing"), hex(CR4.smap))
+        XCTAssertEqual(first.string("missing"), hex(GuestCR4.smap))
         XCTAssertEqual(first.strings("missing-bits"), ["smap"])
         XCTAssertEqual(first.string("verdict"), "pause")
         // The CONFIGURE event of a weak pin carries the weak-pinning verdict.
@@ -120,15 +120,15 @@ final class HostPolicyTests: XCTestCase {
 
     func testWeakPinningIsJudgedPerRegister() throws {
         let t = try TestVM.started(["require-cr4=smep", "on-weak-pinning=poweroff"])
-        t.pin(cr: 0, CR0.wp) // cr0 has no requirement
+        t.pin(cr: 0, GuestCR0.wp) // cr0 has no requirement
         XCTAssertEqual(t.run(), FH_STOP_NONE)
-        t.pin(cr: 4, CR4.umip)
+        t.pin(cr: 4, GuestCR4.umip)
         XCTAssertEqual(t.run(), verdictPoweroff)
         t.freePlugin()
         XCTAssertEqual(t.count("HEKI_WEAK_PINNING"), 1)
         // Default on-weak-pinning is resume, with the event still emitted.
         let u = try TestVM.started(["require-cr0=wp+pg"])
-        u.pin(cr: 0, CR0.wp)
+        u.pin(cr: 0, GuestCR0.wp)
         XCTAssertEqual(u.run(), FH_STOP_NONE)
         XCTAssertEqual(u.verdicts(verdictResume), 1)
         u.freePlugin()
@@ -138,11 +138,11 @@ final class HostPolicyTests: XCTestCase {
 
     func testConfigureAndDenialEventFields() throws {
         let t = try TestVM.started(["vm-name=fields"], vcpus: 3)
-        t.pin(2, cr: 4, CR4.smep | CR4.cet) // CET: the host lacks it, the kernel drops it
+        t.pin(2, cr: 4, GuestCR4.smep | GuestCR4.cet) // CET: the host lacks it, the kernel drops it
         XCTAssertEqual(t.run(), FH_STOP_NONE)
-        t.pin(1, cr: 4, CR4.smap)
+        t.pin(1, cr: 4, GuestCR4.smap)
         XCTAssertEqual(t.run(), FH_STOP_NONE)
-        let attempt = (CR4.host & ~CR4.smep & ~CR4.smap) | (1 << 40)
+        let attempt = (GuestCR4.host & ~GuestCR4.smep & ~GuestCR4.smap) | (1 << 40)
         t.write(0, cr: 4, attempt)
         XCTAssertEqual(t.run(), FH_STOP_NONE)
         let q = t.query()
@@ -158,9 +158,9 @@ final class HostPolicyTests: XCTestCase {
         XCTAssertEqual(c0.int("vcpu"), 2)
         XCTAssertEqual(c0.string("register"), "cr4")
         XCTAssertEqual(c0.int("exit-reason"), 39)
-        XCTAssertEqual(c0.string("value"), hex(CR4.smep))
+        XCTAssertEqual(c0.string("value"), hex(GuestCR4.smep))
         XCTAssertEqual(c0.strings("value-bits"), ["smep"])
-        XCTAssertEqual(c0.string("pinned"), hex(CR4.smep))
+        XCTAssertEqual(c0.string("pinned"), hex(GuestCR4.smep))
         XCTAssertEqual(c0.string("verdict"), "resume")
         XCTAssertEqual(c1.int("vcpu"), 1)
         XCTAssertEqual(c1.string("value"), "0x200000", "this call's bits")
@@ -188,7 +188,7 @@ final class HostPolicyTests: XCTestCase {
 
     func testNoVmNameWhenNotSet() throws {
         let t = try TestVM.started([])
-        t.pin(cr: 0, CR0.wp)
+        t.pin(cr: 0, GuestCR0.wp)
         t.run()
         t.freePlugin()
         XCTAssertGreaterThan(t.events.count, 0)
@@ -205,7 +205,7 @@ final class HostPolicyTests: XCTestCase {
         let t = try TestVM.started(["denial-exits=cr0", "vm-name=mal"])
         let reasons: [UInt64] = [0, 3, 4, 1 << 63]
         for r in reasons {
-            t.raw(exit: 39, words: payload(reason: r, value: CR0.wp))
+            t.raw(exit: 39, words: payload(reason: r, value: GuestCR0.wp))
             t.raw(exit: 40, words: payload(reason: r, value: 0))
         }
         t.raw(exit: 40, words: payload(reason: 2, value: 0)) // cr4 not in the denial mask
@@ -324,7 +324,7 @@ final class HostPolicyTests: XCTestCase {
         fh_vm_set_host_callbacks(t.vm, false, false)
         XCTAssertTrue(t.create([]), t.error)
         XCTAssertEqual(t.enableCaps(), 0)
-        t.pin(cr: 0, CR0.wp)
+        t.pin(cr: 0, GuestCR0.wp)
         t.write(cr: 0, 0)
         XCTAssertEqual(t.run(), FH_STOP_NONE)
         XCTAssertEqual(t.verdicts(verdictResume), 2)
@@ -339,7 +339,7 @@ final class HostPolicyTests: XCTestCase {
         let t = try TestVM.started(["rate-limit=50"], vcpus: 4)
         XCTAssertEqual(fh_vm_event_total(t.vm), 0, "heki_plugin_new and cap_result never call back")
         for i in 0..<UInt32(4) {
-            t.pin(i, cr: 4, CR4.smep)
+            t.pin(i, cr: 4, GuestCR4.smep)
             t.write(i, cr: 4, 0, repeat: 5000)
         }
         XCTAssertEqual(t.run(), FH_STOP_NONE)
@@ -355,7 +355,7 @@ final class HostPolicyTests: XCTestCase {
         fh_vm_iterate_until_idle(t.vm) // the HEKI_CAPABILITY events
         let before = fh_vm_event_total(t.vm)
         let run = fh_vm_vcpu_run(t.vm, 0)!
-        var words = payload(reason: 1, value: CR0.wp)
+        var words = payload(reason: 1, value: GuestCR0.wp)
         fk_run_write_raw(run, 39, &words)
         XCTAssertEqual(fh_vm_handle_exit(t.vm, 0, run), verdictResume)
         XCTAssertEqual(fh_vm_event_total(t.vm), before, "nothing is delivered until the loop runs")

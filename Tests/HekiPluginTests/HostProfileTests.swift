@@ -12,8 +12,8 @@ final class HostProfileTests: XCTestCase {
 
     /// Pin WP then clear it: one configure and one denial exit, both claimed.
     private func pinAndDeny(_ t: TestVM, file: StaticString = #filePath, line: UInt = #line) {
-        t.pin(cr: 0, CR0.wp)
-        t.write(cr: 0, CR0.host & ~CR0.wp)
+        t.pin(cr: 0, GuestCR0.wp)
+        t.write(cr: 0, GuestCR0.host & ~GuestCR0.wp)
         XCTAssertEqual(t.run(), FH_STOP_NONE, file: file, line: line)
         XCTAssertEqual(t.verdicts(verdictResume), 2, file: file, line: line)
         XCTAssertEqual(t.verdicts(verdictNotHeki), 0, file: file, line: line)
@@ -76,7 +76,7 @@ final class HostProfileTests: XCTestCase {
         XCTAssertEqual(numbers(t), [80, 81, 300, 301, 3, 3])
         pinAndDeny(t)
         // The profile's own numbers are no longer claimed.
-        t.raw(exit: 39, words: payload(reason: 1, value: CR0.wp))
+        t.raw(exit: 39, words: payload(reason: 1, value: GuestCR0.wp))
         t.raw(exit: 40, words: payload(reason: 1, value: 0))
         t.run()
         XCTAssertEqual(t.verdicts(verdictNotHeki), 2)
@@ -103,10 +103,10 @@ final class HostProfileTests: XCTestCase {
                 XCTAssertEqual(fk_vm_denial_mask(t.kernel), dmask)
                 XCTAssertEqual(fh_vm_cap_kvm_result(t.vm, HEKI_EXIT_CONFIGURE), cmask == 0 ? FH_CAP_SKIPPED : 0)
                 XCTAssertEqual(fh_vm_cap_kvm_result(t.vm, HEKI_EXIT_DENIAL), dmask == 0 ? FH_CAP_SKIPPED : 0)
-                t.pin(cr: 0, CR0.wp)
-                t.pin(cr: 4, CR4.smep)
-                t.write(cr: 0, CR0.host & ~CR0.wp)
-                t.write(cr: 4, CR4.host & ~CR4.smep)
+                t.pin(cr: 0, GuestCR0.wp)
+                t.pin(cr: 4, GuestCR4.smep)
+                t.write(cr: 0, GuestCR0.host & ~GuestCR0.wp)
+                t.write(cr: 4, GuestCR4.host & ~GuestCR4.smep)
                 XCTAssertEqual(t.run(), FH_STOP_NONE)
                 let expectedConfigure = UInt64(cmask.nonzeroBitCount)
                 let expectedDenial = UInt64(dmask.nonzeroBitCount)
@@ -131,7 +131,7 @@ final class HostProfileTests: XCTestCase {
 
     func testForeignExitsAreNotHekiAndSilent() throws {
         let t = try TestVM.started([])
-        t.raw(exit: 2, words: payload(reason: 1, value: CR0.wp))  // KVM_EXIT_IO
+        t.raw(exit: 2, words: payload(reason: 1, value: GuestCR0.wp))  // KVM_EXIT_IO
         t.raw(exit: 5, words: payload(reason: 2, value: 0))       // KVM_EXIT_HLT
         t.raw(exit: 0, words: [])
         t.raw(exit: 41, words: payload(reason: 1))
@@ -148,7 +148,7 @@ final class HostProfileTests: XCTestCase {
 
     func testExit39IsMemoryFaultUnderV3() throws {
         let t = try TestVM.started(["abi=v3"], kernel: fk_profile(FK_PROFILE_V3))
-        t.raw(exit: 39, words: payload(reason: 1, value: CR0.wp))
+        t.raw(exit: 39, words: payload(reason: 1, value: GuestCR0.wp))
         t.raw(exit: 39, words: payload(reason: 3, value: 0))
         t.run()
         XCTAssertEqual(t.verdicts(verdictNotHeki), 2)
@@ -161,7 +161,7 @@ final class HostProfileTests: XCTestCase {
         let t = TestVM(lib: try PluginLibrary.require())
         XCTAssertTrue(t.create([]), t.error)
         let run = fh_vm_vcpu_run(t.vm, 0)!
-        var words = payload(reason: 1, value: CR0.wp)
+        var words = payload(reason: 1, value: GuestCR0.wp)
         fk_run_write_raw(run, 39, &words)
         XCTAssertEqual(fh_vm_handle_exit(t.vm, 0, run), verdictNotHeki)
         XCTAssertEqual(fh_vm_cap_result(t.vm, HEKI_EXIT_CONFIGURE, 0), 0)
@@ -187,7 +187,7 @@ final class HostProfileTests: XCTestCase {
         XCTAssertEqual(fh_vm_cap_kvm_result(t.vm, HEKI_EXIT_CONFIGURE), -22)
         XCTAssertEqual(fh_vm_cap_kvm_result(t.vm, HEKI_EXIT_DENIAL), -22)
         // Something else on the same numbers (an unpatched kernel's 39/40).
-        t.raw(exit: 39, words: payload(reason: 1, value: CR0.wp))
+        t.raw(exit: 39, words: payload(reason: 1, value: GuestCR0.wp))
         t.raw(exit: 40, words: payload(reason: 2, value: 0))
         t.run()
         XCTAssertEqual(t.verdicts(verdictNotHeki), 2)
@@ -213,8 +213,8 @@ final class HostProfileTests: XCTestCase {
         let t = try TestVM.started(["cap-configure=999"])
         XCTAssertEqual(fh_vm_cap_kvm_result(t.vm, HEKI_EXIT_CONFIGURE), -22)
         XCTAssertEqual(fh_vm_cap_kvm_result(t.vm, HEKI_EXIT_DENIAL), 0)
-        t.raw(exit: 39, words: payload(reason: 1, value: CR0.wp))
-        t.pin(cr: 0, CR0.wp)  // the kernel has no configure mask: no exit
+        t.raw(exit: 39, words: payload(reason: 1, value: GuestCR0.wp))
+        t.pin(cr: 0, GuestCR0.wp)  // the kernel has no configure mask: no exit
         t.write(cr: 0, 0)     // denial: claimed
         t.run()
         XCTAssertEqual(t.verdicts(verdictNotHeki), 1)

@@ -7,15 +7,15 @@ final class HostStormTests: XCTestCase {
     func testFourThreadStormExactAccounting() throws {
         let threads: UInt32 = 4, perThread: UInt64 = 100_000
         let t = try TestVM.started(["vm-name=storm"], vcpus: threads)
-        t.pin(0, cr: 0, CR0.wp)
-        t.pin(0, cr: 4, CR4.smep | CR4.smap)
+        t.pin(0, cr: 0, GuestCR0.wp)
+        t.pin(0, cr: 4, GuestCR4.smep | GuestCR4.smap)
         XCTAssertEqual(t.run(), FH_STOP_NONE)
         for i in 0..<threads {
-            // Two vCPUs clear CR0.WP, two clear CR4.SMEP.
+            // Two vCPUs clear GuestCR0.WP, two clear GuestCR4.SMEP.
             if i % 2 == 0 {
-                t.write(i, cr: 0, CR0.host & ~CR0.wp, repeat: perThread)
+                t.write(i, cr: 0, GuestCR0.host & ~GuestCR0.wp, repeat: perThread)
             } else {
-                t.write(i, cr: 4, CR4.host & ~CR4.smep, repeat: perThread)
+                t.write(i, cr: 4, GuestCR4.host & ~GuestCR4.smep, repeat: perThread)
             }
         }
         XCTAssertEqual(t.run(), FH_STOP_NONE)
@@ -46,7 +46,7 @@ final class HostStormTests: XCTestCase {
 
     func testRateLimitWindowSummaryArrivesWhileTheLoopRuns() throws {
         let t = try TestVM.started(["rate-limit=10"])
-        t.pin(cr: 4, CR4.smep)
+        t.pin(cr: 4, GuestCR4.smep)
         t.write(cr: 4, 0, repeat: 1000)
         XCTAssertEqual(t.run(), FH_STOP_NONE)
         fh_vm_iterate_until_idle(t.vm)
@@ -72,7 +72,7 @@ final class HostStormTests: XCTestCase {
 
     func testNewWindowAllowsIndividualEventsAgain() throws {
         let t = try TestVM.started(["rate-limit=5"])
-        t.pin(cr: 0, CR0.wp)
+        t.pin(cr: 0, GuestCR0.wp)
         t.write(cr: 0, 0, repeat: 50)
         t.run()
         fh_vm_run_loop_ms(t.vm, 1300)
@@ -98,7 +98,7 @@ final class HostStormTests: XCTestCase {
 
     func testNoCoalescingWithRateLimitZero() throws {
         let t = try TestVM.started(["rate-limit=0"], vcpus: 2)
-        t.pin(0, cr: 0, CR0.wp)
+        t.pin(0, cr: 0, GuestCR0.wp)
         t.run()
         t.write(0, cr: 0, 0, repeat: 2000)
         t.write(1, cr: 0, 0, repeat: 2000)
@@ -111,7 +111,7 @@ final class HostStormTests: XCTestCase {
 
     func testStormWithPauseStopsEveryVcpu() throws {
         let t = try TestVM.started(["on-denial=pause", "rate-limit=0"], vcpus: 4)
-        t.pin(0, cr: 0, CR0.wp)
+        t.pin(0, cr: 0, GuestCR0.wp)
         XCTAssertEqual(t.run(), FH_STOP_NONE)
         for i in 0..<UInt32(4) { t.write(i, cr: 0, 0, repeat: 100_000) }
         XCTAssertEqual(t.run(), verdictPause)
