@@ -356,7 +356,8 @@ void fh_vm_free(FhVm *vm) {
     for (uint32_t i = 0; i < vm->nvcpus; i++)
         vcpu_free(vm->vcpus[i]);
     fk_vm_free(vm->kernel);
-    g_main_context_release(vm->context);
+    if (g_main_context_is_owner(vm->context)) /* freed on the thread that made it */
+        g_main_context_release(vm->context);
     g_main_context_unref(vm->context);
     g_ptr_array_free(vm->options, TRUE);
     g_free(vm->last_error);

@@ -219,4 +219,30 @@ final class HostHarnessTests: XCTestCase {
         fh_free_string(error)
         XCTAssertTrue(message.contains("ABI version 1, this host needs 2"), message)
     }
+
+    /// The harness's own check: callbacks on a thread that does not own the
+    /// context are counted (so a zero elsewhere means something).
+    func testCallbackThreadViolationsAreDetected() throws {
+        final class Box: @unchecked Sendable {
+            var vm: TestVM?
+            let lib: OpaquePointer
+            init(_ lib: OpaquePointer) { self.lib = lib }
+        }
+        let box = Box(try PluginLibrary.require())
+        let done = DispatchSemaphore(value: 0)
+        let thread = Thread {
+            let t = TestVM(lib: box.lib) // this thread owns the context
+            XCTAssertTrue(t.create([]), t.error)
+            XCTAssertEqual(t.enableCaps(), 0)
+            box.vm = t
+            done.signal()
+        }
+        thread.start()
+        done.wait()
+        let t = try XCTUnwrap(box.vm)
+        t.freePlugin() // here, on another thread: the HEKI_CAPABILITY callbacks
+        XCTAssertEqual(t.count("HEKI_CAPABILITY"), 2)
+        XCTAssertEqual(fh_vm_callback_violations(t.vm), fh_vm_event_total(t.vm) + fh_vm_log_total(t.vm))
+        XCTAssertGreaterThan(fh_vm_callback_violations(t.vm), 0)
+    }
 }
