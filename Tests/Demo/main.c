@@ -140,7 +140,8 @@ int main(int argc, char **argv) {
     FhVm *vm = fh_vm_new(lib, NULL);
     fh_vm_set_event_hook(vm, print_event, NULL);
     fh_vm_set_log_hook(vm, print_log, NULL);
-    fh_vm_add_option(vm, "vm-name=demo");
+    if (!has_key(argc, argv, first, "vm-name"))
+        fh_vm_add_option(vm, "vm-name=demo");
     if (!has_key(argc, argv, first, "on-denial-cr4"))
         fh_vm_add_option(vm, "on-denial-cr4=pause");
     for (int i = first; i < argc; i++)
@@ -234,11 +235,15 @@ int main(int argc, char **argv) {
            " + HEKI_SUPPRESSED counts %" PRIu64 " (= %" PRIu64 ")\n",
            denials, individual, suppressed, individual + suppressed);
     printf("  #GP seen by the guest: %" PRIu64 "\n", fh_vm_gp_total(vm));
-    check(denials == 1 + (uint64_t)STORM_VCPUS * STORM_PER_VCPU || stop != FH_STOP_NONE,
-          "every storm write was denied by the kernel");
+    if (stop == FH_STOP_NONE) {
+        check(denials == 1 + (uint64_t)STORM_VCPUS * STORM_PER_VCPU,
+              "every storm write was denied by the kernel");
+        check(fh_vm_gp_total(vm) == denials, "#GP count == denial exits");
+    } else {
+        printf("  (the storm stopped at verdict %s: %" PRIu64 " denial exits happened)\n",
+               verdict_name(stop), denials);
+    }
     check(individual + suppressed == denials, "individual + suppressed == denial exits");
-    check(fh_vm_gp_total(vm) == fk_vm_denials(kernel) || stop != FH_STOP_NONE,
-          "#GP count == denials");
     check(fh_vm_callback_violations(vm) == 0, "callbacks ran only on the main loop thread");
 
     printf("\n%s\n", failures ? "heki-demo: SOME CHECKS FAILED" : "heki-demo: all checks hold");
