@@ -12,6 +12,9 @@ let productLinkFlags: [String] = [
     "-Xlinker", "-Bsymbolic",
     "-Xlinker", "-soname=libHekiPlugin.so",
     "-Xlinker", "-z", "-Xlinker", "now",
+    // The Swift runtime inside cannot be unmapped safely (its metadata
+    // caches and thread-exit hooks point into the .so): dlclose keeps it.
+    "-Xlinker", "-z", "-Xlinker", "nodelete",
 ]
 
 let package = Package(

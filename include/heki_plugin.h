@@ -19,6 +19,10 @@
  *  - HekiHost.log and HekiHost.event are called only on the thread that runs
  *    HekiHost.context: from the plugin's GSource, or from heki_plugin_free().
  *
+ * The library carries the Swift runtime and is linked "nodelete": dlclose()
+ * and g_module_close() leave it mapped, so loading it again is cheap and
+ * safe, and plugins created before stay valid.
+ *
  * Guest-controlled data (everything in kvm_run) is never used as a format
  * string and is escaped in every JSON document the plugin produces.
  */

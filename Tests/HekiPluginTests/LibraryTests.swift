@@ -50,7 +50,7 @@ final class LibraryTests: XCTestCase {
     /// The release library (`make test` builds it first, as `make demo`
     /// does): `nm -D --defined-only` lists the C ABI and nothing else.
     func testReleaseLibraryListsOnlyTheCABI() throws {
-        let release = Self.packageDirectory.appendingPathComponent(".build/release/libHekiPlugin.so").path
+        let release = Self.releaseLibrary
         guard FileManager.default.fileExists(atPath: release) else {
             return XCTFail("\(release) is missing: run the tests with `make test`, which builds it first")
         }
@@ -70,24 +70,47 @@ final class LibraryTests: XCTestCase {
                        "needs: \(needed)")
         XCTAssertTrue(needed.contains { $0.contains("libglib-2.0") })
         XCTAssertTrue(output.contains("Library soname: [libHekiPlugin.so]"))
+        // dlclose must not unmap the Swift runtime.
+        XCTAssertTrue(output.contains("NODELETE"), output)
+    }
+
+    static var releaseLibrary: String {
+        packageDirectory.appendingPathComponent(".build/release/libHekiPlugin.so").path
+    }
+
+    /// Builds Tests/CProgram/alloc_check.c (malloc interposed, exported so
+    /// the dlopen'ed library allocates through it) and runs it on the release
+    /// .so with `arguments`.
+    private func allocCheck(_ arguments: [String]) throws -> (status: Int32, output: String) {
+        guard FileManager.default.fileExists(atPath: Self.releaseLibrary) else {
+            XCTFail("\(Self.releaseLibrary) is missing: run the tests with `make test`, which builds it first")
+            return (-1, "")
+        }
+        let binary = FileManager.default.temporaryDirectory.appendingPathComponent("heki-alloc-check-\(getpid())").path
+        defer { try? FileManager.default.removeItem(atPath: binary) }
+        let source = Self.packageDirectory.appendingPathComponent("Tests/CProgram/alloc_check.c").path
+        let compile = try Self.run(["sh", "-c", "cc -std=c11 -Wall -Wextra -Werror -rdynamic -o \(binary) \(source) $(pkg-config --cflags --libs glib-2.0) -ldl"])
+        XCTAssertEqual(compile.status, 0, compile.output)
+        return try Self.run([binary, Self.releaseLibrary] + arguments)
     }
 
     /// handle_exit allocates nothing, on every path (pin, weak pin, denial,
-    /// malformed, foreign, rate-limited, queue full): Tests/CProgram/no_alloc.c
-    /// interposes malloc and drives the release .so through dlopen.
+    /// malformed, foreign, rate-limited, queue full).
     func testHandleExitNeverAllocates() throws {
-        let release = Self.packageDirectory.appendingPathComponent(".build/release/libHekiPlugin.so").path
-        guard FileManager.default.fileExists(atPath: release) else {
-            return XCTFail("\(release) is missing: run the tests with `make test`, which builds it first")
-        }
-        let binary = FileManager.default.temporaryDirectory.appendingPathComponent("heki-no-alloc-\(getpid())").path
-        defer { try? FileManager.default.removeItem(atPath: binary) }
-        let source = Self.packageDirectory.appendingPathComponent("Tests/CProgram/no_alloc.c").path
-        let compile = try Self.run(["sh", "-c", "cc -std=c11 -Wall -Wextra -Werror -rdynamic -o \(binary) \(source) $(pkg-config --cflags --libs glib-2.0) -ldl"])
-        XCTAssertEqual(compile.status, 0, compile.output)
-        let result = try Self.run([binary, release, "300000"])
+        let result = try allocCheck(["exits", "300000"])
         XCTAssertEqual(result.status, 0, result.output)
         XCTAssertTrue(result.output.contains("allocations: 0 in 300000 calls"), result.output)
+    }
+
+    /// new/exits/dispatch/query/free cycles leave no heap block behind; the
+    /// same cycles without heki_plugin_free show the check can see a leak.
+    func testPluginLifecycleLeaksNothing() throws {
+        let result = try allocCheck(["cycles", "100"])
+        XCTAssertEqual(result.status, 0, result.output)
+        XCTAssertTrue(result.output.contains("live blocks: 0 after 100 cycles"), result.output)
+        let leaky = try allocCheck(["cycles-without-free", "2"])
+        XCTAssertEqual(leaky.status, 1, leaky.output)
+        XCTAssertFalse(leaky.output.contains("live blocks: 0 "), leaky.output)
     }
 
     /// `make install-files` with DESTDIR and PREFIX, then a C program built
