@@ -104,6 +104,9 @@ HekiPlugin *heki_plugin_new(const HekiHost *host, int argc,
  * stopped calling heki_plugin_handle_exit().  Before it returns, every event
  * still queued is delivered (event, audit log, log) and every coalesced count
  * is reported as HEKI_SUPPRESSED, so nothing is lost.  NULL is ignored.
+ * Called from inside the plugin's own log or event callback, it returns at
+ * once and the teardown (the same delivery included) happens when that
+ * dispatch unwinds; no callback ever runs inside another.
  * Using the plugin after this call is undefined.
  */
 void heki_plugin_free(HekiPlugin *plugin);

@@ -37,7 +37,7 @@ final class HostCTests: XCTestCase {
 
     func requireTool(_ tool: String) throws {
         let (status, _) = try sh(["sh", "-c", "command -v \(tool)"])
-        if status != 0 { throw XCTSkip("\(tool) not installed") }
+        if status != 0 { throw missing("\(tool) not installed") }
     }
 
     func testHeaderCompilesAsC11AndCxx17() throws {
@@ -77,7 +77,7 @@ final class HostCTests: XCTestCase {
     }
 
     func testPlainCProgramLoadsThePlugin() throws {
-        guard let plugin = PluginLibrary.path else { throw XCTSkip("no plugin") }
+        guard let plugin = PluginLibrary.path else { throw missing("no plugin") }
         try requireTool("cc")
         let source = root.appendingPathComponent("Tests/CProgram/load_plugin.c").path
         let binary = scratch.appendingPathComponent("load_plugin").path
@@ -96,9 +96,9 @@ final class HostCTests: XCTestCase {
     }
 
     func testDemoRunsAndItsChecksHold() throws {
-        guard let plugin = PluginLibrary.path else { throw XCTSkip("no plugin") }
+        guard let plugin = PluginLibrary.path else { throw missing("no plugin") }
         let demo = URL(fileURLWithPath: plugin).deletingLastPathComponent().appendingPathComponent("heki-demo").path
-        guard FileManager.default.isExecutableFile(atPath: demo) else { throw XCTSkip("heki-demo not built") }
+        guard FileManager.default.isExecutableFile(atPath: demo) else { throw missing("heki-demo not built") }
         let (status, output) = try sh([demo, "--plugin", plugin])
         XCTAssertEqual(status, 0, output)
         XCTAssertTrue(output.contains("heki-demo: all checks hold"), output)

@@ -75,11 +75,10 @@ enum PluginLibrary {
 
     static func require(file: StaticString = #filePath, line: UInt = #line) throws -> OpaquePointer {
         guard let path else {
-            throw XCTSkip("libHekiPlugin.so not found next to the test runner (run `swift build` first)")
+            throw missing("libHekiPlugin.so not found next to the test runner (run `swift build` first)")
         }
         guard let lib = shared else {
-            XCTFail("cannot load \(path)", file: file, line: line)
-            throw XCTSkip("plugin not loadable")
+            throw missing("cannot load \(path)", file: file, line: line)
         }
         return lib
     }
@@ -101,6 +100,16 @@ extension Dictionary where Key == String, Value == Any {
     func string(_ key: String) -> String? { self[key] as? String }
     func strings(_ key: String) -> [String]? { self[key] as? [String] }
     func object(_ key: String) -> [String: Any]? { self[key] as? [String: Any] }
+}
+
+/// A prerequisite of a test is missing: that is a failure, never a skip.
+struct MissingPrerequisite: Error, CustomStringConvertible {
+    let description: String
+}
+
+func missing(_ what: String, file: StaticString = #filePath, line: UInt = #line) -> MissingPrerequisite {
+    XCTFail(what, file: file, line: line)
+    return MissingPrerequisite(description: what)
 }
 
 func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
@@ -210,7 +219,7 @@ final class HostHarnessTests: XCTestCase {
     }
 
     func testLoaderRefusesAbiVersionMismatch() throws {
-        guard let path = PluginLibrary.path else { throw XCTSkip("no plugin") }
+        guard let path = PluginLibrary.path else { throw missing("no plugin") }
         _ = try PluginLibrary.require()
         var error: UnsafeMutablePointer<CChar>?
         let lib = fh_library_open(path, HEKI_PLUGIN_ABI_VERSION + 1, &error)
