@@ -759,19 +759,19 @@ uint64_t fh_vm_event_total(FhVm *vm) {
     g_mutex_unlock(&vm->lock);
     return n;
 }
-uint64_t fh_vm_event_count_named(FhVm *vm, const char *name) {
+/* A count kept per event name in `table` (0 when absent). */
+static uint64_t count_named(FhVm *vm, GHashTable *table, const char *name) {
     g_mutex_lock(&vm->lock);
-    uint64_t *n = name ? g_hash_table_lookup(vm->per_name, name) : NULL;
+    uint64_t *n = name ? g_hash_table_lookup(table, name) : NULL;
     uint64_t r = n ? *n : 0;
     g_mutex_unlock(&vm->lock);
     return r;
 }
+uint64_t fh_vm_event_count_named(FhVm *vm, const char *name) {
+    return count_named(vm, vm->per_name, name);
+}
 uint64_t fh_vm_suppressed_sum(FhVm *vm, const char *event_name) {
-    g_mutex_lock(&vm->lock);
-    uint64_t *n = event_name ? g_hash_table_lookup(vm->suppressed, event_name) : NULL;
-    uint64_t r = n ? *n : 0;
-    g_mutex_unlock(&vm->lock);
-    return r;
+    return count_named(vm, vm->suppressed, event_name);
 }
 uint32_t fh_vm_event_count(FhVm *vm) { return vm->events->len; }
 const char *fh_vm_event_name(FhVm *vm, uint32_t index) {

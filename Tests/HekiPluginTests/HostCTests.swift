@@ -23,16 +23,7 @@ final class HostCTests: XCTestCase {
     /// Runs a command; returns (status, stdout+stderr).
     @discardableResult
     func sh(_ arguments: [String]) throws -> (Int32, String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+        try runCommand(arguments)
     }
 
     func requireTool(_ tool: String) throws {
