@@ -13,6 +13,8 @@ final class HostLogTests: XCTestCase {
     func testOneLinePerEventNamingVmAndVcpu() throws {
         let t = try TestVM.started(["vm-name=web1", "require-cr4=smep+smap", "on-denial=poweroff"], vcpus: 2)
         t.pin(0, cr: 4, GuestCR4.smep)
+        XCTAssertEqual(t.run(), FH_STOP_NONE)
+        // Only once the pin is made (vCPUs run concurrently within a run).
         t.write(1, cr: 4, GuestCR4.pae)
         XCTAssertEqual(t.run(), verdictPoweroff)
         t.freePlugin()
