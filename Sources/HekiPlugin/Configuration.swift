@@ -19,31 +19,16 @@ struct Configuration: Sendable {
     var rateLimit: UInt32 = 100
     var requireCaps = false
 
-    func required(_ register: ControlRegister) -> UInt64 {
-        register == .cr0 ? requireCR0 : requireCR4
-    }
-
-    func onDenial(_ register: ControlRegister) -> Verdict {
-        (register == .cr0 ? onDenialCR0 : onDenialCR4) ?? onDenial
-    }
-
-    func exitNumber(_ kind: HekiExitKindIndex) -> UInt32 {
+    func exitNumber(_ kind: ExitKind) -> UInt32 {
         kind == .configure ? exitConfigure : exitDenial
     }
 
-    func capNumber(_ kind: HekiExitKindIndex) -> UInt32 {
+    func capNumber(_ kind: ExitKind) -> UInt32 {
         kind == .configure ? capConfigure : capDenial
     }
 
-    func capMask(_ kind: HekiExitKindIndex) -> ExitReasonMask {
+    func capMask(_ kind: ExitKind) -> ExitReasonMask {
         kind == .configure ? configureExits : denialExits
     }
 }
 
-/// The two exit kinds as a Swift enum, indexable.
-enum HekiExitKindIndex: Int, CaseIterable, Sendable {
-    case configure = 0
-    case denial = 1
-
-    var name: String { self == .configure ? "configure" : "denial" }
-}

@@ -30,7 +30,7 @@ struct EventRecord: Sendable {
     /// ControlRegister raw value, or `noRegister`.
     var register: UInt8 = EventRecord.noRegister
     var verdict: Verdict = .resume
-    /// MalformedProblem raw value, or HekiExitKindIndex for capability events.
+    /// MalformedProblem raw value, or ExitKind for capability events.
     var detail: UInt8 = 0
     var vcpu: UInt32 = 0
     /// KVM exit number; capability number for HEKI_CAPABILITY.

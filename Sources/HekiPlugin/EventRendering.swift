@@ -63,7 +63,7 @@ struct EventRenderer {
             message = "\(subject): weak pinning of \(register?.name ?? ""): \(names(record.extra)) required but not pinned, verdict \(record.verdict.name)"
         case .malformedExit:
             let problem = MalformedProblem(rawValue: record.detail)?.name ?? "unknown"
-            let kind = HekiExitKindIndex(rawValue: Int(truncatingIfNeeded: record.extra))?.name ?? "unknown"
+            let kind = ExitKind(rawValue: Int(truncatingIfNeeded: record.extra))?.name ?? "unknown"
             data.add("vcpu", record.vcpu)
             if let register { data.add("register", register.name) }
             data.add("exit-reason", record.number)
@@ -74,7 +74,7 @@ struct EventRenderer {
             level = HEKI_LOG_WARNING
             message = "\(subject): exit \(record.number) (heki \(kind)) not claimed: \(problem), reason 0x\(String(record.value, radix: 16))"
         case .capability:
-            let kind = HekiExitKindIndex(rawValue: Int(record.detail)) ?? .configure
+            let kind = ExitKind(rawValue: Int(record.detail)) ?? .configure
             let result = Int64(bitPattern: record.extra)
             let mask = ExitReasonMask(rawValue: record.value)
             data.add("kind", kind.name)

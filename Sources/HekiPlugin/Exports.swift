@@ -18,10 +18,6 @@ private func cString(_ string: String) -> UnsafeMutablePointer<CChar>? {
     string.withCString { strdup($0) }
 }
 
-private func kindIndex(_ kind: HekiExitKind) -> HekiExitKindIndex? {
-    kind.index.flatMap(HekiExitKindIndex.init(rawValue:))
-}
-
 @c @implementation
 public func heki_plugin_abi_version() -> UInt32 { 1 }
 
@@ -73,23 +69,23 @@ public func heki_plugin_free_string(_ string: UnsafeMutablePointer<CChar>?) {
 
 @c @implementation
 public func heki_plugin_exit_number(_ plugin: OpaquePointer?, _ kind: HekiExitKind) -> UInt32 {
-    withPlugin(plugin, 0) { plugin in kindIndex(kind).map(plugin.exitNumber) ?? 0 }
+    withPlugin(plugin, 0) { plugin in ExitKind(kind).map(plugin.exitNumber) ?? 0 }
 }
 
 @c @implementation
 public func heki_plugin_cap_number(_ plugin: OpaquePointer?, _ kind: HekiExitKind) -> UInt32 {
-    withPlugin(plugin, 0) { plugin in kindIndex(kind).map(plugin.capNumber) ?? 0 }
+    withPlugin(plugin, 0) { plugin in ExitKind(kind).map(plugin.capNumber) ?? 0 }
 }
 
 @c @implementation
 public func heki_plugin_cap_mask(_ plugin: OpaquePointer?, _ kind: HekiExitKind) -> UInt64 {
-    withPlugin(plugin, 0) { plugin in kindIndex(kind).map(plugin.capMask) ?? 0 }
+    withPlugin(plugin, 0) { plugin in ExitKind(kind).map(plugin.capMask) ?? 0 }
 }
 
 @c @implementation
 public func heki_plugin_cap_result(_ plugin: OpaquePointer?, _ kind: HekiExitKind, _ kvmResult: Int32) -> Int32 {
     withPlugin(plugin, -1) { plugin in
-        guard let kind = kindIndex(kind) else { return -1 }
+        guard let kind = ExitKind(kind) else { return -1 }
         return plugin.capabilityResult(kind, kvmResult: kvmResult)
     }
 }

@@ -11,7 +11,7 @@ enum DecodedExit: Equatable {
     /// write (`cr_value`).
     case denial(ControlRegister, value: UInt64)
     /// A Heki exit number whose payload or state is not valid: not claimed.
-    case malformed(HekiExitKind, reason: UInt64, problem: MalformedProblem)
+    case malformed(ExitKind, reason: UInt64, problem: MalformedProblem)
     /// Any other exit number.
     case foreign
 }
@@ -35,18 +35,6 @@ enum MalformedProblem: UInt8, Sendable {
     }
 }
 
-extension HekiExitKind {
-    var name: String { self == HEKI_EXIT_CONFIGURE ? "configure" : "denial" }
-    /// Index 0 (configure) or 1 (denial); nil for a value outside the enum.
-    var index: Int? {
-        switch rawValue {
-        case HEKI_EXIT_CONFIGURE.rawValue: 0
-        case HEKI_EXIT_DENIAL.rawValue: 1
-        default: nil
-        }
-    }
-}
-
 /// The exit numbers and what KVM granted: everything decoding depends on.
 struct ExitTable {
     let configureExit: UInt32
@@ -55,13 +43,13 @@ struct ExitTable {
     /// Decodes `run`. `granted(kind)` is the mask KVM accepted for that
     /// capability, nil when it was not enabled. Reads each kvm_run field once.
     @inline(__always)
-    func decode(_ run: OpaquePointer, granted: (HekiExitKind) -> ExitReasonMask?) -> DecodedExit {
+    func decode(_ run: OpaquePointer, granted: (ExitKind) -> ExitReasonMask?) -> DecodedExit {
         let number = cbridge_exit_reason(run)
-        let kind: HekiExitKind
+        let kind: ExitKind
         if number == configureExit {
-            kind = HEKI_EXIT_CONFIGURE
+            kind = .configure
         } else if number == denialExit {
-            kind = HEKI_EXIT_DENIAL
+            kind = .denial
         } else {
             return .foreign
         }
@@ -75,7 +63,7 @@ struct ExitTable {
         guard mask.contains(register) else {
             return .malformed(kind, reason: payload.reason, problem: .registerNotEnabled)
         }
-        return kind == HEKI_EXIT_CONFIGURE
+        return kind == .configure
             ? .configure(register, pinned: payload.value)
             : .denial(register, value: payload.value)
     }

@@ -6,6 +6,7 @@ import Synchronization
 /// counters, and the path from a vCPU's exit to the host's main loop.
 final class Plugin {
     let config: Configuration
+    let policy: Policy
     private let host: HekiHost
     private let context: OpaquePointer
     private let exits: ExitTable
@@ -34,6 +35,7 @@ final class Plugin {
 
     init(host: HekiHost, config: Configuration) throws(OptionError) {
         self.config = config
+        policy = Policy(config: config)
         self.host = host
         context = g_main_context_ref(host.context ?? g_main_context_default())
         exits = ExitTable(configureExit: config.exitConfigure, denialExit: config.exitDenial)
@@ -59,12 +61,6 @@ final class Plugin {
 
     // MARK: The vCPU side
 
-    @inline(__always)
-    private func grantedMask(_ kind: HekiExitKind) -> ExitReasonMask? {
-        let grant = grants[Int(kind.rawValue & 1)].load(ordering: .acquiring)
-        return grant == 0 ? nil : ExitReasonMask(rawValue: grant & ~Plugin.enabledBit)
-    }
-
     /// The path of one exit: decode, ledger, policy, record. Any vCPU
     /// thread; no lock, no allocation, no call into the host.
     func handleExit(vcpu: UInt32, run: OpaquePointer) -> Verdict {
@@ -76,29 +72,28 @@ final class Plugin {
             record(EventRecord(
                 kind: .malformedExit, register: ControlRegister(reason: reason)?.rawValue ?? EventRecord.noRegister,
                 verdict: .notHeki, detail: problem.rawValue, vcpu: vcpu,
-                number: kind == HEKI_EXIT_CONFIGURE ? exits.configureExit : exits.denialExit,
-                value: reason, extra: UInt64(kind.rawValue & 1)))
+                number: kind == .configure ? exits.configureExit : exits.denialExit,
+                value: reason, extra: UInt64(kind.rawValue)))
             return .notHeki
         case let .configure(register, bits):
             let pinned = ledger.pin(bits, on: register)
             counters.count(.configure, register)
-            let missing = config.required(register) & ~pinned
-            let verdict = missing == 0 ? Verdict.resume : config.onWeakPinning
+            let (verdict, missing) = policy.judgePin(on: register, pinnedNow: pinned)
             record(EventRecord(kind: .configure, register: register.rawValue, verdict: verdict, vcpu: vcpu,
                                number: exits.configureExit, value: bits, pinned: pinned))
             if missing != 0 {
                 counters.count(.weakPinning, register)
                 record(EventRecord(kind: .weakPinning, register: register.rawValue, verdict: verdict, vcpu: vcpu,
-                                   number: exits.configureExit, value: config.required(register),
+                                   number: exits.configureExit, value: policy.required(register),
                                    pinned: pinned, extra: missing))
             }
             return verdict
         case let .denial(register, value):
             let pinned = ledger.pins(register)
             counters.count(.denial, register)
-            let verdict = config.onDenial(register)
+            let (verdict, violated) = policy.judgeDenial(on: register, value: value, pinned: pinned)
             record(EventRecord(kind: .denial, register: register.rawValue, verdict: verdict, vcpu: vcpu,
-                               number: exits.denialExit, value: value, pinned: pinned, extra: pinned & ~value))
+                               number: exits.denialExit, value: value, pinned: pinned, extra: violated))
             return verdict
         }
     }
@@ -120,12 +115,12 @@ final class Plugin {
 
     // MARK: Capabilities
 
-    func exitNumber(_ kind: HekiExitKindIndex) -> UInt32 { config.exitNumber(kind) }
-    func capNumber(_ kind: HekiExitKindIndex) -> UInt32 { config.capNumber(kind) }
-    func capMask(_ kind: HekiExitKindIndex) -> UInt64 { config.capMask(kind).rawValue }
+    func exitNumber(_ kind: ExitKind) -> UInt32 { config.exitNumber(kind) }
+    func capNumber(_ kind: ExitKind) -> UInt32 { config.capNumber(kind) }
+    func capMask(_ kind: ExitKind) -> UInt64 { config.capMask(kind).rawValue }
 
     /// The host reports KVM_ENABLE_CAP's result. -1: the VMM must not start.
-    func capabilityResult(_ kind: HekiExitKindIndex, kvmResult: Int32) -> Int32 {
+    func capabilityResult(_ kind: ExitKind, kvmResult: Int32) -> Int32 {
         let mask = config.capMask(kind)
         capResults[kind.rawValue].store(Int64(kvmResult), ordering: .relaxed)
         grants[kind.rawValue].store(kvmResult == 0 ? Plugin.enabledBit | mask.rawValue : 0, ordering: .releasing)
@@ -135,12 +130,14 @@ final class Plugin {
         return kvmResult != 0 && config.requireCaps ? -1 : 0
     }
 
-    func grantedMask(_ kind: HekiExitKindIndex) -> UInt64? {
+    /// What KVM granted for `kind`; nil until it accepted the capability.
+    @inline(__always)
+    func grantedMask(_ kind: ExitKind) -> ExitReasonMask? {
         let grant = grants[kind.rawValue].load(ordering: .acquiring)
-        return grant == 0 ? nil : grant & ~Plugin.enabledBit
+        return grant == 0 ? nil : ExitReasonMask(rawValue: grant & ~Plugin.enabledBit)
     }
 
-    func capResult(_ kind: HekiExitKindIndex) -> Int64? {
+    func capResult(_ kind: ExitKind) -> Int64? {
         let result = capResults[kind.rawValue].load(ordering: .relaxed)
         return result == Plugin.notReported ? nil : result
     }

@@ -9,32 +9,33 @@ extension Plugin {
         root.add("vm-name", config.vmName)
 
         var exitsObject = JSONObject()
-        for kind in HekiExitKindIndex.allCases {
+        for kind in ExitKind.allCases {
             var entry = JSONObject()
             entry.add("exit", exitNumber(kind))
             entry.add("capability", capNumber(kind))
             entry.add("mask", hex: capMask(kind))
-            if let granted = grantedMask(kind) { entry.add("granted", hex: granted) } else { entry.add("granted", nil as String?) }
-            entry.add("enabled", grantedMask(kind) != nil)
+            let granted = grantedMask(kind)
+            if let granted { entry.add("granted", hex: granted.rawValue) } else { entry.add("granted", nil as String?) }
+            entry.add("enabled", granted != nil)
             if let result = capResult(kind) { entry.add("kvm-result", result) } else { entry.add("kvm-result", nil as String?) }
             exitsObject.add(kind.name, entry)
         }
         root.add("exits", exitsObject)
 
-        var policy = JSONObject()
-        policy.add("on-denial", config.onDenial.name)
-        policy.add("on-denial-cr0", config.onDenial(.cr0).name)
-        policy.add("on-denial-cr4", config.onDenial(.cr4).name)
-        policy.add("on-weak-pinning", config.onWeakPinning.name)
+        var policyObject = JSONObject()
+        policyObject.add("on-denial", config.onDenial.name)
+        policyObject.add("on-denial-cr0", policy.onDenial(.cr0).name)
+        policyObject.add("on-denial-cr4", policy.onDenial(.cr4).name)
+        policyObject.add("on-weak-pinning", config.onWeakPinning.name)
         for register in ControlRegister.allCases {
-            policy.add("require-" + register.name, register.bitNames.names(of: config.required(register)))
+            policyObject.add("require-" + register.name, register.bitNames.names(of: policy.required(register)))
         }
-        policy.add("configure-exits", config.configureExits.spelling)
-        policy.add("denial-exits", config.denialExits.spelling)
-        policy.add("rate-limit", config.rateLimit)
-        policy.add("require-caps", config.requireCaps)
-        policy.add("audit-log", config.auditLogPath)
-        root.add("policy", policy)
+        policyObject.add("configure-exits", config.configureExits.spelling)
+        policyObject.add("denial-exits", config.denialExits.spelling)
+        policyObject.add("rate-limit", config.rateLimit)
+        policyObject.add("require-caps", config.requireCaps)
+        policyObject.add("audit-log", config.auditLogPath)
+        root.add("policy", policyObject)
 
         var pins = JSONObject()
         for register in ControlRegister.allCases {
@@ -42,7 +43,7 @@ extension Plugin {
             var entry = JSONObject()
             entry.add("value", hex: value)
             entry.add("bits", register.bitNames.names(of: value))
-            entry.add("missing-required", register.bitNames.names(of: config.required(register) & ~value))
+            entry.add("missing-required", register.bitNames.names(of: policy.required(register) & ~value))
             pins.add(register.name, entry)
         }
         root.add("pins", pins)

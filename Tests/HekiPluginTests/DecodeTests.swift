@@ -40,17 +40,17 @@ import CBridge
     @Test(arguments: [UInt64(0), 3, 4, 1 << 63, .max, 0x10])
     func reasonNotOneKnownBit(_ reason: UInt64) {
         #expect(decode(exit: 40, reason: reason, value: 0)
-            == .malformed(HEKI_EXIT_DENIAL, reason: reason, problem: .reasonNotOneKnownBit))
+            == .malformed(.denial, reason: reason, problem: .reasonNotOneKnownBit))
     }
 
     @Test func capabilityNotEnabled() {
         #expect(decode(exit: 39, reason: 1, value: 0, granted: nil)
-            == .malformed(HEKI_EXIT_CONFIGURE, reason: 1, problem: .capabilityNotEnabled))
+            == .malformed(.configure, reason: 1, problem: .capabilityNotEnabled))
     }
 
     @Test func registerNotRequested() {
         #expect(decode(exit: 39, reason: 2, value: 0, granted: .cr0)
-            == .malformed(HEKI_EXIT_CONFIGURE, reason: 2, problem: .registerNotEnabled))
+            == .malformed(.configure, reason: 2, problem: .registerNotEnabled))
         #expect(decode(exit: 39, reason: 1, value: 0, granted: .cr0) == .configure(.cr0, pinned: 0))
     }
 

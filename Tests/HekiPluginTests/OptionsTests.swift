@@ -23,7 +23,7 @@ import Testing
         #expect(config.capConfigure == 235 && config.capDenial == 236)
         #expect(config.configureExits == .all && config.denialExits == .all)
         #expect(config.onDenial == .resume && config.onWeakPinning == .resume)
-        #expect(config.onDenial(.cr0) == .resume && config.onDenial(.cr4) == .resume)
+        #expect(Policy(config: config).onDenial(.cr0) == .resume && Policy(config: config).onDenial(.cr4) == .resume)
         #expect(config.requireCR0 == 0 && config.requireCR4 == 0)
         #expect(config.rateLimit == 100 && config.requireCaps == false)
         #expect(config.vmName == nil && config.auditLogPath == nil)
@@ -71,9 +71,9 @@ import Testing
             #expect(config.onDenial == verdict && config.onWeakPinning == verdict)
         }
         let config = try parse("on-denial=poweroff", "on-denial-cr4=exit")
-        #expect(config.onDenial(.cr0) == .poweroff)
-        #expect(config.onDenial(.cr4) == .exit)
-        #expect(try parse("on-denial=reset", "on-denial-cr0=pause").onDenial(.cr0) == .pause)
+        #expect(Policy(config: config).onDenial(.cr0) == .poweroff)
+        #expect(Policy(config: config).onDenial(.cr4) == .exit)
+        #expect(Policy(config: try parse("on-denial=reset", "on-denial-cr0=pause")).onDenial(.cr0) == .pause)
         for key in ["on-denial", "on-denial-cr0", "on-denial-cr4", "on-weak-pinning"] {
             #expect(error("\(key)=not-heki") == "heki-plugin: \(key): 'not-heki' is not one of resume, pause, poweroff, reset, exit")
         }

@@ -1,0 +1,28 @@
+import Testing
+@testable import HekiPlugin
+
+/// The policy alone: pins and denials in, verdicts out.
+@Suite struct PolicyTests {
+    private func policy(_ options: String...) throws -> Policy {
+        Policy(config: try Options.parse(options))
+    }
+
+    @Test func aPinResumesUnlessRequiredBitsAreMissing() throws {
+        let strict = try policy("require-cr4=smep+smap", "on-weak-pinning=exit")
+        let smep = CR4.smep.rawValue, smap = CR4.smap.rawValue
+        #expect(strict.judgePin(on: .cr4, pinnedNow: smep) == (.exit, smap))
+        #expect(strict.judgePin(on: .cr4, pinnedNow: smep | smap) == (.resume, 0))
+        #expect(strict.judgePin(on: .cr4, pinnedNow: smep | smap | CR4.umip.rawValue) == (.resume, 0))
+        // CR0 has no requirement here: judged per register.
+        #expect(strict.judgePin(on: .cr0, pinnedNow: 0) == (.resume, 0))
+    }
+
+    @Test func aDenialTakesTheRegistersVerdictAndNamesTheClearedPins() throws {
+        let split = try policy("on-denial=reset", "on-denial-cr4=pause")
+        let pinned = CR4.smep.rawValue | CR4.smap.rawValue
+        #expect(split.judgeDenial(on: .cr4, value: CR4.smap.rawValue, pinned: pinned) == (.pause, CR4.smep.rawValue))
+        #expect(split.judgeDenial(on: .cr0, value: 0, pinned: CR0.wp.rawValue) == (.reset, CR0.wp.rawValue))
+        // Bits set beyond the pins clear nothing.
+        #expect(split.judgeDenial(on: .cr4, value: .max, pinned: pinned).violated == 0)
+    }
+}
