@@ -225,15 +225,21 @@ static void bump(GHashTable *table, const char *key, uint64_t by) {
     *n += by;
 }
 
-/* Extracts "key":"string" (into buf) from compact JSON; false if absent. */
-static bool json_string_field(const char *json, const char *key, char *buf, size_t size) {
-    char *pat = g_strdup_printf("\"%s\":\"", key);
+/* Where the value of "key" starts in compact JSON, or NULL. */
+static const char *json_value(const char *json, const char *key) {
+    char *pat = g_strdup_printf("\"%s\":", key);
     const char *p = strstr(json, pat);
     size_t plen = strlen(pat);
     g_free(pat);
-    if (!p)
+    return p ? p + plen : NULL;
+}
+
+/* Extracts "key":"string" (into buf) from compact JSON; false if absent. */
+static bool json_string_field(const char *json, const char *key, char *buf, size_t size) {
+    const char *p = json_value(json, key);
+    if (!p || *p != '"')
         return false;
-    p += plen;
+    p++;
     size_t i = 0;
     while (p[i] && p[i] != '"' && i + 1 < size) {
         buf[i] = p[i];
@@ -244,14 +250,8 @@ static bool json_string_field(const char *json, const char *key, char *buf, size
 }
 
 static bool json_number_field(const char *json, const char *key, uint64_t *out) {
-    char *pat = g_strdup_printf("\"%s\":", key);
-    const char *p = strstr(json, pat);
-    size_t plen = strlen(pat);
-    g_free(pat);
-    if (!p)
-        return false;
-    p += plen;
-    if (*p < '0' || *p > '9')
+    const char *p = json_value(json, key);
+    if (!p || *p < '0' || *p > '9')
         return false;
     *out = g_ascii_strtoull(p, NULL, 10);
     return true;
