@@ -69,17 +69,17 @@ public func heki_plugin_free_string(_ string: UnsafeMutablePointer<CChar>?) {
 
 @c @implementation
 public func heki_plugin_exit_number(_ plugin: OpaquePointer?, _ kind: HekiExitKind) -> UInt32 {
-    withPlugin(plugin, 0) { plugin in ExitKind(kind).map(plugin.exitNumber) ?? 0 }
+    withPlugin(plugin, 0) { plugin in ExitKind(kind).map(plugin.config.exitNumber) ?? 0 }
 }
 
 @c @implementation
 public func heki_plugin_cap_number(_ plugin: OpaquePointer?, _ kind: HekiExitKind) -> UInt32 {
-    withPlugin(plugin, 0) { plugin in ExitKind(kind).map(plugin.capNumber) ?? 0 }
+    withPlugin(plugin, 0) { plugin in ExitKind(kind).map(plugin.config.capNumber) ?? 0 }
 }
 
 @c @implementation
 public func heki_plugin_cap_mask(_ plugin: OpaquePointer?, _ kind: HekiExitKind) -> UInt64 {
-    withPlugin(plugin, 0) { plugin in ExitKind(kind).map(plugin.capMask) ?? 0 }
+    withPlugin(plugin, 0) { plugin in ExitKind(kind).map { plugin.config.capMask($0).rawValue } ?? 0 }
 }
 
 @c @implementation

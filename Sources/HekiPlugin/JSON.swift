@@ -21,12 +21,16 @@ struct JSONObject {
     }
 
     mutating func add(_ key: String, _ value: UInt64) { self.key(key); text += String(value) }
+    mutating func add(_ key: String, _ value: Int64?) {
+        self.key(key)
+        text += value.map { String($0) } ?? "null"
+    }
     mutating func add(_ key: String, _ value: UInt32) { add(key, UInt64(value)) }
     mutating func add(_ key: String, _ value: Int64) { self.key(key); text += String(value) }
     mutating func add(_ key: String, _ value: Bool) { self.key(key); text += value ? "true" : "false" }
 
-    /// "0x..." in lower case, no padding.
-    mutating func add(_ key: String, hex value: UInt64) { add(key, "0x" + String(value, radix: 16)) }
+    /// "0x..." in lower case, no padding; null for nil.
+    mutating func add(_ key: String, hex value: UInt64?) { add(key, value.map { "0x" + String($0, radix: 16) }) }
 
     mutating func add(_ key: String, _ values: [String]) {
         self.key(key)

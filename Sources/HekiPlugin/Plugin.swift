@@ -37,18 +37,14 @@ final class Plugin {
         self.config = config
         policy = Policy(config: config)
         self.host = host
-        context = g_main_context_ref(host.context ?? g_main_context_default())
         exits = ExitTable(configureExit: config.exitConfigure, denialExit: config.exitDenial)
         limiter = RateLimiter(limit: config.rateLimit)
         renderer = EventRenderer(config: config)
         grants = InlineArray { _ in Atomic(0) }
         capResults = InlineArray { _ in Atomic(Plugin.notReported) }
-        do {
-            audit = try config.auditLogPath.map { path throws(OptionError) in try AuditLog(path: path) }
-        } catch {
-            g_main_context_unref(context)
-            throw error
-        }
+        // The audit file first: it needs no context, so failing leaves nothing to undo.
+        audit = try config.auditLogPath.map { path throws(OptionError) in try AuditLog(path: path) }
+        context = g_main_context_ref(host.context ?? g_main_context_default())
         do {
             source = try MainLoopSource(context: context, opaque: Unmanaged.passUnretained(self).toOpaque()) { opaque in
                 Unmanaged<Plugin>.fromOpaque(opaque!).takeUnretainedValue().dispatch()
@@ -114,10 +110,6 @@ final class Plugin {
     }
 
     // MARK: Capabilities
-
-    func exitNumber(_ kind: ExitKind) -> UInt32 { config.exitNumber(kind) }
-    func capNumber(_ kind: ExitKind) -> UInt32 { config.capNumber(kind) }
-    func capMask(_ kind: ExitKind) -> UInt64 { config.capMask(kind).rawValue }
 
     /// The host reports KVM_ENABLE_CAP's result. -1: the VMM must not start.
     func capabilityResult(_ kind: ExitKind, kvmResult: Int32) -> Int32 {

@@ -11,13 +11,13 @@ extension Plugin {
         var exitsObject = JSONObject()
         for kind in ExitKind.allCases {
             var entry = JSONObject()
-            entry.add("exit", exitNumber(kind))
-            entry.add("capability", capNumber(kind))
-            entry.add("mask", hex: capMask(kind))
             let granted = grantedMask(kind)
-            if let granted { entry.add("granted", hex: granted.rawValue) } else { entry.add("granted", nil as String?) }
+            entry.add("exit", config.exitNumber(kind))
+            entry.add("capability", config.capNumber(kind))
+            entry.add("mask", hex: config.capMask(kind).rawValue)
+            entry.add("granted", hex: granted?.rawValue)
             entry.add("enabled", granted != nil)
-            if let result = capResult(kind) { entry.add("kvm-result", result) } else { entry.add("kvm-result", nil as String?) }
+            entry.add("kvm-result", capResult(kind))
             exitsObject.add(kind.name, entry)
         }
         root.add("exits", exitsObject)

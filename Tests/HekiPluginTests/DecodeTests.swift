@@ -1,6 +1,5 @@
 import Testing
 @testable import HekiPlugin
-import CBridge
 
 /// The kvm_run view and the decoding of Heki exits, on a real
 /// struct-kvm_run-sized buffer.

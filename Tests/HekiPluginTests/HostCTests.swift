@@ -20,14 +20,8 @@ final class HostCTests: XCTestCase {
 
     override func tearDownWithError() throws { try? FileManager.default.removeItem(at: scratch) }
 
-    /// Runs a command; returns (status, stdout+stderr).
-    @discardableResult
-    func sh(_ arguments: [String]) throws -> (Int32, String) {
-        try runCommand(arguments)
-    }
-
     func requireTool(_ tool: String) throws {
-        let (status, _) = try sh(["sh", "-c", "command -v \(tool)"])
+        let (status, _) = try runCommand(["sh", "-c", "command -v \(tool)"])
         if status != 0 { throw missing("\(tool) not installed") }
     }
 
@@ -43,14 +37,14 @@ final class HostCTests: XCTestCase {
         _Static_assert(HEKI_PLUGIN_ABI_VERSION == 1u, "abi");
         int use(const HekiHost *h) { return (int)h->size + (int)HEKI_VERDICT_EXIT + (int)HEKI_EXIT_DENIAL; }
         """.write(to: c, atomically: true, encoding: .utf8)
-        var (status, output) = try sh(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-Wpedantic",
+        var (status, output) = try runCommand(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-Wpedantic",
                                        "-I", root.appendingPathComponent("include").path, "-fsyntax-only", c.path])
         XCTAssertEqual(status, 0, output)
         // The header alone, as C11, C++17.
-        (status, output) = try sh(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-fsyntax-only",
+        (status, output) = try runCommand(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-fsyntax-only",
                                    "-x", "c", header])
         XCTAssertEqual(status, 0, output)
-        (status, output) = try sh(["c++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-fsyntax-only",
+        (status, output) = try runCommand(["c++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-fsyntax-only",
                                    "-x", "c++", header])
         XCTAssertEqual(status, 0, output)
         let cxx = scratch.appendingPathComponent("h.cc")
@@ -60,9 +54,9 @@ final class HostCTests: XCTestCase {
         static_assert(HEKI_PLUGIN_ABI_VERSION == 1u, "abi");
         extern "C" void f(HekiHost *h) { h->context = g_main_context_default(); }
         """.write(to: cxx, atomically: true, encoding: .utf8)
-        let (_, glib) = try sh(["pkg-config", "--cflags", "glib-2.0"])
+        let (_, glib) = try runCommand(["pkg-config", "--cflags", "glib-2.0"])
         let glibFlags = glib.split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init)
-        (status, output) = try sh(["c++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-fsyntax-only",
+        (status, output) = try runCommand(["c++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-fsyntax-only",
                                    "-I", root.appendingPathComponent("include").path] + glibFlags + [cxx.path])
         XCTAssertEqual(status, 0, "the GMainContext typedef agrees with glib's: \(output)")
     }
@@ -72,17 +66,17 @@ final class HostCTests: XCTestCase {
         try requireTool("cc")
         let source = root.appendingPathComponent("Tests/CProgram/load_plugin.c").path
         let binary = scratch.appendingPathComponent("load_plugin").path
-        var (status, output) = try sh(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror",
+        var (status, output) = try runCommand(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror",
                                        "-I", root.appendingPathComponent("include").path,
                                        source, "-o", binary, "-ldl"])
         XCTAssertEqual(status, 0, output)
-        (status, output) = try sh([binary, plugin])
+        (status, output) = try runCommand([binary, plugin])
         XCTAssertEqual(status, 0, output)
         XCTAssertTrue(output.contains("load_plugin: ok"), output)
         XCTAssertTrue(output.contains("event HEKI_CONFIGURE {"), output)
         XCTAssertTrue(output.contains("\"vm-name\":\"cprog\""), output)
         // A wrong path fails cleanly.
-        (status, output) = try sh([binary, scratch.appendingPathComponent("nope.so").path])
+        (status, output) = try runCommand([binary, scratch.appendingPathComponent("nope.so").path])
         XCTAssertEqual(status, 1, output)
     }
 
@@ -90,13 +84,13 @@ final class HostCTests: XCTestCase {
         guard let plugin = PluginLibrary.path else { throw missing("no plugin") }
         let demo = URL(fileURLWithPath: plugin).deletingLastPathComponent().appendingPathComponent("heki-demo").path
         guard FileManager.default.isExecutableFile(atPath: demo) else { throw missing("heki-demo not built") }
-        let (status, output) = try sh([demo, "--plugin", plugin])
+        let (status, output) = try runCommand([demo, "--plugin", plugin])
         XCTAssertEqual(status, 0, output)
         XCTAssertTrue(output.contains("heki-demo: all checks hold"), output)
         XCTAssertTrue(output.contains("HEKI_SUPPRESSED"), output)
         XCTAssertTrue(output.contains("the VM stopped with verdict: pause"), output)
         // A bad option is reported with the key, and the demo fails.
-        let (bad, message) = try sh([demo, "--plugin", plugin, "on-denial=explode"])
+        let (bad, message) = try runCommand([demo, "--plugin", plugin, "on-denial=explode"])
         XCTAssertEqual(bad, 2)
         XCTAssertTrue(message.contains("heki-plugin: on-denial"), message)
     }

@@ -16,17 +16,11 @@ final class LibraryTests: XCTestCase {
         "heki_plugin_cap_result", "heki_plugin_handle_exit", "heki_plugin_query",
     ]
 
-    @discardableResult
-    static func run(_ arguments: [String], environment: [String: String] = [:],
-                    directory: URL? = nil) throws -> (status: Int32, output: String) {
-        try runCommand(arguments, environment: environment, directory: directory)
-    }
-
     /// Global dynamic symbols: exactly the C ABI. (A debug build also lists
     /// Swift symbols that the version script made local: `nm` types in
     /// lower case, which nothing can bind to.)
     func testExportsExactlyTheCABI() throws {
-        let (status, output) = try Self.run(["nm", "-D", "--defined-only", Self.library])
+        let (status, output) = try runCommand(["nm", "-D", "--defined-only", Self.library])
         XCTAssertEqual(status, 0, output)
         let global = output.split(separator: "\n").compactMap { line -> String? in
             let fields = line.split(separator: " ")
@@ -43,7 +37,7 @@ final class LibraryTests: XCTestCase {
         guard FileManager.default.fileExists(atPath: release) else {
             return XCTFail("\(release) is missing: run the tests with `make test`, which builds it first")
         }
-        let (status, output) = try Self.run(["nm", "-D", "--defined-only", release])
+        let (status, output) = try runCommand(["nm", "-D", "--defined-only", release])
         XCTAssertEqual(status, 0, output)
         let symbols = output.split(separator: "\n").compactMap { $0.split(separator: " ").last.map(String.init) }
         XCTAssertEqual(Set(symbols), Self.abiFunctions, "exported: \(symbols)")
@@ -51,7 +45,7 @@ final class LibraryTests: XCTestCase {
     }
 
     func testCarriesTheSwiftRuntimeStatically() throws {
-        let (status, output) = try Self.run(["readelf", "-d", Self.library])
+        let (status, output) = try runCommand(["readelf", "-d", Self.library])
         XCTAssertEqual(status, 0, output)
         let needed = output.split(separator: "\n").filter { $0.contains("(NEEDED)") }
         XCTAssertFalse(needed.isEmpty)
@@ -78,9 +72,9 @@ final class LibraryTests: XCTestCase {
         let binary = FileManager.default.temporaryDirectory.appendingPathComponent("heki-alloc-check-\(getpid())").path
         defer { try? FileManager.default.removeItem(atPath: binary) }
         let source = Self.packageDirectory.appendingPathComponent("Tests/CProgram/alloc_check.c").path
-        let compile = try Self.run(["sh", "-c", "cc -std=c11 -Wall -Wextra -Werror -rdynamic -o \(binary) \(source) $(pkg-config --cflags --libs glib-2.0) -ldl"])
+        let compile = try runCommand(["sh", "-c", "cc -std=c11 -Wall -Wextra -Werror -rdynamic -o \(binary) \(source) $(pkg-config --cflags --libs glib-2.0) -ldl"])
         XCTAssertEqual(compile.status, 0, compile.output)
-        return try Self.run([binary, Self.releaseLibrary] + arguments)
+        return try runCommand([binary, Self.releaseLibrary] + arguments)
     }
 
     /// handle_exit allocates nothing, on every path (pin, weak pin, denial,
@@ -109,7 +103,7 @@ final class LibraryTests: XCTestCase {
         let stage = FileManager.default.temporaryDirectory.appendingPathComponent("heki-install-\(getpid())")
         try? FileManager.default.removeItem(at: stage)
         defer { try? FileManager.default.removeItem(at: stage) }
-        let install = try Self.run(["make", "-s", "install-files", "BUILD_DIR=\(Self.binDirectory.path)",
+        let install = try runCommand(["make", "-s", "install-files", "BUILD_DIR=\(Self.binDirectory.path)",
                                     "DESTDIR=\(stage.path)", "PREFIX=/opt/heki"],
                                    directory: Self.packageDirectory)
         XCTAssertEqual(install.status, 0, install.output)
@@ -122,7 +116,7 @@ final class LibraryTests: XCTestCase {
         XCTAssertFalse(pc.contains("@"), pc)
 
         let environment = ["PKG_CONFIG_PATH": root + "/lib/pkgconfig", "PKG_CONFIG_SYSROOT_DIR": stage.path]
-        let flags = try Self.run(["pkg-config", "--cflags", "--libs", "heki-plugin"], environment: environment)
+        let flags = try runCommand(["pkg-config", "--cflags", "--libs", "heki-plugin"], environment: environment)
         XCTAssertEqual(flags.status, 0, flags.output)
         XCTAssertTrue(flags.output.contains("-I\(root)/include"), flags.output)
         XCTAssertTrue(flags.output.contains("-lHekiPlugin"), flags.output)
@@ -144,10 +138,10 @@ final class LibraryTests: XCTestCase {
         }
         """.write(to: source, atomically: true, encoding: .utf8)
         let binary = stage.appendingPathComponent("consumer").path
-        let compile = try Self.run(["sh", "-c", "cc -std=c11 -Wall -Wextra -Werror -o \(binary) \(source.path) $(pkg-config --cflags --libs heki-plugin)"],
+        let compile = try runCommand(["sh", "-c", "cc -std=c11 -Wall -Wextra -Werror -o \(binary) \(source.path) $(pkg-config --cflags --libs heki-plugin)"],
                                    environment: environment)
         XCTAssertEqual(compile.status, 0, compile.output)
-        let output = try Self.run([binary], environment: ["LD_LIBRARY_PATH": root + "/lib"])
+        let output = try runCommand([binary], environment: ["LD_LIBRARY_PATH": root + "/lib"])
         XCTAssertEqual(output.status, 0, output.output)
         XCTAssertEqual(output.output, "abi 1 exit 41\n")
     }
