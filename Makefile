@@ -10,7 +10,7 @@ VERSION = 1.0.0
 # Where install-files takes the library from.
 BUILD_DIR ?= .build/release
 
-.PHONY: all deps build demo test install install-files uninstall clean
+.PHONY: all deps build demo demo-fakehost test install install-files uninstall clean
 
 all: build
 
@@ -20,14 +20,21 @@ deps:
 build: deps
 	swift build -c release
 
-# The demo: a scenario on the fake host (pins at boot, an SMEP attack, a storm).
+# The demo: the patched QEMU under real KVM runs the Heki guest with the
+# plugin (the first run builds QEMU, ~5 min; later runs reuse it).
 demo: build
+	$(MAKE) -C qemu-integration demo
+
+# The same story on the fake host alone (no QEMU, no KVM).
+demo-fakehost: build
 	$(BUILD_DIR)/heki-demo --plugin $(BUILD_DIR)/libHekiPlugin.so
 
 # Every test: unit tests, the fake host through the dlopen'ed .so, the C and
-# C++ header checks, the install check (on the release .so that `build` makes).
+# C++ header checks, the install check (on the release .so that `build`
+# makes), then QEMU end to end under real KVM.
 test: build
 	swift test
+	$(MAKE) -C qemu-integration test
 
 install: build install-files
 
