@@ -10,6 +10,7 @@
 #   EMU         libheki-kvm-emu.so to LD_PRELOAD into QEMU (default: none)
 #   ELF         the guest                  (default: build/heki-guest.elf beside this script)
 #   SMP         -smp N                     (default: the cpus=N token, else 1)
+#   CPU         -cpu model             (default: host,-arch-capabilities)
 #   QEMU_EXTRA  more QEMU arguments (e.g. "-plugin ..." or "-d guest_errors")
 #   TIMEOUT     seconds before the run is killed (default: 120)
 set -eu
@@ -23,7 +24,7 @@ for t in "$@"; do
     case $t in cpus=*) smp=${t#cpus=} ;; esac
 done
 SMP=${SMP:-$smp}
-set -- timeout "$TIMEOUT" "$QEMU" -M microvm -accel kvm -cpu host,-arch-capabilities \
+set -- timeout "$TIMEOUT" "$QEMU" -M microvm -accel kvm -cpu ${CPU:-host,-arch-capabilities} \
     -m 64 -smp "$SMP" -nodefaults -nographic -no-user-config -L /usr/share/qemu \
     -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=1 \
     -kernel "$ELF" -append "$append" ${QEMU_EXTRA:-}
