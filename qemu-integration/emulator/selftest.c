@@ -19,6 +19,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -686,6 +687,82 @@ static void scenario_storm(void) {
            us / (STORM_THREADS * STORM_COUNT));
 }
 
+/* A QEMU-style kick (SIGUSR1 whose handler sets immediate_exit) must never
+   be lost, even when it lands while the emulator borrows immediate_exit to
+   complete a port write.  The guest loops on allowed CR writes, which the
+   emulator completes that way and which never exit to us: a lost kick leaves
+   KVM_RUN running for a minute, so each kick waits for its EINTR. */
+#define KICKS 300
+#define KICK_TIMEOUT_US 3e6
+
+static struct kvm_run *kick_run;
+static atomic_uint kick_eintrs;
+static atomic_bool kick_stop;
+
+static void on_kick(int sig) {
+    (void)sig;
+    __atomic_store_n(&kick_run->immediate_exit, 1, __ATOMIC_RELAXED);
+}
+
+static void *kick_vcpu_thread(void *p) {
+    Cpu *c = p;
+    for (;;) {
+        int r = ioctl(c->fd, KVM_RUN, 0);
+        if (r < 0 && errno == EINTR) {
+            c->run->immediate_exit = 0; /* as QEMU, before it looks again */
+            atomic_fetch_add(&kick_eintrs, 1);
+            if (atomic_load(&kick_stop))
+                return NULL;
+            continue;
+        }
+        CHECK(false, "kick: unexpected KVM_RUN result %d, exit %u", r, c->run->exit_reason);
+        atomic_store(&kick_stop, true);
+        atomic_fetch_add(&kick_eintrs, 1);
+        return NULL;
+    }
+}
+
+static void scenario_kick(void) {
+    Vm *vm = vm_new(true);
+    Cpu *c = cpu_new(vm, 0, BOOT_CR0, BOOT_CR4);
+    cpu_start(c);
+    uint32_t cr0 = (uint32_t)sreg_cr(c, 0);
+    MB(c, MB_CMD) = CMD_REPEAT;
+    MB(c, MB_RAX) = OP_CR0;
+    MB(c, MB_RBX) = cr0 ^ CR0_AM; /* allowed: nothing pinned */
+    MB(c, MB_COUNT) = 1000000;
+    kick_run = c->run;
+    struct sigaction sa = {.sa_handler = on_kick};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, NULL);
+    pthread_t th;
+    pthread_create(&th, NULL, kick_vcpu_thread, c);
+    int lost = -1;
+    for (int k = 0; k < KICKS && !atomic_load(&kick_stop); k++) {
+        usleep(200 + (unsigned)(k * 7919) % 800); /* land anywhere in the loop */
+        unsigned seen = atomic_load(&kick_eintrs);
+        if (k == KICKS - 1)
+            atomic_store(&kick_stop, true);
+        pthread_kill(th, SIGUSR1);
+        double t0 = now_us();
+        while (atomic_load(&kick_eintrs) == seen && now_us() - t0 < KICK_TIMEOUT_US)
+            usleep(50);
+        if (atomic_load(&kick_eintrs) == seen) {
+            lost = k;
+            break;
+        }
+    }
+    if (lost >= 0) {
+        CHECK(false, "kick %d lost: KVM_RUN did not return EINTR within %.0f s", lost, KICK_TIMEOUT_US / 1e6);
+        _exit(1); /* the vCPU thread is stuck in the guest */
+    }
+    pthread_join(th, NULL);
+    HekiEmuVcpuInfo vi;
+    vcpu_info_fn(c->fd, &vi);
+    CHECK_EQ(atomic_load(&kick_eintrs), KICKS, "kick: one EINTR per kick");
+    printf("  [kick] %d kicks during emulator-completed CR writes, each ended KVM_RUN with EINTR\n", KICKS);
+}
+
 #define BENCH_COUNT 2000
 
 static double bench(Cpu *c, uint32_t cmd, uint32_t rax, uint32_t rbx, uint32_t rcx, uint32_t rdx,
@@ -748,6 +825,7 @@ static const Scenario scenarios[] = {
     {"immediate-exit", {0}},
     {"hostile", {0}},
     {"storm", {0}},
+    {"kick", {0}},
     {"bench", {0}},
 };
 
@@ -775,6 +853,8 @@ static int run_scenario(const char *name) {
         scenario_hostile();
     else if (!strcmp(name, "storm"))
         scenario_storm();
+    else if (!strcmp(name, "kick"))
+        scenario_kick();
     else if (!strcmp(name, "bench"))
         scenario_bench();
     else
