@@ -19,6 +19,7 @@
 #include <string.h>
 
 #define X86_GP_VECTOR 13
+#define EFER_LMA (1ull << 10)
 #define EMU_OUT_LENGTH 2 /* e6 e5 */
 
 typedef enum { RUN_CONTINUE, RUN_TO_VMM, RUN_ERROR } RunStep;
@@ -138,6 +139,16 @@ static bool is_trigger(const struct kvm_run *run) {
            run->io.port == EMU_PORT && run->io.size == 1 && run->io.count == 1;
 }
 
+/* kvm_emulate_hypercall gives a caller outside 64-bit mode a 32-bit result:
+   -22 is 0xffffffea with the upper half zero, which the guest's later
+   32-bit register loads may leave in place.  Asked only for such results. */
+static bool in_64bit_mode(EmuVcpu *v) {
+    struct kvm_sregs sregs;
+    if (vcpu_ioctl(v, KVM_GET_SREGS, &sregs, "KVM_GET_SREGS") < 0)
+        return true; /* keep the model's value */
+    return (sregs.efer & EFER_LMA) && sregs.cs.l;
+}
+
 static RunStep hypercall(EmuVcpu *v, struct kvm_regs *regs) {
     uint64_t nr = regs->rax, a0 = regs->rbx, a1 = regs->rcx, a2 = regs->rdx;
     FkResult res = fk_vcpu_hypercall(v->fk, nr, a0, a1, a2);
@@ -160,6 +171,8 @@ static RunStep hypercall(EmuVcpu *v, struct kvm_regs *regs) {
     /* No settling needed: rip is at the OUT (the real KVM_RUN completes and
        skips it) or already past it. */
     regs->rax = fk_vcpu_rax(v->fk);
+    if ((regs->rax >> 32) && !in_64bit_mode(v))
+        regs->rax = (uint32_t)regs->rax;
     return vcpu_ioctl(v, KVM_SET_REGS, regs, "KVM_SET_REGS") < 0 ? RUN_ERROR : RUN_CONTINUE;
 }
 

@@ -353,6 +353,9 @@ static void check_rejected_pins(Cpu *c) {
         OpResult r = guest_op(c, HC_LOCK_CR, bad[i].cr, bad[i].pin, bad[i].flags);
         CHECK(r.eax == RAX_EINVAL, "%s: rax %#x, want -22", bad[i].what, r.eax);
         CHECK(r.ex.configure + r.ex.denial + r.ex.passthrough == 0, "%s: no exit", bad[i].what);
+        struct kvm_regs regs;
+        get_regs(c, &regs); /* still the result: the guest only stored eax */
+        CHECK_EQ(regs.rax, RAX_EINVAL, "a 32-bit caller's result has its upper half zero");
     }
     vm_info(c->vm);
     CHECK_EQ(c->vm->info.pinned_cr0 | c->vm->info.pinned_cr4, 0, "nothing pinned by rejected pins");
