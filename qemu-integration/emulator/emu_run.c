@@ -165,14 +165,15 @@ static RunStep hypercall(EmuVcpu *v, struct kvm_regs *regs) {
         errno = EIO;
         return RUN_ERROR;
     }
+    uint64_t rax = fk_vcpu_rax(v->fk);
+    if ((rax >> 32) && !in_64bit_mode(v))
+        rax = (uint32_t)rax;
     emu_trace(v, "hypercall nr=%#llx a0=%#llx a1=%#llx a2=%#llx: rax=%#llx", (unsigned long long)nr,
               (unsigned long long)a0, (unsigned long long)a1, (unsigned long long)a2,
-              (unsigned long long)fk_vcpu_rax(v->fk));
+              (unsigned long long)rax);
     /* No settling needed: rip is at the OUT (the real KVM_RUN completes and
        skips it) or already past it. */
-    regs->rax = fk_vcpu_rax(v->fk);
-    if ((regs->rax >> 32) && !in_64bit_mode(v))
-        regs->rax = (uint32_t)regs->rax;
+    regs->rax = rax;
     return vcpu_ioctl(v, KVM_SET_REGS, regs, "KVM_SET_REGS") < 0 ? RUN_ERROR : RUN_CONTINUE;
 }
 
