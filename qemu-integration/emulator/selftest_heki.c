@@ -1,0 +1,313 @@
+/*
+ * selftest_heki.c - the Heki scenarios: what a VMM and the guest see for
+ * each operation of PROTOCOL.md, with caps on/off, v3 numbering, Heki off,
+ * immediate_exit with a pending exit, and hostile uses of the port.
+ */
+#define _GNU_SOURCE
+#include "selftest_vmm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include "guest_syms.h"
+
+/* ---- the Heki sequence ------------------------------------------------------- */
+
+static void check_extension(Vm *vm, const char *which) {
+    const HekiEmuVmInfo *in = &vm->info;
+    CHECK_EQ(ioctl(vm->sys, KVM_CHECK_EXTENSION, in->cap_configure), 3, "CHECK_EXTENSION(configure) on /dev/kvm");
+    CHECK_EQ(ioctl(vm->sys, KVM_CHECK_EXTENSION, in->cap_denial), 3, "CHECK_EXTENSION(denial) on /dev/kvm");
+    CHECK_EQ(ioctl(vm->fd, KVM_CHECK_EXTENSION, in->cap_configure), 3, "CHECK_EXTENSION(configure) on the VM");
+    CHECK_EQ(ioctl(vm->fd, KVM_CHECK_EXTENSION, in->cap_denial), 3, "CHECK_EXTENSION(denial) on the VM");
+    CHECK_EQ(ioctl(vm->fd, KVM_CHECK_EXTENSION, KVM_CAP_USER_MEMORY), 1, "other caps reach the kernel");
+    (void)which;
+}
+
+/* Rejected pins: -EINVAL in rax, no exit, no pin. */
+static void check_rejected_pins(Cpu *c) {
+    static const struct { uint32_t cr, pin, flags; const char *what; } bad[] = {
+        {0, 0, 0, "pin 0"},
+        {3, CR0_WP, 0, "register 3"},
+        {0, CR0_PE, 0, "CR0 pin without WP"},
+        {0, CR0_WP, 2, "unknown flags"},
+        {0, CR0_WP, LOCK_CR_VERSION, "version flag with a pin"},
+        {4, CR4_PKE, 0, "CR4 bit that is not pinnable"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        OpResult r = guest_op(c, HC_LOCK_CR, bad[i].cr, bad[i].pin, bad[i].flags);
+        CHECK(r.eax == RAX_EINVAL, "%s: rax %#x, want -22", bad[i].what, r.eax);
+        CHECK(r.ex.configure + r.ex.denial + r.ex.passthrough == 0, "%s: no exit", bad[i].what);
+        struct kvm_regs regs;
+        get_regs(c, &regs); /* still the result: the guest only stored eax */
+        CHECK_EQ(regs.rax, RAX_EINVAL, "a 32-bit caller's result has its upper half zero");
+    }
+    vm_info(c->vm);
+    CHECK_EQ(c->vm->info.pinned_cr0 | c->vm->info.pinned_cr4, 0, "nothing pinned by rejected pins");
+}
+
+/* A pin that the model accepts; returns the bits pinned by this call. */
+uint64_t check_pin(Cpu *c, uint32_t cr, uint32_t pin, bool exits) {
+    const HekiEmuVmInfo *in = &c->vm->info;
+    uint64_t want = cr == 0 ? pin : (pin & in->pinnable_cr4 & in->host_cr4); /* heki_lock_cr */
+    OpResult r = guest_op(c, HC_LOCK_CR, cr, pin, 0);
+    CHECK_EQ(r.eax, 0, "pin: rax after the call");
+    if (exits) {
+        CHECK_EQ(r.ex.configure, 1, "pin: configure exits");
+        CHECK_EQ(r.ex.last_reason, in->exit_configure, "pin: exit number");
+        CHECK_EQ(r.ex.payload[0], cr == 0 ? REASON_CR0 : REASON_CR4, "pin: payload reason");
+        CHECK_EQ(r.ex.payload[1], want, "pin: payload cr_pinned (this call, after host masking)");
+        for (int w = 2; w < 8; w++)
+            CHECK_EQ(r.ex.payload[w], 0, "pin: payload reserved word");
+        CHECK_EQ(r.ex.rip_at_exit, SYM_guest_op_out, "pin: rip during the exit is the OUT");
+    } else {
+        CHECK_EQ(r.ex.configure + r.ex.denial, 0, "pin without the cap: no exit");
+    }
+    vm_info(c->vm);
+    CHECK_EQ((cr == 0 ? in->pinned_cr0 : in->pinned_cr4) & want, want, "pin: the model holds it");
+    return want;
+}
+
+static void check_allowed_write(Cpu *c, int cr, uint64_t value) {
+    OpResult r = guest_op(c, cr == 0 ? OP_CR0 : OP_CR4, (uint32_t)value, 0, 0);
+    CHECK_EQ(r.ex.configure + r.ex.denial + r.ex.passthrough, 0, "allowed write: no exit");
+    CHECK_EQ(r.gp, 0, "allowed write: no #GP");
+    CHECK_EQ(r.eax, cr == 0 ? OP_CR0 : OP_CR4, "allowed write: rax unchanged");
+    CHECK_EQ(sreg_cr(c, cr), value, cr == 0 ? "allowed write: CR0 applied" : "allowed write: CR4 applied");
+}
+
+/* A write that clears a pinned bit: an exit (or not), then #GP(0) at the OUT. */
+static void check_denied_write(Cpu *c, int cr, uint64_t value, bool exits) {
+    const HekiEmuVmInfo *in = &c->vm->info;
+    uint64_t before = sreg_cr(c, cr);
+    uint64_t denials0 = in->denials;
+    OpResult r = guest_op(c, cr == 0 ? OP_CR0 : OP_CR4, (uint32_t)value, 0, 0);
+    if (exits) {
+        CHECK_EQ(r.ex.denial, 1, "denial: exits");
+        CHECK_EQ(r.ex.last_reason, in->exit_denial, "denial: exit number");
+        CHECK_EQ(r.ex.payload[0], cr == 0 ? REASON_CR0 : REASON_CR4, "denial: payload reason");
+        CHECK_EQ(r.ex.payload[1], value, "denial: payload cr_value (the attempted value)");
+        for (int w = 2; w < 8; w++)
+            CHECK_EQ(r.ex.payload[w], 0, "denial: payload reserved word");
+        CHECK_EQ(r.ex.rip_at_exit, SYM_guest_op_out, "denial: rip during the exit is the OUT");
+    } else {
+        CHECK_EQ(r.ex.configure + r.ex.denial, 0, "denial without the cap: no exit");
+    }
+    CHECK_EQ(r.gp, 1, "denial: #GP seen by the guest");
+    CHECK_EQ(r.gp_err, 0, "denial: #GP error code");
+    CHECK_EQ(r.gp_eip, SYM_guest_op_out, "denial: #GP saved eip is the OUT");
+    CHECK_EQ(MB(c, MB_GP_BAD), 0, "denial: bytes at the saved eip are e6 e5");
+    CHECK_EQ(sreg_cr(c, cr), before, "denial: CR unchanged");
+    vm_info(c->vm);
+    CHECK_EQ(in->denials, denials0 + 1, "denial: the model counted it");
+}
+
+/* The whole guest-visible sequence on one vCPU. */
+static void heki_sequence(Vm *vm, Cpu *c, bool caps) {
+    check_extension(vm, "");
+    if (caps) {
+        int err;
+        enable_cap(vm->fd, vm->info.cap_configure, 4, &err);
+        CHECK_EQ(err, EINVAL, "ENABLE_CAP with an unknown mask bit");
+        enable_cap(vm->fd, vm->info.cap_configure, 3, &err);
+        CHECK_EQ(err, 0, "ENABLE_CAP(configure, CR0|CR4)");
+        enable_cap(vm->fd, vm->info.cap_denial, 3, &err);
+        CHECK_EQ(err, 0, "ENABLE_CAP(denial, CR0|CR4)");
+        vm_info(vm);
+        CHECK_EQ(vm->info.configure_mask, 3, "configure mask in the model");
+        CHECK_EQ(vm->info.denial_mask, 3, "denial mask in the model");
+    }
+    cpu_start(c);
+    OpResult r = guest_op(c, HC_LOCK_CR, 0, 0, LOCK_CR_VERSION);
+    CHECK_EQ(r.eax, 1, "version query");
+    CHECK_EQ(r.ex.configure + r.ex.denial, 0, "version query: no exit");
+    r = guest_op(c, 12, 0, 0, 0);
+    CHECK_EQ(r.eax, RAX_ENOSYS, "unknown hypercall number");
+
+    check_rejected_pins(c);
+    check_pin(c, 0, CR0_WP, caps);
+    uint64_t cr4_pinned = check_pin(c, 4, CR4_SMEP | CR4_SMAP, caps);
+
+    uint64_t cr0 = sreg_cr(c, 0), cr4 = sreg_cr(c, 4);
+    check_allowed_write(c, 0, cr0 | CR0_AM);
+    check_allowed_write(c, 4, cr4 | CR4_OSFXSR);
+    cr0 |= CR0_AM;
+    cr4 |= CR4_OSFXSR;
+    check_denied_write(c, 0, cr0 & ~CR0_WP, caps);
+    if (CHECK(cr4_pinned != 0, "a CR4 bit is pinned (host CR4 %#llx)", (unsigned long long)vm->info.host_cr4))
+        check_denied_write(c, 4, cr4 & ~cr4_pinned, caps);
+
+    vm_info(vm);
+    CHECK_EQ(vm->info.configure_exits, caps ? 2 : 0, "model: configure exits");
+    CHECK_EQ(vm->info.denial_exits, caps ? 2 : 0, "model: denial exits");
+    HekiEmuVcpuInfo vi;
+    CHECK(vcpu_info_fn(c->fd, &vi) == 0, "vCPU tracked");
+    CHECK_EQ(vi.gp_count, 2, "model: #GP injected on the vCPU");
+    printf("  [%s] pins cr0=%#llx cr4=%#llx (host cr4 %#llx), configure exits %llu, denial exits %llu, "
+           "denials %llu\n",
+           scenario, (unsigned long long)vm->info.pinned_cr0, (unsigned long long)vm->info.pinned_cr4,
+           (unsigned long long)vm->info.host_cr4, (unsigned long long)vm->info.configure_exits,
+           (unsigned long long)vm->info.denial_exits, (unsigned long long)vm->info.denials);
+}
+
+void scenario_sequence(bool caps, bool payload) {
+    Vm *vm = vm_new(payload);
+    Cpu *c = cpu_new(vm, 0, BOOT_CR0, BOOT_CR4);
+    heki_sequence(vm, c, caps);
+}
+
+void scenario_v3(void) {
+    Vm *vm = vm_new(true);
+    CHECK_EQ(vm->info.exit_configure, 40, "v3 configure exit");
+    CHECK_EQ(vm->info.exit_denial, 41, "v3 denial exit");
+    CHECK_EQ(vm->info.cap_configure, 236, "v3 configure cap");
+    CHECK_EQ(vm->info.cap_denial, 237, "v3 denial cap");
+    Cpu *c = cpu_new(vm, 0, BOOT_CR0, BOOT_CR4);
+    heki_sequence(vm, c, true);
+}
+
+/* A kernel built without CONFIG_HEKI. */
+void scenario_off(void) {
+    Vm *vm = vm_new(true);
+    Cpu *c = cpu_new(vm, 0, BOOT_CR0, BOOT_CR4);
+    check_extension(vm, "");
+    int err;
+    enable_cap(vm->fd, vm->info.cap_configure, 3, &err);
+    CHECK_EQ(err, EINVAL, "ENABLE_CAP(configure) without Heki");
+    enable_cap(vm->fd, vm->info.cap_denial, 3, &err);
+    CHECK_EQ(err, EINVAL, "ENABLE_CAP(denial) without Heki");
+    cpu_start(c);
+    OpResult r = guest_op(c, HC_LOCK_CR, 0, 0, LOCK_CR_VERSION);
+    CHECK_EQ(r.eax, RAX_ENOSYS, "version query without Heki");
+    r = guest_op(c, HC_LOCK_CR, 0, CR0_WP, 0);
+    CHECK_EQ(r.eax, RAX_ENOSYS, "pin without Heki");
+    uint64_t cr0 = sreg_cr(c, 0);
+    check_allowed_write(c, 0, cr0 & ~CR0_WP); /* nothing is pinned */
+    vm_info(vm);
+    CHECK_EQ(vm->info.pinned_cr0 | vm->info.pinned_cr4, 0, "no pin without Heki");
+    CHECK_EQ(vm->info.configure_exits + vm->info.denial_exits + vm->info.denials, 0, "no exit, no denial");
+}
+
+/* A VMM that stops a vCPU right after a Heki exit: KVM_RUN with
+   immediate_exit completes it and returns EINTR; the state is consistent. */
+void scenario_immediate(void) {
+    Vm *vm = vm_new(true);
+    Cpu *c = cpu_new(vm, 0, BOOT_CR0, BOOT_CR4);
+    int err;
+    enable_cap(vm->fd, vm->info.cap_configure, 3, &err);
+    enable_cap(vm->fd, vm->info.cap_denial, 3, &err);
+    cpu_start(c);
+
+    /* A pending configure exit. */
+    MB(c, MB_CMD) = CMD_OP;
+    MB(c, MB_RAX) = HC_LOCK_CR;
+    MB(c, MB_RBX) = 0;
+    MB(c, MB_RCX) = CR0_WP;
+    MB(c, MB_RDX) = 0;
+    CHECK(ioctl(c->fd, KVM_RUN, 0) == 0, "run to the pin");
+    CHECK_EQ(c->run->exit_reason, vm->info.exit_configure, "configure exit");
+    c->run->immediate_exit = 1;
+    int rc = ioctl(c->fd, KVM_RUN, 0);
+    CHECK(rc == -1 && errno == EINTR, "immediate_exit with a pending configure: EINTR (rc %d)", rc);
+    c->run->immediate_exit = 0;
+    struct kvm_regs regs;
+    get_regs(c, &regs);
+    CHECK_EQ(regs.rax, 0, "configure completed: rax");
+    CHECK_EQ(regs.rip, SYM_guest_op_out + 2, "configure completed: rip past the OUT");
+    Exits ex = {0};
+    run_until_ready(c, &ex);
+    CHECK_EQ(MB(c, MB_RES_EAX), 0, "guest sees rax 0");
+    CHECK_EQ(ex.configure + ex.denial, 0, "no second exit");
+
+    /* A pending denial. */
+    uint32_t gp0 = MB(c, MB_GP_COUNT);
+    MB(c, MB_CMD) = CMD_OP;
+    MB(c, MB_RAX) = OP_CR0;
+    MB(c, MB_RBX) = (uint32_t)(sreg_cr(c, 0) & ~CR0_WP);
+    CHECK(ioctl(c->fd, KVM_RUN, 0) == 0, "run to the denied write");
+    CHECK_EQ(c->run->exit_reason, vm->info.exit_denial, "denial exit");
+    c->run->immediate_exit = 1;
+    rc = ioctl(c->fd, KVM_RUN, 0);
+    CHECK(rc == -1 && errno == EINTR, "immediate_exit with a pending denial: EINTR (rc %d)", rc);
+    c->run->immediate_exit = 0;
+    get_regs(c, &regs);
+    CHECK_EQ(regs.rip, SYM_guest_op_out, "denial completed: rip at the OUT");
+    struct kvm_vcpu_events evs;
+    if (ioctl(c->fd, KVM_GET_VCPU_EVENTS, &evs) < 0)
+        die("KVM_GET_VCPU_EVENTS");
+    CHECK((evs.exception.injected || evs.exception.pending) && evs.exception.nr == 13 &&
+              evs.exception.has_error_code && evs.exception.error_code == 0,
+          "denial completed: #GP(0) queued (injected %u pending %u nr %u err %u)",
+          evs.exception.injected, evs.exception.pending, evs.exception.nr, evs.exception.error_code);
+    CHECK_EQ(MB(c, MB_GP_COUNT), gp0, "the guest has not run yet");
+    /* Nothing must be completed twice. */
+    c->run->immediate_exit = 1;
+    rc = ioctl(c->fd, KVM_RUN, 0);
+    CHECK(rc == -1 && errno == EINTR, "a second immediate_exit: EINTR");
+    c->run->immediate_exit = 0;
+    memset(&ex, 0, sizeof ex);
+    run_until_ready(c, &ex);
+    CHECK_EQ(MB(c, MB_GP_COUNT), gp0 + 1, "#GP delivered once on the next run");
+    CHECK_EQ(MB(c, MB_GP_ERR), 0, "#GP error code");
+    CHECK_EQ(MB(c, MB_GP_EIP), SYM_guest_op_out, "#GP saved eip");
+    vm_info(vm);
+    CHECK_EQ(vm->info.denial_exits, 1, "model: one denial exit");
+}
+
+/* Hostile or foreign uses of the port, and fd bookkeeping. */
+void scenario_hostile(void) {
+    Vm *vm = vm_new(true);
+    Cpu *c = cpu_new(vm, 0, BOOT_CR0, BOOT_CR4);
+    cpu_start(c);
+
+    OpResult r = guest_cmd(c, CMD_IN, HC_LOCK_CR, 0, CR0_WP, 0, 0);
+    CHECK(r.ex.passthrough == 1 && r.ex.io.io.direction == KVM_EXIT_IO_IN, "IN on 0xe5 left to the VMM");
+    r = guest_cmd(c, CMD_OUTW, HC_LOCK_CR, 0, CR0_WP, 0, 0);
+    CHECK(r.ex.passthrough == 1 && r.ex.io.io.size == 2, "outw on 0xe5 left to the VMM");
+    r = guest_op(c, 0x105, 0, 0, 0);
+    CHECK(r.ex.passthrough == 1 && r.eax == 0x105, "unknown operation left to the VMM, rax kept");
+    r = guest_op(c, 0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff);
+    CHECK(r.ex.passthrough == 1, "operation 0xffffffff left to the VMM");
+    r = guest_op(c, HC_LOCK_CR, 0xffffffff, 0xffffffff, 0);
+    CHECK_EQ(r.eax, RAX_EINVAL, "pin of register 0xffffffff");
+    r = guest_op(c, HC_LOCK_CR, 4, 0xffffffff, 0);
+    CHECK_EQ(r.eax, RAX_EINVAL, "CR4 pin of every bit");
+    vm_info(vm);
+    CHECK_EQ(vm->info.pinned_cr0 | vm->info.pinned_cr4, 0, "still nothing pinned");
+
+    /* Values the CPU refuses: not pinned, but KVM says no -> #GP, CR kept. */
+    uint64_t cr0 = sreg_cr(c, 0), cr4 = sreg_cr(c, 4);
+    r = guest_op(c, OP_CR0, CR0_PG | CR0_ET, 0, 0); /* PG without PE */
+    CHECK(r.gp == 1 && r.gp_err == 0 && r.gp_eip == SYM_guest_op_out, "CR0 PG without PE: #GP(0) at the OUT");
+    CHECK_EQ(sreg_cr(c, 0), cr0, "CR0 kept");
+    r = guest_op(c, OP_CR4, 0xffffffff, 0, 0);
+    CHECK(r.gp == 1 && r.gp_err == 0, "CR4 with reserved bits: #GP(0)");
+    CHECK_EQ(sreg_cr(c, 4), cr4, "CR4 kept");
+    CHECK_EQ(MB(c, MB_GP_BAD), 0, "every #GP at the OUT");
+
+    /* fd reuse: a new VM on a closed VM's fd number starts clean. */
+    check_pin(c, 0, CR0_WP, false);
+    int old_vm = vm->fd, old_cpu = c->fd;
+    close(c->fd);
+    CHECK(vcpu_info_fn(old_cpu, &(HekiEmuVcpuInfo){0}) == -1, "closed vCPU fd forgotten");
+    close(vm->fd);
+    CHECK(vm_info_fn(old_vm, &(HekiEmuVmInfo){0}) == -1, "closed VM fd forgotten");
+    Vm *vm2 = vm_new(true);
+    CHECK_EQ(vm2->fd, old_vm, "the kernel reused the VM fd number");
+    CHECK_EQ(vm2->info.pinned_cr0, 0, "the new VM has no pins");
+    Cpu *c2 = cpu_new(vm2, 0, BOOT_CR0, BOOT_CR4);
+    CHECK_EQ(c2->fd, old_cpu, "the kernel reused the vCPU fd number");
+    cpu_start(c2);
+    uint64_t cr0b = sreg_cr(c2, 0);
+    check_allowed_write(c2, 0, cr0b & ~CR0_WP); /* the old VM's pin is not here */
+    /* dup2 over a tracked fd forgets it. */
+    int spare = open("/dev/null", O_RDONLY);
+    Vm *vm3 = vm_new(true);
+    dup2(spare, vm3->fd);
+    CHECK(vm_info_fn(vm3->fd, &(HekiEmuVmInfo){0}) == -1, "dup2 over a VM fd forgets it");
+    close(spare);
+}
+
