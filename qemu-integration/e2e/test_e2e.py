@@ -22,6 +22,12 @@ def pinned(query, register):
     return hex_int(query["pins"][register]["value"])
 
 
+def per_cpu_lines(run):
+    """The guest's per-vCPU summaries: cpu=I denied-writes=K gp=G ..."""
+    return [l for l in run.guest()
+            if "cpu" in l and "denied-writes" in l and "result" not in l]
+
+
 def kinds(run):
     return [e["name"] for e in run.qmp.heki_events()]
 
@@ -41,7 +47,7 @@ class Verdicts(unittest.TestCase):
         self.assertEqual(run.wait(), GUEST_PASS, run.guest_text())
         result = run.guest_result()
         self.assertEqual(result["result"], "pass")
-        per_cpu = [l for l in run.guest() if "cpu" in l and "gp" in l]
+        per_cpu = per_cpu_lines(run)
         self.assertEqual(len(per_cpu), 2)
         for line in per_cpu:
             self.assertEqual(line["gp"], line["denied-writes"])
@@ -105,7 +111,8 @@ class Verdicts(unittest.TestCase):
         self.assertEqual(denials[0]["data"]["verdict"], "exit")
 
     def test_weak_pinning_verdict(self):
-        run = self.run_vm(heki={"require-cr0": "wp", "require-cr4": "smep",
+        # The guest pins CR4 SMEP|SMAP and never CR0: the CR4 pin misses umip.
+        run = self.run_vm(heki={"require-cr0": "wp", "require-cr4": "smep+umip",
                                 "on-weak-pinning": "pause"}, scenario="weak")
         run.start()
         run.qmp.wait_event(lambda e: e["event"] == "STOP")
@@ -113,7 +120,10 @@ class Verdicts(unittest.TestCase):
         weak = run.qmp.wait_event(lambda e: e["event"] == "HEKI_EVENT" and
                                   e["data"]["name"] == "HEKI_WEAK_PINNING")
         self.assertEqual(weak["data"]["data"]["register"], "cr4")
-        self.assertIn("wp", json.dumps(run.qmp.command("query-heki")["return"]))
+        self.assertEqual(weak["data"]["data"]["missing-bits"], ["umip"])
+        pins = run.qmp.command("query-heki")["return"]["pins"]
+        self.assertEqual(pins["cr0"]["missing-required"], ["wp"])
+        self.assertEqual(pins["cr4"]["missing-required"], ["umip"])
 
 
 class Accounting(unittest.TestCase):
@@ -125,8 +135,7 @@ class Accounting(unittest.TestCase):
         self.addCleanup(run.close)
         run.start()
         self.assertEqual(run.wait(120), GUEST_PASS, run.guest_text())
-        guest_gps = sum(int(l["gp"]) for l in run.guest()
-                        if "cpu" in l and "gp" in l)
+        guest_gps = sum(int(l["gp"]) for l in per_cpu_lines(run))
         self.assertEqual(guest_gps, 6000)
         individual = len(run.qmp.heki_events("HEKI_DENIAL"))
         suppressed = sum(e["data"]["count"]
@@ -136,20 +145,23 @@ class Accounting(unittest.TestCase):
         self.assertEqual(individual + suppressed, guest_gps)
 
     def test_query_heki_matches_the_guest(self):
-        run = Run(heki={}, scenario="pin-deny", cpus=2, extra_append="writes=2")
+        # Writes alternate CR0, CR4, CR0: the CR4 denial pauses the VM, so
+        # query-heki is read with the guest stopped at a known point.
+        run = Run(heki={"on-denial-cr0": "resume", "on-denial-cr4": "pause"},
+                  scenario="pin-deny", extra_append="writes=3")
         self.addCleanup(run.close)
         run.start()
-        run.qmp.wait_event(lambda e: e["event"] == "HEKI_EVENT" and
-                           e["data"]["name"] == "HEKI_DENIAL")
-        # The guest reports, then exits through isa-debug-exit: query first.
-        result = None
-        while result is None:
-            result = run.guest_result()
+        run.qmp.wait_event(lambda e: e["event"] == "STOP")
         query = run.qmp.command("query-heki")["return"]
-        run.wait()
+        self.assertEqual(query["counters"]["denial"], {"cr0": 1, "cr4": 1})
+        run.start()
+        self.assertEqual(run.wait(), GUEST_PASS, run.guest_text())
+        result = run.guest_result()
         self.assertEqual(pinned(query, "cr0"), hex_int(result["pins-cr0"]))
         self.assertEqual(pinned(query, "cr4"), hex_int(result["pins-cr4"]))
-        self.assertEqual(denials(query), int(result["gp"]))
+        self.assertEqual(int(result["gp"]), 3)
+        verdicts = [d["data"]["verdict"] for d in run.qmp.heki_events("HEKI_DENIAL")]
+        self.assertEqual(verdicts, ["resume", "pause", "resume"])
 
     def test_rejected_pins_make_no_exit(self):
         run = Run(heki={}, scenario="bad-pins")
