@@ -5,6 +5,7 @@ and QEMU reacts as the policy says. Run by `make -C qemu-integration test`.
 
 import json
 import os
+import subprocess
 import unittest
 
 from hekiqemu import (GUEST_NO_HEKI, GUEST_PASS, Run, hex_int,
@@ -126,6 +127,14 @@ class Verdicts(unittest.TestCase):
         self.assertEqual(pins["cr4"]["missing-required"], ["umip"])
 
 
+    def test_vm_name_defaults_to_qemu_name(self):
+        run = self.run_vm(heki={}, scenario="pin-only", extra_args=["-name", "web7"])
+        run.start()
+        self.assertEqual(run.wait(), GUEST_PASS, run.guest_text())
+        names = {e["data"].get("vm-name") for e in run.qmp.heki_events()}
+        self.assertEqual(names, {"web7"})
+
+
 class Accounting(unittest.TestCase):
     """Events and query-heki agree with what the guest did."""
 
@@ -239,6 +248,16 @@ class Startup(unittest.TestCase):
         run.start()
         self.assertEqual(run.wait(), GUEST_NO_HEKI, run.guest_text())
         self.assertIn("KVM refused", run.stderr)
+
+
+    def test_heki_without_kvm(self):
+        qemu, plugin = os.environ["HEKI_QEMU"], os.environ["HEKI_PLUGIN"]
+        done = subprocess.run([qemu, "-accel", "qtest", "-M", "microvm",
+                               "-nodefaults", "-display", "none",
+                               "-heki", f"file={plugin}"],
+                              capture_output=True, text=True, timeout=30)
+        self.assertEqual(done.returncode, 1)
+        self.assertIn("-heki needs the KVM accelerator", done.stderr)
 
 
 class WhatThePatchChanges(unittest.TestCase):
