@@ -61,7 +61,10 @@ class QMP:
             ready, _, _ = select.select([self.sock], [], [], left)
             if not ready:
                 continue
-            chunk = self.sock.recv(65536)
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:
+                chunk = b""   # QEMU exited with our bytes unread: closed too
             if not chunk:
                 self.closed = True
                 raise EOFError("QMP: connection closed")
