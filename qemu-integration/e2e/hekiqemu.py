@@ -100,6 +100,12 @@ class QMP:
                 if predicate(reply):
                     return reply
 
+    def wait_heki(self, name, timeout=10.0):
+        """The data of the first HEKI_EVENT of that name."""
+        event = self.wait_event(lambda e: e["event"] == "HEKI_EVENT" and
+                                e["data"]["name"] == name, timeout)
+        return event["data"]["data"]
+
     def wait_events(self, predicate, count, timeout=10.0):
         """Waits until `count` events (seen before or now) satisfy predicate."""
         deadline = time.monotonic() + timeout

@@ -65,15 +65,16 @@ class Verdicts(unittest.TestCase):
         self.assertEqual(pins.get("cr0"), hex_int(result["pins-cr0"]))
         self.assertEqual(pins.get("cr4"), hex_int(result["pins-cr4"]))
 
-    def test_pause_stops_the_vm_like_a_panic_and_cont_resumes_it(self):
-        run = self.run_vm(heki={"on-denial": "pause"}, scenario="pin-deny",
-                          extra_append="writes=1")
+    def start_until_stopped(self, run):
         run.start()
         run.qmp.wait_event(lambda e: e["event"] == "STOP")
         self.assertEqual(run.status(), "guest-panicked")
-        denial = run.qmp.wait_event(lambda e: e["event"] == "HEKI_EVENT" and
-                                    e["data"]["name"] == "HEKI_DENIAL")
-        self.assertEqual(denial["data"]["data"]["verdict"], "pause")
+
+    def test_pause_stops_the_vm_like_a_panic_and_cont_resumes_it(self):
+        run = self.run_vm(heki={"on-denial": "pause"}, scenario="pin-deny",
+                          extra_append="writes=1")
+        self.start_until_stopped(run)
+        self.assertEqual(run.qmp.wait_heki("HEKI_DENIAL")["verdict"], "pause")
         self.assertIsNone(run.guest_result())   # stopped before its report
         query = run.qmp.command("query-heki")["return"]
         self.assertEqual(denials(query), 1, query)
@@ -115,13 +116,10 @@ class Verdicts(unittest.TestCase):
         # The guest pins CR4 SMEP|SMAP and never CR0: the CR4 pin misses umip.
         run = self.run_vm(heki={"require-cr0": "wp", "require-cr4": "smep+umip",
                                 "on-weak-pinning": "pause"}, scenario="weak")
-        run.start()
-        run.qmp.wait_event(lambda e: e["event"] == "STOP")
-        self.assertEqual(run.status(), "guest-panicked")
-        weak = run.qmp.wait_event(lambda e: e["event"] == "HEKI_EVENT" and
-                                  e["data"]["name"] == "HEKI_WEAK_PINNING")
-        self.assertEqual(weak["data"]["data"]["register"], "cr4")
-        self.assertEqual(weak["data"]["data"]["missing-bits"], ["umip"])
+        self.start_until_stopped(run)
+        weak = run.qmp.wait_heki("HEKI_WEAK_PINNING")
+        self.assertEqual(weak["register"], "cr4")
+        self.assertEqual(weak["missing-bits"], ["umip"])
         pins = run.qmp.command("query-heki")["return"]["pins"]
         self.assertEqual(pins["cr0"]["missing-required"], ["wp"])
         self.assertEqual(pins["cr4"]["missing-required"], ["umip"])

@@ -26,6 +26,19 @@ void emu_trace_open(const char *path) {
 
 bool emu_trace_on(void) { return trace_fd >= 0; }
 
+/* Finishes a line that starts with n bytes of prefix: the message, clipped
+   to the buffer, and a newline; then one write (best effort: a trace or a
+   warning never fails the guest). */
+static void write_line(int fd, char *line, size_t size, int n,
+                       const char *fmt, va_list ap) {
+    n += vsnprintf(line + n, size - (size_t)n - 1, fmt, ap);
+    if (n > (int)size - 2)
+        n = (int)size - 2;
+    line[n++] = '\n';
+    ssize_t w = write(fd, line, (size_t)n);
+    (void)w;
+}
+
 void emu_trace(const EmuVcpu *v, const char *fmt, ...) {
     if (trace_fd < 0)
         return;
@@ -33,13 +46,8 @@ void emu_trace(const EmuVcpu *v, const char *fmt, ...) {
     int n = snprintf(line, sizeof line, "vm=%d vcpu=%lu ", v->vm->fd, v->id);
     va_list ap;
     va_start(ap, fmt);
-    n += vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+    write_line(trace_fd, line, sizeof line, n, fmt, ap);
     va_end(ap);
-    if (n > (int)sizeof line - 2)
-        n = (int)sizeof line - 2;
-    line[n++] = '\n';
-    ssize_t w = write(trace_fd, line, (size_t)n);
-    (void)w; /* a trace is best effort: never fail the guest over it */
 }
 
 void emu_warn(const char *fmt, ...) {
@@ -47,11 +55,6 @@ void emu_warn(const char *fmt, ...) {
     int n = snprintf(line, sizeof line, "heki-kvm-emu: ");
     va_list ap;
     va_start(ap, fmt);
-    n += vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+    write_line(2, line, sizeof line, n, fmt, ap);
     va_end(ap);
-    if (n > (int)sizeof line - 2)
-        n = (int)sizeof line - 2;
-    line[n++] = '\n';
-    ssize_t w = write(2, line, (size_t)n);
-    (void)w;
 }
