@@ -46,3 +46,11 @@ uninstall:
 
 clean:
 	rm -rf .build
+
+# ---- Benchmarks (issue 4; not part of `make test` or CI) ----
+# Builds the release library and heki-bench (Benchmarks/), runs the suite,
+# prints the table and writes .build/bench/results.json. BENCH_MODE=quick
+# makes a short smoke run.
+.PHONY: bench
+bench: build
+	$(MAKE) -C Benchmarks run PLUGIN=$(CURDIR)/$(BUILD_DIR)/libHekiPlugin.so OUT=$(CURDIR)/.build/bench
