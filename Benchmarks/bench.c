@@ -697,7 +697,7 @@ int main(int argc, char **argv) {
         result_value("alloc", "heap allocations in handle_exit, total", "allocs", (double)total_exit_allocations, note);
     }
     if (wanted("load")) bench_load(self, argv[1], quick ? 5 : 21);
-    if (wanted("kvm") && kvm_bench(quick ? 3 : 11, quick ? 5000 : 20000) < 0)
+    if (wanted("kvm") && kvm_bench(quick ? 5 : 41, quick ? 1000 : 2000) < 0)
         printf("| kvm       | /dev/kvm not available: skipped\n");
     double load_after = load_average();
     printf("load average at end: %.2f\n", load_after);
