@@ -20,7 +20,16 @@ struct ByteWriter {
 
     @inline(__always) mutating func append(_ bytes: UnsafePointer<UInt8>, _ length: Int) {
         precondition(count + length < capacity, "event buffer overflow")
-        (base + count).update(from: bytes, count: length)
+        if length <= 16 {
+            // Keys, names and brackets: a byte loop beats a memmove call.
+            var index = 0
+            while index < length {
+                base[count + index] = bytes[index]
+                index += 1
+            }
+        } else {
+            (base + count).update(from: bytes, count: length)
+        }
         count += length
     }
 
@@ -115,31 +124,46 @@ struct BitNameBytes {
     private let tableBits: UnsafeBufferPointer<UInt64>
     private let tableNames: UnsafeBufferPointer<ByteString>
     private let namedMask: UInt64
-    private let unnamed: UnsafeBufferPointer<ByteString>  // "bit0" ... "bit63"
+    /// By bit index: the name ("bit<N>" when unnamed).
+    private let byBit: UnsafeBufferPointer<ByteString>
+    /// The table lists single bits in ascending order (CR0's and CR4's do):
+    /// then the named bits come out by walking the set bits of the value.
+    private let ascending: Bool
 
     init(_ names: BitNames, arena: ByteArena) {
         tableBits = arena.table(names.table.map(\.bit))
         tableNames = arena.table(names.table.map { arena.string($0.name) })
         namedMask = names.table.reduce(0) { $0 | $1.bit }
-        unnamed = arena.table((0..<64).map { arena.string("bit\($0)") })
+        byBit = arena.table((0..<64).map { index in
+            arena.string(names.table.first { $0.bit == 1 << UInt64(index) }?.name ?? "bit\(index)")
+        })
+        ascending = names.table.allSatisfy { $0.bit.nonzeroBitCount == 1 }
+            && zip(names.table, names.table.dropFirst()).allSatisfy { $0.bit < $1.bit }
     }
 
     /// Calls `body` with each name of `value`, in BitNames.names(of:) order.
     @inline(__always)
     func forEachName(of value: UInt64, _ body: (ByteString) -> Void) {
         var named = value & namedMask
-        var index = 0
-        while named != 0 && index < tableBits.count {
-            let bit = tableBits[index]
-            if named & bit != 0 {
-                body(tableNames[index])
-                named &= ~bit
+        if ascending {
+            while named != 0 {
+                body(byBit[named.trailingZeroBitCount])
+                named &= named - 1
             }
-            index += 1
+        } else {
+            var index = 0
+            while named != 0 && index < tableBits.count {
+                let bit = tableBits[index]
+                if named & bit != 0 {
+                    body(tableNames[index])
+                    named &= ~bit
+                }
+                index += 1
+            }
         }
         var rest = value & ~namedMask
         while rest != 0 {
-            body(unnamed[rest.trailingZeroBitCount])
+            body(byBit[rest.trailingZeroBitCount])
             rest &= rest - 1
         }
     }
