@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <glib.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -659,6 +660,97 @@ static void bench_load(const char *self, const char *path, int repeats) {
     result_add("load", "new + free again, same process", "ms", stat_of(warm, n), "library already mapped");
 }
 
+/* ---- 1b. instructions per call under callgrind (noise-free) --------------- */
+
+/* One of these runs under callgrind with --toggle-collect=<its name>: the
+   instructions counted are those of N handle_exit calls and nothing else. */
+#define COUNTED(name, call)                                                    \
+    __attribute__((noinline)) void name(void *self, unsigned char *run, long n) { \
+        for (long i = 0; i < n; i++) call;                                     \
+        __asm__ volatile("" ::: "memory");                                     \
+    }
+COUNTED(counted_plugin, plugin_api.handle_exit(self, 0, (const struct kvm_run *)run))
+COUNTED(counted_ref, ref_api.handle_exit(self, 0, run))
+
+static int count_sample(const char *which, int denial, long n) {
+    unsigned char *run = new_run(denial);
+    if (strcmp(which, "plugin") == 0) {
+        GMainContext *context = g_main_context_new();
+        const char *options[] = { "vm-name=bench" };
+        HekiPlugin *plugin = make_plugin(context, 1, options, NULL, NULL);
+        pin_smep(plugin);
+        counted_plugin(plugin, run, 1000); /* past the first window's 100 events */
+        counted_plugin(plugin, run, n);
+        plugin_api.free_(plugin);
+        g_main_context_unref(context);
+    } else {
+        RefHandler *ref = ref_api.new_(EXIT_CONFIGURE, EXIT_DENIAL, 100);
+        ref_api.cap_result(ref, 0, 3, 0);
+        ref_api.cap_result(ref, 1, 3, 0);
+        unsigned char *pin = new_run(0);
+        ref_api.handle_exit(ref, 0, pin);
+        counted_ref(ref, run, 1000);
+        counted_ref(ref, run, n);
+        ref_api.free_(ref);
+    }
+    return 0;
+}
+
+/* Runs `heki-bench count ...` under valgrind; returns instructions per call
+   (the warm-up's 1000 calls are counted too, hence N + 1000), or -1. */
+static double callgrind_per_call(const char *self, const char *plugin, const char *ref, const char *which,
+                                 int denial, long n) {
+    char out[] = "/tmp/heki-bench-callgrind-XXXXXX";
+    int fd = mkstemp(out);
+    if (fd < 0) return -1;
+    close(fd);
+    char out_arg[128], toggle[96], count[32];
+    snprintf(out_arg, sizeof out_arg, "--callgrind-out-file=%s", out);
+    snprintf(toggle, sizeof toggle, "--toggle-collect=counted_%s", which);
+    snprintf(count, sizeof count, "%ld", n);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 1);
+        dup2(null, 2);
+        execlp("valgrind", "valgrind", "--tool=callgrind", out_arg, toggle, self, "count", plugin, ref, which,
+               denial ? "denial" : "configure", count, (char *)NULL);
+        _exit(127);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    double per_call = -1;
+    FILE *f = fopen(out, "r");
+    char line[512];
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned long long total;
+        if (sscanf(line, "totals: %llu", &total) == 1 || sscanf(line, "summary: %llu", &total) == 1)
+            per_call = (double)total / (double)(n + 1000);
+    }
+    if (f) fclose(f);
+    unlink(out);
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? per_call : -1;
+}
+
+static void bench_instructions(const char *self, const char *plugin, const char *ref) {
+    if (system("valgrind --version >/dev/null 2>&1") != 0) {
+        printf("| instr     | valgrind not installed: instruction counts skipped\n");
+        return;
+    }
+    for (int denial = 0; denial <= 1; denial++) {
+        const char *what = denial ? "DENIAL" : "CONFIGURE";
+        double p = callgrind_per_call(self, plugin, ref, "plugin", denial, 100000);
+        double r = callgrind_per_call(self, plugin, ref, "ref", denial, 100000);
+        char name[96];
+        snprintf(name, sizeof name, "handle_exit %s: plugin", what);
+        result_value("instr", name, "instr/call", p, "callgrind, 1 thread, incl. clock reads");
+        snprintf(name, sizeof name, "handle_exit %s: C reference", what);
+        result_value("instr", name, "instr/call", r, "callgrind, 1 thread, incl. clock reads");
+        snprintf(name, sizeof name, "handle_exit %s: plugin / C", what);
+        result_value("instr", name, "ratio", p > 0 && r > 0 ? p / r : -1, "noise-free; target <= 1.3");
+    }
+}
+
 /* ---- main ----------------------------------------------------------------- */
 
 static double load_average(void) {
@@ -679,6 +771,11 @@ static int wanted(const char *group) {
 
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "load-sample") == 0) return load_sample(argv[2]);
+    if (argc == 7 && strcmp(argv[1], "count") == 0) {
+        load_plugin(argv[2]);
+        load_ref(argv[3]);
+        return count_sample(argv[4], strcmp(argv[5], "denial") == 0, atol(argv[6]));
+    }
     if (argc < 4) {
         fprintf(stderr, "usage: heki-bench PLUGIN.so REF.so JSON-OUT [quick]\n");
         return 2;
@@ -709,6 +806,7 @@ int main(int argc, char **argv) {
 
     int repeats = quick ? 3 : 11;
     if (wanted("exit")) bench_handle_exit(repeats, quick ? 400000 : 2000000);
+    if (wanted("instr")) bench_instructions(self, argv[1], argv[2]);
     if (wanted("dispatch")) bench_dispatch(quick ? 3 : 9, quick ? 0.2 : 0.5);
     if (wanted("storm")) bench_storm(quick ? 1 : 3, quick ? 2000000 : 10000000);
     result_value("alloc", "heap allocations per handle_exit",

@@ -60,7 +60,9 @@ final class Plugin {
     // MARK: The vCPU side
 
     /// The path of one exit: decode, ledger, policy, record. Any vCPU
-    /// thread; no lock, no allocation, no call into the host.
+    /// thread; no lock, no allocation, no call into the host. Inlined into
+    /// the export: one function, one prologue.
+    @inline(__always)
     func handleExit(vcpu: UInt32, run: OpaquePointer) -> Verdict {
         switch exits.decode(run, granted: grantedMask) {
         case .foreign:
