@@ -53,4 +53,5 @@ clean:
 # makes a short smoke run.
 .PHONY: bench
 bench: build
+	@scripts/ensure-deps.sh bench
 	$(MAKE) -C Benchmarks run PLUGIN=$(CURDIR)/$(BUILD_DIR)/libHekiPlugin.so OUT=$(CURDIR)/.build/bench
