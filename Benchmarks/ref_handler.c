@@ -75,7 +75,7 @@ void ref_cap_result(RefHandler *h, int kind, uint64_t mask, int kvm_result) {
     atomic_store_explicit(&h->grants[kind], kvm_result == 0 ? ENABLED_BIT | mask : 0, memory_order_release);
 }
 
-static inline uint64_t current_window(void) { return (uint64_t)(g_get_monotonic_time() / 1000000); }
+static inline uint64_t current_window(void) { return (uint64_t)g_get_monotonic_time() / 1000000; }
 
 static inline __attribute__((always_inline)) bool admit(RefHandler *h, int kind) {
     if (h->limit == 0 || kind > K_MALFORMED) return true;

@@ -64,7 +64,7 @@ final class Plugin {
     /// the export: one function, one prologue.
     @inline(__always)
     func handleExit(vcpu: UInt32, run: OpaquePointer) -> Verdict {
-        switch exits.decode(run, granted: grantedMask) {
+        switch exits.decode(run, granted: { grants[$0.rawValue].load(ordering: .acquiring) }) {
         case .foreign:
             return .notHeki
         case let .malformed(kind, reason, problem):
