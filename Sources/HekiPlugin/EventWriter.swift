@@ -4,6 +4,9 @@ import Glibc
 import CBridge
 
 /// A byte buffer allocated once; appends never allocate. Main loop thread.
+/// Appends do not check the capacity one by one: the EventWriter checks
+/// once per event that the largest event it can render fits
+/// (`EventWriter.maximumEventBytes`).
 struct ByteWriter {
     let base: UnsafeMutablePointer<UInt8>
     let capacity: Int
@@ -18,17 +21,29 @@ struct ByteWriter {
 
     @inline(__always) mutating func reset() { count = 0 }
 
+    /// Short fragments (keys, names) are copied with at most two pairs of
+    /// overlapping loads and stores, never reading past `bytes + length`.
     @inline(__always) mutating func append(_ bytes: UnsafePointer<UInt8>, _ length: Int) {
-        precondition(count + length < capacity, "event buffer overflow")
-        if length <= 16 {
-            // Keys, names and brackets: a byte loop beats a memmove call.
+        let source = UnsafeRawPointer(bytes)
+        let target = UnsafeMutableRawPointer(base + count)
+        if length >= 8 && length <= 16 {
+            let head = source.loadUnaligned(as: UInt64.self)
+            let tail = source.loadUnaligned(fromByteOffset: length - 8, as: UInt64.self)
+            target.storeBytes(of: head, as: UInt64.self)
+            target.storeBytes(of: tail, toByteOffset: length - 8, as: UInt64.self)
+        } else if length >= 4 && length < 8 {
+            let head = source.loadUnaligned(as: UInt32.self)
+            let tail = source.loadUnaligned(fromByteOffset: length - 4, as: UInt32.self)
+            target.storeBytes(of: head, as: UInt32.self)
+            target.storeBytes(of: tail, toByteOffset: length - 4, as: UInt32.self)
+        } else if length < 4 {
             var index = 0
             while index < length {
                 base[count + index] = bytes[index]
                 index += 1
             }
         } else {
-            (base + count).update(from: bytes, count: length)
+            target.copyMemory(from: source, byteCount: length)
         }
         count += length
     }
@@ -37,47 +52,48 @@ struct ByteWriter {
         append(text.utf8Start, text.utf8CodeUnitCount)
     }
 
-    @inline(__always) mutating func append(_ text: ByteString) { append(UnsafePointer(text.bytes), text.count) }
+    @inline(__always) mutating func append(_ text: ByteString) { append(text.bytes, text.count) }
 
     @inline(__always) mutating func append(byte: UInt8) {
-        precondition(count + 1 < capacity, "event buffer overflow")
         base[count] = byte
         count += 1
     }
 
     mutating func appendDecimal(_ value: UInt64) {
-        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: 20 digits fit
-        var length = 0
-        withUnsafeMutableBytes(of: &digits) { scratch in
-            var rest = value
-            repeat {
-                length += 1
-                scratch[24 - length] = UInt8(truncatingIfNeeded: rest % 10) + 0x30
-                rest /= 10
-            } while rest != 0
-            append(scratch.baseAddress!.assumingMemoryBound(to: UInt8.self) + (24 - length), length)
+        var digits = 1
+        var rest = value / 10
+        while rest != 0 {
+            digits += 1
+            rest /= 10
         }
+        rest = value
+        var index = count + digits
+        repeat {
+            index -= 1
+            base[index] = UInt8(truncatingIfNeeded: rest % 10) &+ 0x30
+            rest /= 10
+        } while rest != 0
+        count += digits
     }
 
     /// "0x" and lower-case hex digits, no padding: String(value, radix: 16).
     mutating func appendHex(_ value: UInt64) {
-        precondition(count + 18 < capacity, "event buffer overflow")
         base[count] = 0x30
         base[count + 1] = 0x78
-        count += 2
         let digits = value == 0 ? 1 : (67 - value.leadingZeroBitCount) / 4
-        var shift = (digits - 1) * 4
-        while shift >= 0 {
-            let nibble = UInt8(truncatingIfNeeded: value >> UInt64(shift)) & 0xf
-            base[count] = nibble < 10 ? nibble + 0x30 : nibble + 0x57
-            count += 1
-            shift -= 4
-        }
+        var rest = value
+        var index = count + 2 + digits
+        repeat {
+            index -= 1
+            let nibble = UInt8(truncatingIfNeeded: rest) & 0xf
+            base[index] = nibble &+ (nibble < 10 ? 0x30 : 0x57)
+            rest >>= 4
+        } while index > count + 2
+        count += 2 + digits
     }
 
     /// NUL-terminates and returns the start, as a C string.
     @inline(__always) mutating func cString() -> UnsafePointer<CChar> {
-        precondition(count < capacity, "event buffer overflow")
         base[count] = 0
         return UnsafeRawPointer(base).assumingMemoryBound(to: CChar.self)
     }
@@ -187,9 +203,11 @@ final class EventWriter {
     private let verdictNames: UnsafeBufferPointer<ByteString>  // by Verdict.rawValue + 1
     let eventNames: UnsafeBufferPointer<ByteString>            // by EventKind.rawValue
 
-    /// Bounds every event: vm-name escaped (1024 bytes, 6 each at most),
-    /// and at most 64 names of at most 12 bytes in each of three lists.
     static let bufferSize = 32 * 1024
+    /// The largest data or log line this writer can render: the vm-name
+    /// fragments, three lists of at most 64 names (each quoted, with a comma),
+    /// three hex values and a fixed part well under 512 bytes.
+    let maximumEventBytes: Int
 
     init(config: Configuration) {
         let arena = self.arena
@@ -205,6 +223,10 @@ final class EventWriter {
         bitNames = arena.table(ControlRegister.allCases.map { BitNameBytes($0.bitNames, arena: arena) })
         verdictNames = arena.table(Verdict.allCases.sorted { $0.rawValue < $1.rawValue }.map { arena.string($0.name) })
         eventNames = arena.table(EventKind.allCases.map { arena.string($0.eventName) })
+        let longestName = ControlRegister.allCases.flatMap { register in
+            (0..<64).map { register.bitNames.names(of: 1 << UInt64($0)).first?.utf8.count ?? 0 }
+        }.max() ?? 0
+        maximumEventBytes = (vmNameField?.count ?? 0) + subject.count + 3 * 64 * (longestName + 3) + 512
     }
 
     deinit {
@@ -220,6 +242,7 @@ final class EventWriter {
     func renderData(_ record: EventRecord) -> UnsafePointer<CChar> {
         let register = Int(record.register)
         data.reset()
+        precondition(data.capacity > maximumEventBytes, "event buffer too small")
         data.append(byte: 0x7b)  // {
         if let vmNameField {
             data.append(vmNameField)
@@ -270,6 +293,7 @@ final class EventWriter {
     func renderMessage(_ record: EventRecord) -> UnsafePointer<CChar> {
         let register = Int(record.register)
         message.reset()
+        precondition(message.capacity > maximumEventBytes, "event buffer too small")
         message.append(subject)
         message.appendDecimal(UInt64(record.vcpu))
         switch record.kind {
