@@ -338,5 +338,4 @@ final class EventWriter {
         }
     }
 
-    static func level(_ kind: EventKind) -> HekiLogLevel { kind == .configure ? HEKI_LOG_INFO : HEKI_LOG_WARNING }
 }

@@ -194,7 +194,7 @@ final class Plugin {
     private func deliver(_ record: EventRecord) {
         guard EventWriter.handles(record.kind) else { return deliver(renderer.render(record)) }
         deliver(name: writer.eventNames[Int(record.kind.rawValue)].cString, data: writer.renderData(record),
-                level: EventWriter.level(record.kind), time: record.timeMicros) { writer.renderMessage(record) }
+                level: record.kind == .configure ? HEKI_LOG_INFO : HEKI_LOG_WARNING, time: record.timeMicros) { writer.renderMessage(record) }
     }
 
     private func deliver(_ event: RenderedEvent) {
