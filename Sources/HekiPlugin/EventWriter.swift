@@ -241,8 +241,11 @@ final class EventWriter {
     /// The JSON data of `record` (a kind `handles` accepts), NUL-terminated.
     func renderData(_ record: EventRecord) -> UnsafePointer<CChar> {
         let register = Int(record.register)
+        // A local copy: the count stays in a register instead of the object.
+        var data = self.data
         data.reset()
         precondition(data.capacity > maximumEventBytes, "event buffer too small")
+        defer { self.data = data }
         data.append(byte: 0x7b)  // {
         if let vmNameField {
             data.append(vmNameField)
@@ -256,15 +259,15 @@ final class EventWriter {
         data.append(byte: 0x22)
         switch record.kind {
         case .weakPinning:
-            bits(",\"pinned\":\"", ",\"pinned-bits\":[", record.pinned, register)
-            bits(",\"required\":\"", ",\"required-bits\":[", record.value, register)
-            bits(",\"missing\":\"", ",\"missing-bits\":[", record.extra, register)
+            bits(&data, ",\"pinned\":\"", ",\"pinned-bits\":[", record.pinned, register)
+            bits(&data, ",\"required\":\"", ",\"required-bits\":[", record.value, register)
+            bits(&data, ",\"missing\":\"", ",\"missing-bits\":[", record.extra, register)
         default:
             data.append(",\"exit-reason\":")
             data.appendDecimal(UInt64(record.number))
-            bits(",\"value\":\"", ",\"value-bits\":[", record.value, register)
-            bits(",\"pinned\":\"", ",\"pinned-bits\":[", record.pinned, register)
-            if record.kind == .denial { bits(",\"violated\":\"", ",\"violated-bits\":[", record.extra, register) }
+            bits(&data, ",\"value\":\"", ",\"value-bits\":[", record.value, register)
+            bits(&data, ",\"pinned\":\"", ",\"pinned-bits\":[", record.pinned, register)
+            if record.kind == .denial { bits(&data, ",\"violated\":\"", ",\"violated-bits\":[", record.extra, register) }
         }
         data.append(",\"verdict\":\"")
         data.append(verdictNames[Int(record.verdict.rawValue) + 1])
@@ -273,7 +276,8 @@ final class EventWriter {
     }
 
     @inline(__always)
-    private func bits(_ key: StaticString, _ listKey: StaticString, _ value: UInt64, _ register: Int) {
+    private func bits(_ data: inout ByteWriter, _ key: StaticString, _ listKey: StaticString, _ value: UInt64,
+                      _ register: Int) {
         data.append(key)
         data.appendHex(value)
         data.append(byte: 0x22)
@@ -292,8 +296,10 @@ final class EventWriter {
     /// The log line of `record`, NUL-terminated (EventRenderer's text).
     func renderMessage(_ record: EventRecord) -> UnsafePointer<CChar> {
         let register = Int(record.register)
+        var message = self.message
         message.reset()
         precondition(message.capacity > maximumEventBytes, "event buffer too small")
+        defer { self.message = message }
         message.append(subject)
         message.appendDecimal(UInt64(record.vcpu))
         switch record.kind {
@@ -301,9 +307,9 @@ final class EventWriter {
             message.append(": guest pinned ")
             message.append(registerNames[register])
             message.append(byte: 0x20)
-            names(record.value, register)
+            names(&message, record.value, register)
             message.append(" (pinned now ")
-            names(record.pinned, register)
+            names(&message, record.pinned, register)
             message.append("), verdict ")
         case .denial:
             message.append(": KVM denied a ")
@@ -311,13 +317,13 @@ final class EventWriter {
             message.append(" write of ")
             message.appendHex(record.value)
             message.append(" clearing ")
-            names(record.extra, register)
+            names(&message, record.extra, register)
             message.append(", verdict ")
         default:
             message.append(": weak pinning of ")
             message.append(registerNames[register])
             message.append(": ")
-            names(record.extra, register)
+            names(&message, record.extra, register)
             message.append(" required but not pinned, verdict ")
         }
         message.append(verdictNames[Int(record.verdict.rawValue) + 1])
@@ -325,7 +331,7 @@ final class EventWriter {
     }
 
     /// "none", or the names joined by "+".
-    private func names(_ value: UInt64, _ register: Int) {
+    private func names(_ message: inout ByteWriter, _ value: UInt64, _ register: Int) {
         if value == 0 {
             message.append("none")
             return
