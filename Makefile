@@ -53,3 +53,12 @@ uninstall:
 
 clean:
 	rm -rf .build
+
+# ---- Benchmarks (issue 4; not part of `make test` or CI) ----
+# Builds the release library and heki-bench (Benchmarks/), runs the suite,
+# prints the table and writes .build/bench/results.json. BENCH_MODE=quick
+# makes a short smoke run.
+.PHONY: bench
+bench: build
+	@scripts/ensure-deps.sh bench
+	$(MAKE) -C Benchmarks run PLUGIN=$(CURDIR)/$(BUILD_DIR)/libHekiPlugin.so OUT=$(CURDIR)/.build/bench

@@ -56,5 +56,12 @@ let package = Package(
             name: "HekiPluginTests",
             dependencies: ["HekiPlugin", "FakeHost"]
         ),
+        // Its own module: it uses plugin types that carry C types, which in
+        // HekiPluginTests would hide the header's constants from the tests
+        // that see the header through FakeHost.
+        .testTarget(
+            name: "EventWriterTests",
+            dependencies: ["HekiPlugin"]
+        ),
     ]
 )

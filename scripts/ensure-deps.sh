@@ -10,6 +10,10 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v cc >/dev/null || missing+=(gcc)
 command -v c++ >/dev/null || missing+=(g++)
 command -v nm >/dev/null || missing+=(binutils)
+# `ensure-deps.sh bench` (make bench): valgrind for the instruction counts.
+if [ "${1:-}" = bench ]; then
+    command -v valgrind >/dev/null || missing+=(valgrind)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

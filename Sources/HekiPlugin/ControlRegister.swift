@@ -8,10 +8,10 @@ enum ControlRegister: UInt8, CaseIterable, Sendable {
     case cr4 = 1
 
     /// The register's bit in a payload `reason` and in a capability mask.
-    var reasonBit: UInt64 { 1 << UInt64(rawValue) }
+    @inline(__always) var reasonBit: UInt64 { 1 << UInt64(rawValue) }
 
     /// The register a payload names, when `reason` is exactly one known bit.
-    init?(reason: UInt64) {
+    @inline(__always) init?(reason: UInt64) {
         switch reason {
         case 1 << 0: self = .cr0
         case 1 << 1: self = .cr4
@@ -32,7 +32,7 @@ struct ExitReasonMask: OptionSet, Sendable {
     static let cr4 = ExitReasonMask(rawValue: 1 << 1)
     static let all: ExitReasonMask = [.cr0, .cr4]
 
-    func contains(_ register: ControlRegister) -> Bool { rawValue & register.reasonBit != 0 }
+    @inline(__always) func contains(_ register: ControlRegister) -> Bool { rawValue & register.reasonBit != 0 }
 
     /// "cr0", "cr4", "cr0+cr4" or "none", as the options spell it.
     var spelling: String {

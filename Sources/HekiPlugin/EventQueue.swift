@@ -1,3 +1,4 @@
+import CGLib
 import Synchronization
 
 /// A bounded multi-producer, single-consumer queue of event records
@@ -35,8 +36,10 @@ final class EventQueue: @unchecked Sendable {
         records.deallocate()
     }
 
-    /// Any thread. False when the queue is full.
-    func push(_ record: EventRecord) -> Bool {
+    /// Any thread. False when the queue is full. `stampingTime`: sets the
+    /// record's `timeMicros` to the wall clock once a cell is reserved.
+    @inline(__always)
+    func push(_ record: EventRecord, stampingTime: Bool = false) -> Bool {
         var position = enqueuePosition.load(ordering: .relaxed)
         while true {
             let cell = position & mask
@@ -48,6 +51,7 @@ final class EventQueue: @unchecked Sendable {
                     successOrdering: .relaxed, failureOrdering: .relaxed)
                 if exchanged {
                     records[cell] = record
+                    if stampingTime { records[cell].timeMicros = Int64(g_get_real_time()) }
                     sequences[cell].store(position &+ 1, ordering: .releasing)
                     return true
                 }

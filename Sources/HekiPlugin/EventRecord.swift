@@ -20,7 +20,7 @@ enum EventKind: UInt8, CaseIterable, Sendable {
 
     /// Kinds a guest can trigger at will: rate-limited and coalesced.
     static let rateLimited: [EventKind] = [.configure, .denial, .weakPinning, .malformedExit]
-    var isRateLimited: Bool { rawValue <= EventKind.malformedExit.rawValue }
+    @inline(__always) var isRateLimited: Bool { rawValue <= EventKind.malformedExit.rawValue }
 }
 
 /// One event as a vCPU thread records it: fixed size and trivially copyable,

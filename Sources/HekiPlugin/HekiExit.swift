@@ -40,10 +40,11 @@ struct ExitTable {
     let configureExit: UInt32
     let denialExit: UInt32
 
-    /// Decodes `run`. `granted(kind)` is the mask KVM accepted for that
-    /// capability, nil when it was not enabled. Reads each kvm_run field once.
+    /// Decodes `run`. `granted(kind)` is 0 while that capability is not
+    /// enabled, else a non-zero word whose KVM_HEKI_EXIT_REASON_* bits are
+    /// the mask KVM accepted. Reads each kvm_run field once.
     @inline(__always)
-    func decode(_ run: OpaquePointer, granted: (ExitKind) -> ExitReasonMask?) -> DecodedExit {
+    func decode(_ run: OpaquePointer, granted: (ExitKind) -> UInt64) -> DecodedExit {
         let number = cbridge_exit_reason(run)
         let kind: ExitKind
         if number == configureExit {
@@ -54,13 +55,14 @@ struct ExitTable {
             return .foreign
         }
         let payload = cbridge_heki_payload(run)
-        guard let mask = granted(kind) else {
+        let grant = granted(kind)
+        guard grant != 0 else {
             return .malformed(kind, reason: payload.reason, problem: .capabilityNotEnabled)
         }
         guard let register = ControlRegister(reason: payload.reason) else {
             return .malformed(kind, reason: payload.reason, problem: .reasonNotOneKnownBit)
         }
-        guard mask.contains(register) else {
+        guard grant & register.reasonBit != 0 else {
             return .malformed(kind, reason: payload.reason, problem: .registerNotEnabled)
         }
         return kind == .configure

@@ -51,11 +51,15 @@ final class MainLoopSource {
         }
     }
 
-    /// Main loop thread, at the start of a dispatch: re-arms the wake-up.
+    /// Main loop thread, at the start of a dispatch, before draining:
+    /// re-arms the wake-up. The eventfd is read before the flag is cleared:
+    /// the other order loses a wake-up (a producer sets the flag and writes,
+    /// the read swallows that write after the clear, the next producer sees
+    /// the flag still set and writes nothing, and its record waits).
     func acknowledge() {
-        _ = wakePending.exchange(false, ordering: .acquiringAndReleasing)
         var counter: UInt64 = 0
         _ = read(eventFD, &counter, 8)
+        _ = wakePending.exchange(false, ordering: .acquiringAndReleasing)
     }
 
     /// Main loop thread: dispatch again at `monotonicMicros` (-1: no timer).

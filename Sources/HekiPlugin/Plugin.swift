@@ -15,6 +15,7 @@ final class Plugin {
     let limiter: RateLimiter
     private let queue = EventQueue(capacity: Plugin.queueCapacity)
     private let renderer: EventRenderer
+    private let writer: EventWriter
     private let audit: AuditLog?
     private var source: MainLoopSource!
     /// Per exit kind: 0 until KVM accepted the capability, then
@@ -40,6 +41,7 @@ final class Plugin {
         exits = ExitTable(configureExit: config.exitConfigure, denialExit: config.exitDenial)
         limiter = RateLimiter(limit: config.rateLimit)
         renderer = EventRenderer(config: config)
+        writer = EventWriter(config: config)
         grants = InlineArray { _ in Atomic(0) }
         capResults = InlineArray { _ in Atomic(Plugin.notReported) }
         // The audit file first: it needs no context, so failing leaves nothing to undo.
@@ -58,9 +60,11 @@ final class Plugin {
     // MARK: The vCPU side
 
     /// The path of one exit: decode, ledger, policy, record. Any vCPU
-    /// thread; no lock, no allocation, no call into the host.
+    /// thread; no lock, no allocation, no call into the host. Inlined into
+    /// the export: one function, one prologue.
+    @inline(__always)
     func handleExit(vcpu: UInt32, run: OpaquePointer) -> Verdict {
-        switch exits.decode(run, granted: grantedMask) {
+        switch exits.decode(run, granted: { grants[$0.rawValue].load(ordering: .acquiring) }) {
         case .foreign:
             return .notHeki
         case let .malformed(kind, reason, problem):
@@ -99,9 +103,8 @@ final class Plugin {
     @inline(__always)
     private func record(_ record: EventRecord) {
         if limiter.admit(record.kind) {
-            var stamped = record
-            stamped.timeMicros = Int64(g_get_real_time())
-            if queue.push(stamped) {
+            // Stamped once a cell is reserved: a full queue costs no clock read.
+            if queue.push(record, stampingTime: true) {
                 source.wake()
                 return
             }
@@ -150,8 +153,16 @@ final class Plugin {
         return 1  // G_SOURCE_CONTINUE
     }
 
-    private func drain() {
-        while let record = queue.pop() { deliver(renderer.render(record)) }
+    /// Delivers what is queued. From a dispatch, at most one queue's worth:
+    /// when vCPUs keep pushing, the loop gets back to its other sources and
+    /// the source fires again at once (`wake`).
+    private func drain(all: Bool = false) {
+        var budget = Plugin.queueCapacity
+        while all || budget > 0, let record = queue.pop() {
+            deliver(record)
+            budget -= 1
+        }
+        if !all && budget == 0 { source.wake() }
     }
 
     /// Emits HEKI_SUPPRESSED for each kind whose pending count is older than
@@ -178,19 +189,36 @@ final class Plugin {
         if !force { source.setReadyTime(next.map { Int64($0) * 1_000_000 + 1_000 } ?? -1) }
     }
 
-    /// Hands one event to every sink: the host's event callback, the audit
-    /// log, the log callback.
+    /// Renders one queued record and hands it to every sink. The kinds a
+    /// guest can cause in bulk go through the EventWriter's reused buffers.
+    private func deliver(_ record: EventRecord) {
+        guard EventWriter.handles(record.kind) else { return deliver(renderer.render(record)) }
+        deliver(name: writer.eventNames[Int(record.kind.rawValue)].cString, data: writer.renderData(record),
+                level: record.kind == .configure ? HEKI_LOG_INFO : HEKI_LOG_WARNING, time: record.timeMicros) { writer.renderMessage(record) }
+    }
+
     private func deliver(_ event: RenderedEvent) {
-        counters.delivered.wrappingAdd(1, ordering: .relaxed)
-        if let callback = host.event {
-            event.name.withCString { name in event.data.withCString { callback(host.opaque, name, $0) } }
+        event.name.withCString { name in
+            event.data.withCString { data in
+                event.message.withCString { message in
+                    deliver(name: name, data: data, level: event.level, time: event.timeMicros) { message }
+                }
+            }
         }
+    }
+
+    /// Hands one event to every sink: the host's event callback, the audit
+    /// log, the log callback (the log line is made only when there is one).
+    private func deliver(name: UnsafePointer<CChar>, data: UnsafePointer<CChar>, level: HekiLogLevel, time: Int64,
+                         message: () -> UnsafePointer<CChar>) {
+        counters.delivered.wrappingAdd(1, ordering: .relaxed)
+        if let callback = host.event { callback(host.opaque, name, data) }
         if let audit {
-            let (ok, transition) = audit.append(time: event.timeMicros, event: event.name, data: event.data)
+            let (ok, transition) = audit.append(time: time, event: String(cString: name), data: String(cString: data))
             if !ok { counters.auditFailures.wrappingAdd(1, ordering: .relaxed) }
             if let transition { log(ok ? HEKI_LOG_INFO : HEKI_LOG_ERROR, "heki: " + transition) }
         }
-        log(event.level, event.message)
+        if let callback = host.log { callback(host.opaque, level, message()) }
     }
 
     private func log(_ level: HekiLogLevel, _ message: String) {
@@ -213,7 +241,7 @@ final class Plugin {
     /// counted: nothing is lost at teardown.
     private func finish() {
         source.destroy()
-        drain()
+        drain(all: true)
         summarise(force: true)
         g_main_context_unref(context)
     }

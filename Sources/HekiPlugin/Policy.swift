@@ -2,15 +2,24 @@
 /// state comes in, the verdict goes out.
 struct Policy: Sendable {
     let config: Configuration
+    /// onDenial(.cr0), onDenial(.cr4), resolved once: the exit path reads one byte.
+    private let denialCR0: Verdict
+    private let denialCR4: Verdict
+
+    init(config: Configuration) {
+        self.config = config
+        denialCR0 = config.onDenialCR0 ?? config.onDenial
+        denialCR4 = config.onDenialCR4 ?? config.onDenial
+    }
 
     /// Bits of `register` the guest must pin (require-cr0, require-cr4).
-    func required(_ register: ControlRegister) -> UInt64 {
+    @inline(__always) func required(_ register: ControlRegister) -> UInt64 {
         register == .cr0 ? config.requireCR0 : config.requireCR4
     }
 
     /// on-denial-crN when given, else on-denial.
-    func onDenial(_ register: ControlRegister) -> Verdict {
-        (register == .cr0 ? config.onDenialCR0 : config.onDenialCR4) ?? config.onDenial
+    @inline(__always) func onDenial(_ register: ControlRegister) -> Verdict {
+        register == .cr0 ? denialCR0 : denialCR4
     }
 
     /// A pin: resume, unless bits required of that register are still not

@@ -21,7 +21,7 @@ final class RateLimiter: Sendable {
 
     /// The current window: whole seconds of the monotonic clock.
     @inline(__always)
-    static func currentWindow() -> UInt64 { UInt64(g_get_monotonic_time() / 1_000_000) }
+    static func currentWindow() -> UInt64 { UInt64(truncatingIfNeeded: g_get_monotonic_time()) / 1_000_000 }
 
     /// Whether one more event of `kind` may go out individually now.
     @inline(__always)

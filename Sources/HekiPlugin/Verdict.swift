@@ -15,7 +15,7 @@ enum Verdict: Int32, CaseIterable, Sendable {
     /// `HEKI_VERDICT_EXIT`: terminate the VMM with a failure status.
     case exit = 4
 
-    var cValue: HekiVerdict { HekiVerdict(rawValue: rawValue) }
+    @inline(__always) var cValue: HekiVerdict { HekiVerdict(rawValue: rawValue) }
 
     /// The option and event spelling.
     var name: String {

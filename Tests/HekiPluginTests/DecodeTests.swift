@@ -16,7 +16,8 @@ import Testing
         page.storeBytes(of: value, toByteOffset: 40, as: UInt64.self)
         for word in 0..<6 { page.storeBytes(of: reserved, toByteOffset: 48 + 8 * word, as: UInt64.self) }
         let table = ExitTable(configureExit: 39, denialExit: 40)
-        return table.decode(OpaquePointer(page)) { _ in granted }
+        // The grant word: 0 while the capability is not enabled (Plugin sets bit 63 with the mask).
+        return table.decode(OpaquePointer(page)) { _ in granted.map { 1 << 63 | $0.rawValue } ?? 0 }
     }
 
     @Test func configureAndDenial() {

@@ -1,6 +1,7 @@
 // The kernel model alone (fake_kernel.h), no plugin: the hypercall's checks,
 // pins, capabilities, denials, completions and the exit payload's layout, as
 // in the Heki v2 patch.
+import CBridge  // HEKI_* constants: which module owns the shared header varies by build
 import FakeHost
 import XCTest
 

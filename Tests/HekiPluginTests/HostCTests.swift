@@ -1,6 +1,7 @@
 // The C side of the contract: the public header compiles as C11 and C++17
 // with warnings as errors, and a plain C program (Tests/CProgram/load_plugin.c)
 // loads the .so, checks the version, creates a plugin and handles one exit.
+import CBridge  // HEKI_* constants: which module owns the shared header varies by build
 import FakeHost
 import Foundation
 import XCTest

@@ -4,6 +4,7 @@
 //
 // Everything here goes through the dlopen'ed .so and the public C ABI; the
 // plugin's Swift module is never imported.
+import CBridge  // HEKI_* constants: which module owns the shared header varies by build
 import FakeHost
 import Foundation
 import XCTest

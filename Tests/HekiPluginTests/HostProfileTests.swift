@@ -1,5 +1,6 @@
 // Profiles, number overrides, exit masks, capabilities, foreign and
 // unclaimed exits: through the fake host and the dlopen'ed plugin.
+import CBridge  // HEKI_* constants: which module owns the shared header varies by build
 import FakeHost
 import XCTest
 
