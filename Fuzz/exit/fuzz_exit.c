@@ -13,7 +13,7 @@
  * AddressSanitizer sees any read outside the fields the plugin may read.
  *
  * Plugins live across inputs, as in a VMM (one plugin sees millions of
- * exits): a pool of 64, keyed by the 8 option bytes.  A plugin is retired
+ * exits): a pool of 512, keyed by the 8 option bytes.  A plugin is retired
  * (freed and checked) when its slot gets other option bytes and after 4096
  * inputs, so lifecycles, summaries and teardown stay in the loop.  The
  * price: a finding may need the inputs before it to reproduce; the
@@ -54,7 +54,7 @@ static char *bits_option(const char *key, uint8_t bits, const char *const *names
     return strdup(buffer);
 }
 
-#define SLOTS 64
+#define SLOTS 512
 #define LIFETIME 4096
 
 typedef struct {
