@@ -6,14 +6,16 @@
  * records of 73 bytes, each one exit:
  *   op (1): bits 0-1 exit number: 0 the profile's configure exit, 1 its
  *           denial exit, 2-3 the raw number below; bit 2 dispatch the main
- *           loop after this exit; bits 3 and 6 both set: query; bit 4 vCPU index raw (else
+ *           loop after this exit; bits 3 and 6 both set: query (once, after the
+ *           exits); bit 4 vCPU index raw (else
  *           0-63); bit 5 NULL kvm_run
  *   vcpu (4), exit number (4), the 64-byte payload (reason, value, reserved).
  * The kvm_run is a 96-byte heap block (exit_reason at 8, the union at 32):
  * AddressSanitizer sees any read outside the fields the plugin may read.
  *
  * Plugins live across inputs, as in a VMM (one plugin sees millions of
- * exits): a pool of 512, keyed by the 8 option bytes.  A plugin is retired
+ * exits): a pool of 512, keyed by the 8 option bytes (bits that do not
+ * change the plugin cleared).  A plugin is retired
  * (freed and checked) when its slot gets other option bytes and after 4096
  * inputs, so lifecycles, summaries and teardown stay in the loop.  The
  * price: a finding may need the inputs before it to reproduce; the
@@ -189,18 +191,36 @@ static bool create(Slot *s, const uint8_t h[8]) {
     return true;
 }
 
+/* The option bytes with the bits create() ignores cleared, so inputs that
+   make the same plugin share it. */
+static void canonical(const uint8_t h[8], uint8_t c[8]) {
+#define OMIT(v) ((v) > 4 ? 7 : (v))
+    c[0] = (uint8_t)((h[0] & 1) | OMIT((h[0] >> 1) & 7) << 1);
+    c[1] = (uint8_t)(OMIT(h[1] & 7) | OMIT((h[1] >> 3) & 7) << 3 | (h[1] & 0xc0));
+    c[2] = (uint8_t)(OMIT(h[2] & 7) | (h[2] & 0xf8));
+    c[3] = h[3];
+    c[4] = h[4];
+    c[5] = h[5] & 0x7f;
+    bool raw_numbers = ((h[5] >> 4) & 3) == 2;
+    c[6] = raw_numbers ? h[6] : 0;
+    c[7] = raw_numbers ? h[7] : 0;
+#undef OMIT
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    uint8_t h[8] = {0};
+    uint8_t h[8] = {0}, c[8];
     memcpy(h, data, size < 8 ? size : 8);
+    canonical(h, c);
     const uint8_t *records = size > 8 ? data + 8 : NULL;
     size_t record_bytes = size > 8 ? size - 8 : 0;
 
     uint32_t key = 2166136261u;
-    for (int i = 0; i < 8; i++) key = (key ^ h[i]) * 16777619u;
+    for (int i = 0; i < 8; i++) key = (key ^ c[i]) * 16777619u;
     Slot *s = &slots[key % SLOTS];
-    if (s->plugin && (memcmp(s->options, h, 8) != 0 || s->inputs >= LIFETIME)) retire(s, h[6] & 0x80);
-    if (!s->plugin && !create(s, h)) return 0;
+    if (s->plugin && (memcmp(s->options, c, 8) != 0 || s->inputs >= LIFETIME)) retire(s, h[6] & 0x80);
+    if (!s->plugin && !create(s, c)) return 0;
     s->inputs++;
+    bool query = false;
 
     for (size_t at = 0; at < record_bytes; at += RECORD_BYTES) {
         uint8_t record[RECORD_BYTES] = {0};
@@ -234,8 +254,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             }
         }
         if (op & 4) fz_dispatch(&s->host);
-        if ((op & 0x48) == 0x48) check_query(s);
+        query |= (op & 0x48) == 0x48;
     }
+    if (query) check_query(s);
     if ((h[7] & 0xe0) == 0xe0) retire(s, h[6] & 0x80); /* a whole lifetime in this input */
     return 0;
 }
