@@ -65,3 +65,15 @@ let package = Package(
         ),
     ]
 )
+
+// libFuzzer targets (Fuzz/, `make fuzz`). Declared only when HEKI_FUZZ is set:
+// their executables take main() from libFuzzer, which a plain `swift build`
+// (no -sanitize=fuzzer) cannot link.
+if Context.environment["HEKI_FUZZ"] != nil {
+    package.targets.append(.target(name: "HekiFuzzSupport", dependencies: ["CGLib"], path: "Fuzz/Support"))
+    for name in ["exit", "options", "api"] {
+        package.targets.append(.executableTarget(
+            name: "heki-fuzz-\(name)", dependencies: ["HekiPlugin", "HekiFuzzSupport"], path: "Fuzz/\(name)"))
+        package.products.append(.executable(name: "heki-fuzz-\(name)", targets: ["heki-fuzz-\(name)"]))
+    }
+}

@@ -6,7 +6,8 @@ import Glibc
 /// The JSON-lines audit file: opened append-only, created 0600, never
 /// through a symlink. Written on the main loop thread only.
 ///
-/// Failure rule: a line that cannot be written whole is dropped and counted
+/// Failure rule: a line that cannot be written whole is dropped (a fragment
+/// a short write left is cut off again) and counted
 /// (`Counters.auditFailures`); the first failure and each recovery are
 /// logged once, so a full disk cannot flood the log. Counters stay exact.
 final class AuditLog {
@@ -37,20 +38,27 @@ final class AuditLog {
     /// run of failures, and "" when it ends one (for the log); nil otherwise.
     func append(time: Int64, event: String, data: String) -> (ok: Bool, transition: String?) {
         var line = "{\"time\":\"" + AuditLog.timestamp(time) + "\",\"event\":\"" + event + "\",\"data\":" + data + "}\n"
-        let error: Int32 = line.withUTF8 { bytes in
+        let (error, fragment): (Int32, Int) = line.withUTF8 { bytes in
             var offset = 0
             while offset < bytes.count {
                 let written = write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
                 if written < 0 {
                     if errno == EINTR { continue }
-                    return errno
+                    return (errno, offset)
                 }
-                if written == 0 { return EIO }
+                if written == 0 { return (EIO, offset) }
                 offset += written
             }
-            return 0
+            return (0, 0)
         }
         if error != 0 {
+            // A full disk often takes the first part of a line (a short
+            // write) and then fails: cut that fragment, or the next line
+            // would be glued to it. The file holds whole lines only.
+            if fragment > 0 {
+                let end = lseek(descriptor, 0, SEEK_END)
+                if end >= off_t(fragment) { _ = ftruncate(descriptor, end - off_t(fragment)) }
+            }
             defer { failing = true }
             return (false, failing ? nil : "audit log '\(Options.printable(path))': write failed: \(String(cString: strerror(error))); lines are dropped and counted until writes succeed")
         }

@@ -33,6 +33,9 @@ final class Plugin {
     private var summaryDue: [UInt64?] = Array(repeating: nil, count: EventKind.allCases.count)
     private var dispatching = false
     private var freeRequested = false
+    /// Set once the teardown's flush has begun: a free() from one of its
+    /// callbacks must not start a second teardown (found by Fuzz/api).
+    private var finishing = false
 
     init(host: HekiHost, config: Configuration) throws(OptionError) {
         self.config = config
@@ -228,8 +231,10 @@ final class Plugin {
 
     /// heki_plugin_free: main loop thread. Called from inside one of our own
     /// callbacks, the teardown waits until that dispatch unwinds.
+    /// Called again from a callback of the teardown's own flush, it returns
+    /// at once: the teardown already running completes.
     func free() {
-        if dispatching {
+        if dispatching || finishing {
             freeRequested = true
             return
         }
@@ -240,6 +245,7 @@ final class Plugin {
     /// Detaches the source, then delivers everything still queued or
     /// counted: nothing is lost at teardown.
     private func finish() {
+        finishing = true
         source.destroy()
         drain(all: true)
         summarise(force: true)

@@ -172,6 +172,7 @@ typedef struct {
 struct FhVm {
     FhLibrary *lib;
     const FhPluginApi *api;
+    FhPluginApi api_copy; /* the VM keeps working after fh_library_close (nodelete) */
     FkVm *kernel;
     GMainContext *context;
     pthread_t owner;
@@ -313,7 +314,9 @@ static void clear_log(gpointer p) {
 FhVm *fh_vm_new(FhLibrary *lib, const FkProfile *kernel_profile) {
     FhVm *vm = g_new0(FhVm, 1);
     vm->lib = lib;
-    vm->api = lib ? &lib->api : NULL;
+    if (lib)
+        vm->api_copy = lib->api;
+    vm->api = lib ? &vm->api_copy : NULL;
     vm->kernel = fk_vm_new(kernel_profile, FK_DEFAULT_HOST_CR0, FK_DEFAULT_HOST_CR4);
     vm->context = g_main_context_new();
     /* This thread owns the context for the VM's life: it is the main loop
@@ -443,6 +446,8 @@ void fh_vm_free_plugin(FhVm *vm) {
         vm->api->plugin_free(p);
     }
 }
+
+void fh_vm_forget_plugin(FhVm *vm) { vm->plugin = NULL; }
 
 int fh_vm_enable_caps(FhVm *vm) {
     if (!vm->plugin) {

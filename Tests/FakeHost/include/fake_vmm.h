@@ -80,7 +80,8 @@ typedef struct FhVm FhVm;
 #define FH_MAX_VCPUS 64u
 
 /* A VM whose kernel side follows `kernel_profile` (NULL: v2) on a host with
-   FK_DEFAULT_HOST_CR0/CR4.  `lib` must outlive the VM. */
+   FK_DEFAULT_HOST_CR0/CR4.  The VM copies `lib`'s function table: it keeps
+   working after fh_library_close (the library is linked nodelete). */
 FhVm *fh_vm_new(FhLibrary *lib, const FkProfile *kernel_profile);
 /* Frees the plugin (if still there, on this thread), the vCPUs, the kernel
    model and the context. */
@@ -113,6 +114,9 @@ HekiPlugin *fh_vm_plugin(FhVm *vm);
 /* heki_plugin_free on this thread; events still pending are delivered to the
    callbacks, which stay valid.  No-op without a plugin. */
 void fh_vm_free_plugin(FhVm *vm);
+/* Drops the VM's pointer to the plugin without freeing it: for a test whose
+   own callback already called heki_plugin_free through the raw table. */
+void fh_vm_forget_plugin(FhVm *vm);
 
 /* For each kind: mask = heki_plugin_cap_mask; 0 -> skipped; else
    fk_enable_cap(heki_plugin_cap_number, mask) and heki_plugin_cap_result.

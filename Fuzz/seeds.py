@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Writes the hand-made seeds of Fuzz/corpus/<target>/seed-* (the formats are
+described at the top of each Fuzz/<target>/fuzz_*.c).  The corpus also holds
+inputs libFuzzer found (minimised with -merge=1) and regression inputs
+(regress-*), which this script leaves alone."""
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def write(target, name, data):
+    path = os.path.join(HERE, "corpus", target, "seed-" + name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+# ---- exit: 8 option bytes, then 73-byte records --------------------------
+def record(op, vcpu, number, reason, value, reserved=0):
+    payload = struct.pack("<QQ", reason, value) + struct.pack("<Q", reserved) * 6
+    return bytes([op]) + struct.pack("<II", vcpu, number) + payload
+
+
+CR0_WP, CR4_SMEP, CR4_SMAP = 1 << 16, 1 << 20, 1 << 21
+CONFIGURE, DENIAL, RAW = 0, 1, 2
+DISPATCH, QUERY = 0x04, 0x48
+
+story = (record(CONFIGURE, 0, 0, 1, CR0_WP) + record(CONFIGURE | DISPATCH, 1, 0, 2, CR4_SMEP | CR4_SMAP)
+         + record(DENIAL, 2, 0, 2, 0x20) + record(DENIAL | QUERY, 3, 0, 1, 0)
+         + record(DENIAL, 0, 0, 3, 0) + record(RAW | DISPATCH, 0, 2, 1, 0))
+# header bytes: see fuzz_exit.c create()
+write("exit", "default-story", bytes([0, 0xff, 0xff, 0xff, 0, 0, 0, 0]) + story)
+write("exit", "v3-pause-required", bytes([1 | (1 << 1), 0x80 | 0x3f, 0x18 | 0x40 | 2, 0x40, 0x04 | 0x40, 0, 0, 0]) + story)
+write("exit", "rate-limit-0-storm", bytes([0, 0xff, 0x47, 0, 0, 0, 0x80, 0]) + record(DENIAL, 5, 0, 2, 0) * 12)
+write("exit", "caps-refused", bytes([0, 0xff, 0xff, 0, 0, 0x05, 0, 0]) + story)
+write("exit", "overrides", bytes([0, 0xff, 0xff, 0, 0, 0x20, 7, 9]) + story)
+write("exit", "retired-each-input", bytes([0, 0xff, 0x87, 0, 0x80, 0, 0x80, 0xe0]) + story)
+write("exit", "raw-vcpu-null-run", bytes(8) + record(0x10, 0xffffffff, 0, 1, CR0_WP) + record(0x20, 0, 0, 1, 0))
+
+# ---- options: argv strings separated by newlines -------------------------
+options = {
+    "defaults": [],
+    "every-key": ["abi=v3", "exit-configure=0x40", "exit-denial=65", "cap-configure=300", "cap-denial=301",
+                  "configure-exits=cr0+cr4", "denial-exits=cr4", "on-denial=pause", "on-denial-cr0=reset",
+                  "on-denial-cr4=exit", "require-cr0=wp+pg", "require-cr4=smep+smap+fred",
+                  "on-weak-pinning=poweroff", "vm-name=web1", "audit-log=x", "rate-limit=1000000",
+                  "require-caps=yes"],
+    "bad-values": ["abi=v9", "rate-limit=-1", "require-cr4=pae"],
+    "duplicate": ["vm-name=a", "vm-name=b"],
+    "no-equals": ["vm-name"],
+    "hostile-text": ["vm-name=\"\\\u00e9\u2028</script>", "on-denial=\x01\x7f"],
+    "invalid-utf8": [],
+}
+for name, argv in options.items():
+    data = "\n".join(argv).encode()
+    if name == "invalid-utf8":
+        data = b"vm-name=\xff\xfe\nabi=v2"
+    write("options", name, data)
+
+# ---- api: one-byte operations on two slots -------------------------------
+NEW, FREE, CAP, GETTERS, QUERYOP, EXIT, EXIT_AIMED, DISPATCHOP, MISC, FREE_IN_CB, NULLS = range(11)
+SLOT1 = 0x80
+
+
+def u32(x):
+    return struct.pack("<I", x & 0xffffffff)
+
+
+aimed = bytes([EXIT_AIMED]) + u32(0) + bytes([0] * 8) + u32(0) + bytes([0] * 20) + struct.pack("<QQ", 2, 0) + bytes(48)
+write("api", "lifecycle", bytes([NEW, 1, 4]) + bytes([CAP]) + u32(0) + u32(0) + bytes([CAP]) + u32(1) + u32(0)
+      + aimed + bytes([QUERYOP, DISPATCHOP, GETTERS]) + u32(7) + bytes([FREE]))
+write("api", "two-plugins", bytes([NEW, 0, 4, NEW | SLOT1, 2, 0x0c]) + bytes([CAP | SLOT1]) + u32(0) + u32(0)
+      + aimed + bytes([QUERYOP | SLOT1, DISPATCHOP, FREE_IN_CB, DISPATCHOP, FREE | SLOT1]))
+write("api", "careless-host", bytes([NEW, 0x04, 4, NEW, 0x08, 4, NEW, 0x0c, 4, NEW, 0x10, 4, NEW, 0x40, 0,
+                                     NEW, 0, 6, NEW, 0, 7, 3, NULLS, 0, MISC, FREE, FREE]))
+write("api", "null-plugin", bytes([CAP]) + u32(0) + u32(0) + bytes([GETTERS]) + u32(0) + bytes([QUERYOP, NULLS, 1, EXIT])
+      + bytes(100))
