@@ -142,12 +142,17 @@ static void *symbol(void *library, const char *name) {
 
 #define LOAD(api, lib, field, name) *(void **)(&(api).field) = symbol(lib, name)
 
-static void load_plugin(const char *path) {
+static void *open_library(const char *path) {
     void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!lib) {
         fprintf(stderr, "heki-bench: %s\n", dlerror());
         exit(2);
     }
+    return lib;
+}
+
+static void load_plugin(const char *path) {
+    void *lib = open_library(path);
     LOAD(plugin_api, lib, abi_version, "heki_plugin_abi_version");
     LOAD(plugin_api, lib, new_, "heki_plugin_new");
     LOAD(plugin_api, lib, free_, "heki_plugin_free");
@@ -165,11 +170,7 @@ static void load_plugin(const char *path) {
 }
 
 static void load_ref(const char *path) {
-    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
-        fprintf(stderr, "heki-bench: %s\n", dlerror());
-        exit(2);
-    }
+    void *lib = open_library(path);
     LOAD(ref_api, lib, new_, "ref_new");
     LOAD(ref_api, lib, cap_result, "ref_cap_result");
     LOAD(ref_api, lib, handle_exit, "ref_handle_exit");

@@ -49,6 +49,25 @@ static void check_rejected_pins(Cpu *c) {
     CHECK_EQ(c->vm->info.pinned_cr0 | c->vm->info.pinned_cr4, 0, "nothing pinned by rejected pins");
 }
 
+/* The patch's payload of one Heki exit: the exit number, one reason bit,
+   word 1 (cr_pinned or cr_value), zero reserved words, rip at the OUT. */
+static void check_payload(const OpResult *r, uint32_t exit_number, uint32_t cr,
+                          uint64_t word1, const char *kind) {
+    char what[96];
+    snprintf(what, sizeof what, "%s: exit number", kind);
+    CHECK_EQ(r->ex.last_reason, exit_number, what);
+    snprintf(what, sizeof what, "%s: payload reason", kind);
+    CHECK_EQ(r->ex.payload[0], cr == 0 ? REASON_CR0 : REASON_CR4, what);
+    snprintf(what, sizeof what, "%s: payload word 1 (cr_pinned after host "
+             "masking, or the attempted cr_value)", kind);
+    CHECK_EQ(r->ex.payload[1], word1, what);
+    snprintf(what, sizeof what, "%s: payload reserved word", kind);
+    for (int w = 2; w < 8; w++)
+        CHECK_EQ(r->ex.payload[w], 0, what);
+    snprintf(what, sizeof what, "%s: rip during the exit is the OUT", kind);
+    CHECK_EQ(r->ex.rip_at_exit, SYM_guest_op_out, what);
+}
+
 /* A pin that the model accepts; returns the bits pinned by this call. */
 uint64_t check_pin(Cpu *c, uint32_t cr, uint32_t pin, bool exits) {
     const HekiEmuVmInfo *in = &c->vm->info;
@@ -57,12 +76,7 @@ uint64_t check_pin(Cpu *c, uint32_t cr, uint32_t pin, bool exits) {
     CHECK_EQ(r.eax, 0, "pin: rax after the call");
     if (exits) {
         CHECK_EQ(r.ex.configure, 1, "pin: configure exits");
-        CHECK_EQ(r.ex.last_reason, in->exit_configure, "pin: exit number");
-        CHECK_EQ(r.ex.payload[0], cr == 0 ? REASON_CR0 : REASON_CR4, "pin: payload reason");
-        CHECK_EQ(r.ex.payload[1], want, "pin: payload cr_pinned (this call, after host masking)");
-        for (int w = 2; w < 8; w++)
-            CHECK_EQ(r.ex.payload[w], 0, "pin: payload reserved word");
-        CHECK_EQ(r.ex.rip_at_exit, SYM_guest_op_out, "pin: rip during the exit is the OUT");
+        check_payload(&r, in->exit_configure, cr, want, "pin");
     } else {
         CHECK_EQ(r.ex.configure + r.ex.denial, 0, "pin without the cap: no exit");
     }
@@ -87,12 +101,7 @@ static void check_denied_write(Cpu *c, int cr, uint64_t value, bool exits) {
     OpResult r = guest_op(c, cr == 0 ? OP_CR0 : OP_CR4, (uint32_t)value, 0, 0);
     if (exits) {
         CHECK_EQ(r.ex.denial, 1, "denial: exits");
-        CHECK_EQ(r.ex.last_reason, in->exit_denial, "denial: exit number");
-        CHECK_EQ(r.ex.payload[0], cr == 0 ? REASON_CR0 : REASON_CR4, "denial: payload reason");
-        CHECK_EQ(r.ex.payload[1], value, "denial: payload cr_value (the attempted value)");
-        for (int w = 2; w < 8; w++)
-            CHECK_EQ(r.ex.payload[w], 0, "denial: payload reserved word");
-        CHECK_EQ(r.ex.rip_at_exit, SYM_guest_op_out, "denial: rip during the exit is the OUT");
+        check_payload(&r, in->exit_denial, cr, value, "denial");
     } else {
         CHECK_EQ(r.ex.configure + r.ex.denial, 0, "denial without the cap: no exit");
     }
