@@ -6,6 +6,7 @@ and QEMU reacts as the policy says. Run by `make -C qemu-integration test`.
 import json
 import os
 import subprocess
+import tempfile
 import unittest
 
 from hekiqemu import (GUEST_NO_HEKI, GUEST_PASS, Run, hex_int,
@@ -232,6 +233,22 @@ class Startup(unittest.TestCase):
         self.assertEqual(run.wait(30), 1)
         self.assertIn("is not a heki plugin", run.stderr)
         self.assertIn("heki_plugin_abi_version", run.stderr)
+
+    def test_abi_version_mismatch(self):
+        # A library with every symbol of the ABI whose version is not 1.
+        build = tempfile.mkdtemp(prefix="heki-e2e-abi-")
+        source = os.path.join(build, "wrong_abi.c")
+        library = os.path.join(build, "libwrong.so")
+        names = ["new", "free", "free_string", "cap_number", "cap_mask",
+                 "cap_result", "handle_exit", "query"]
+        with open(source, "w") as f:
+            f.write("unsigned heki_plugin_abi_version(void) { return 99; }\n")
+            f.writelines(f"void heki_plugin_{n}(void) {{}}\n" for n in names)
+        subprocess.run(["gcc", "-shared", "-fPIC", "-o", library, source], check=True)
+        run = Run(heki=None, qmp=False, extra_args=["-heki", f"file={library}"])
+        self.addCleanup(run.close)
+        self.assertEqual(run.wait(30), 1)
+        self.assertIn("has ABI version 99, this QEMU supports version 1", run.stderr)
 
     def test_required_capability_refused(self):
         status, err = startup_failure({"require-caps": "on"},
