@@ -17,7 +17,6 @@ cache=${HEKI_QEMU_CACHE:-$HOME/.cache/heki-plugin/qemu}
 suite=${HEKI_QEMU_SUITE:-trixie}
 mirror=${HEKI_QEMU_MIRROR:-http://deb.debian.org/debian}
 meson_version=1.5.0
-pycotap_version=1.3.1
 variant=patched
 [[ "${1:-}" == "--unpatched" ]] && variant=unpatched
 
@@ -87,15 +86,14 @@ if [[ ! -f "$src_pkg/.complete" ]]; then
     touch "$src_pkg/.complete"
 fi
 
-venv="$cache/venv-meson-$meson_version-pycotap-$pycotap_version"
+venv="$cache/venv-meson-$meson_version"
 if [[ ! -f "$venv/.complete" ]]; then
-    # The +ds repack carries none of the wheels in python/wheels; QEMU 10.0's
-    # configure wants meson >= 1.5 and pycotap (its test runner) from there.
-    step "creating a Python venv with meson $meson_version and pycotap $pycotap_version (PyPI)"
+    # The +ds repack carries none of the wheels in python/wheels, and QEMU
+    # 10.0's configure wants meson >= 1.5 (Debian's series drops pycotap).
+    step "creating a Python venv with meson $meson_version (PyPI)"
     rm -rf "$venv"
     python3 -m venv "$venv" >&2 || fail "python3 -m venv"
-    "$venv/bin/pip" install -q "meson==$meson_version" "pycotap==$pycotap_version" >&2 \
-        || fail "pip install meson==$meson_version pycotap==$pycotap_version"
+    "$venv/bin/pip" install -q "meson==$meson_version" >&2 || fail "pip install meson==$meson_version"
     touch "$venv/.complete"
 fi
 

@@ -102,7 +102,7 @@ def act2():
         summaries = [e["data"] for e in run.qmp.heki_events("HEKI_SUPPRESSED")
                      if e["data"]["event"] == "HEKI_DENIAL"]
         suppressed = sum(s["count"] for s in summaries)
-        guest_gps = sum(int(l["gp"]) for l in run.guest() if "cpu" in l and "gp" in l)
+        guest_gps = sum(int(l["gp"]) for l in run.per_cpu())
         say(f"  guest  | {run.guest_result()}")
         say(f"  qmp    | {len(individual)} HEKI_DENIAL events + {len(summaries)} "
             f"HEKI_SUPPRESSED summaries counting {suppressed}")

@@ -52,9 +52,9 @@ def main():
     rows = []
     for label, heki in configs:
         samples = [bench(heki) for _ in range(REPEATS)]
+        io = [s["io"] for s in samples]
         for op in ("io", "emu", "denial"):
-            ticks = [s[op] for s in samples if op in s]
-            io = [s["io"] for s in samples]
+            ticks = [s[op] for s in samples]   # every run reports every op
             rows.append((label, op, statistics.median(ticks), min(ticks), max(ticks),
                          statistics.median(t / i for t, i in zip(ticks, io))))
     print(f"exit round trips, guest-measured, {ITERS} ops x {REPEATS} runs per row; "

@@ -10,7 +10,6 @@ HEKI_QEMU (patched qemu-system-x86_64), HEKI_QEMU_UNPATCHED, HEKI_EMU_LIB
 
 import json
 import os
-import re
 import select
 import socket
 import subprocess
@@ -216,12 +215,16 @@ class Run:
         return self.wait(timeout)
 
     def guest(self):
-        with open(self.serial_path, errors="replace") as f:
-            return parse_guest(f.read())
+        return parse_guest(self.guest_text())
 
     def guest_text(self):
         with open(self.serial_path, errors="replace") as f:
             return f.read()
+
+    def per_cpu(self):
+        """The guest's per-vCPU summaries: cpu=I denied-writes=K gp=G ..."""
+        return [l for l in self.guest()
+                if "cpu" in l and "denied-writes" in l and "result" not in l]
 
     def guest_result(self):
         results = [line for line in self.guest() if "result" in line]
@@ -247,7 +250,3 @@ def startup_failure(heki, emulator_env=None, timeout=30):
 
 def hex_int(text):
     return int(text, 16) if isinstance(text, str) else int(text)
-
-
-def words(text):
-    return re.findall(r"\S+", text)

@@ -24,12 +24,6 @@ def pinned(query, register):
     return hex_int(query["pins"][register]["value"])
 
 
-def per_cpu_lines(run):
-    """The guest's per-vCPU summaries: cpu=I denied-writes=K gp=G ..."""
-    return [l for l in run.guest()
-            if "cpu" in l and "denied-writes" in l and "result" not in l]
-
-
 def kinds(run):
     return [e["name"] for e in run.qmp.heki_events()]
 
@@ -49,7 +43,7 @@ class Verdicts(unittest.TestCase):
         self.assertEqual(run.wait(), GUEST_PASS, run.guest_text())
         result = run.guest_result()
         self.assertEqual(result["result"], "pass")
-        per_cpu = per_cpu_lines(run)
+        per_cpu = run.per_cpu()
         self.assertEqual(len(per_cpu), 2)
         for line in per_cpu:
             self.assertEqual(line["gp"], line["denied-writes"])
@@ -143,7 +137,7 @@ class Accounting(unittest.TestCase):
         self.addCleanup(run.close)
         run.start()
         self.assertEqual(run.wait(120), GUEST_PASS, run.guest_text())
-        guest_gps = sum(int(l["gp"]) for l in per_cpu_lines(run))
+        guest_gps = sum(int(l["gp"]) for l in run.per_cpu())
         self.assertEqual(guest_gps, 6000)
         individual = len(run.qmp.heki_events("HEKI_DENIAL"))
         suppressed = sum(e["data"]["count"]
