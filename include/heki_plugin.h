@@ -2,22 +2,34 @@
  * heki_plugin.h - the C ABI of heki-plugin, the VMM side of Linux Heki.
  *
  * A KVM-based VMM loads libHekiPlugin.so (g_module_open or dlopen), checks
- * heki_plugin_abi_version(), creates one HekiPlugin per VM, enables the two
- * Heki capabilities with the numbers and masks the plugin names, and offers
- * every KVM_RUN exit to heki_plugin_handle_exit().  The plugin returns a
- * verdict at once and reports what happened as events on the VMM's GLib main
- * loop.  This header is the whole contract: it needs only <stdint.h>, and it
- * compiles as C11 and as C++.
+ * heki_plugin_abi_version(), creates one HekiPlugin per VM with a HekiHost
+ * that can ask KVM (check_extension, enable_cap), calls
+ * heki_plugin_enable_caps() once the VM exists, heki_plugin_start() when the
+ * guest first runs, and offers KVM_RUN exits to heki_plugin_handle_exit().
+ * The plugin returns a verdict at once and reports what happened as events
+ * on the VMM's GLib main loop.  This header is the whole contract: it needs
+ * only <stdint.h>, and it compiles as C11 and as C++.
+ *
+ * The kernel is not trusted to be a Heki kernel.  The exit and capability
+ * numbers of the Heki RFC series changed between its versions and mean
+ * other things upstream (cap 237 is KVM_CAP_X86_APIC_BUS_CYCLES_NS on a
+ * stock kernel, exit 39 KVM_EXIT_MEMORY_FAULT), so the plugin enables a
+ * capability only after KVM_CHECK_EXTENSION answered like the Heki kernel of
+ * one profile (see heki_plugin_enable_caps()), and claims an exit number
+ * only once its capability was enabled.
  *
  * Threads, in one place:
  *  - heki_plugin_handle_exit() may be called from any number of vCPU threads
  *    at once.  It never blocks, never allocates and never calls the host.
- *  - Everything else (new, free, cap_result, query, the number getters) is
- *    called from the thread that runs HekiHost.context (the "main loop
- *    thread"), or before that loop runs.  The getters and query are also
- *    safe from any thread.
- *  - HekiHost.log and HekiHost.event are called only on the thread that runs
- *    HekiHost.context: from the plugin's GSource, or from heki_plugin_free().
+ *  - Everything else (new, free, enable_caps, start, cap_result, query, the
+ *    number getters) is called from the thread that runs HekiHost.context
+ *    (the "main loop thread"), or before that loop runs.  The getters and
+ *    query are also safe from any thread.
+ *  - HekiHost.log, HekiHost.event and HekiHost.apply_verdict are called only
+ *    on the thread that runs HekiHost.context: from the plugin's GSource, or
+ *    from heki_plugin_free().  HekiHost.check_extension and
+ *    HekiHost.enable_cap are called only from inside
+ *    heki_plugin_enable_caps(), on its caller's thread.
  *
  * The library carries the Swift runtime and is linked "nodelete": dlclose()
  * and g_module_close() leave it mapped, so loading it again is cheap and
@@ -53,15 +65,31 @@ typedef enum {
     HEKI_LOG_DEBUG
 } HekiLogLevel;
 
+/** What the host does after a KVM_RUN exit. */
+typedef enum {
+    HEKI_VERDICT_NOT_HEKI = -1, /**< not a (valid) Heki exit: the host handles it */
+    HEKI_VERDICT_RESUME = 0,    /**< re-enter KVM_RUN; KVM completes the exit */
+    HEKI_VERDICT_PAUSE,         /**< stop the VM, keep it for inspection */
+    HEKI_VERDICT_POWEROFF,      /**< orderly power-off */
+    HEKI_VERDICT_RESET,         /**< system reset */
+    HEKI_VERDICT_EXIT           /**< terminate the VMM with a failure status */
+} HekiVerdict;
+
 /**
  * What the host gives the plugin.  The plugin copies the struct in
  * heki_plugin_new(); the host keeps `opaque` and `context` alive until
  * heki_plugin_free() returns.
+ *
+ * The struct grows at its end; `size` says which fields the host knows.
+ * HEKI_HOST_SIZE_1_0 covers size..event (heki-plugin 1.0); a host of that
+ * size has no way to give KVM's answers, so the plugin enables nothing for
+ * it (heki_plugin_cap_mask() is 0) and says so in a HEKI_CAPABILITY event.
+ * HEKI_HOST_SIZE_1_1 adds check_extension, enable_cap and apply_verdict.
  */
 typedef struct HekiHost {
-    /** sizeof(HekiHost) as the host was built.  A smaller value than ABI
-     *  version 1's struct is refused; a larger one is accepted and the
-     *  fields this version does not know are ignored. */
+    /** sizeof(HekiHost) as the host was built.  Less than
+     *  HEKI_HOST_SIZE_1_0 is refused; a larger value than this header's is
+     *  accepted and the fields this version does not know are ignored. */
     uint32_t size;
     /** Passed back unchanged to log and event. */
     void *opaque;
@@ -76,7 +104,30 @@ typedef struct HekiHost {
      *  `data_json` is one line of compact JSON with kebab-case keys.  Both
      *  are owned by the plugin and valid during the call. */
     void (*event)(void *opaque, const char *name, const char *data_json);
+
+    /* ---- heki-plugin 1.1: present when size >= HEKI_HOST_SIZE_1_1 ---- */
+
+    /** KVM_CHECK_EXTENSION(cap) on the VM file descriptor (or /dev/kvm when
+     *  the VM has none for it): the answer (>= 0), or -errno.  Needed by
+     *  heki_plugin_enable_caps(), which is the only caller. */
+    int (*check_extension)(void *opaque, uint32_t cap);
+    /** KVM_ENABLE_CAP(cap, args[0] = mask) on the VM file descriptor: 0, or
+     *  -errno.  Needed by heki_plugin_enable_caps(), the only caller; it is
+     *  called only for a capability whose check_extension answer proved it a
+     *  Heki capability. */
+    int (*enable_cap)(void *opaque, uint32_t cap, uint64_t mask);
+    /** Optional (NULL: such a verdict is reported and logged as not
+     *  applied).  Applies a verdict the plugin reached outside
+     *  heki_plugin_handle_exit(): the pin deadline (pin-deadline=) found
+     *  required pins missing and on-weak-pinning says PAUSE, POWEROFF, RESET
+     *  or EXIT.  Never called with RESUME or NOT_HEKI.  Main loop thread. */
+    void (*apply_verdict)(void *opaque, HekiVerdict verdict);
 } HekiHost;
+
+/** sizeof(HekiHost) of heki-plugin 1.0's header (size..event) and of this
+ *  one, on LP64 targets. */
+#define HEKI_HOST_SIZE_1_0 40u
+#define HEKI_HOST_SIZE_1_1 64u
 
 /** The ABI version of the loaded library (HEKI_PLUGIN_ABI_VERSION as it was
  *  built).  Safe from any thread, before anything else. */
@@ -92,7 +143,8 @@ uint32_t heki_plugin_abi_version(void);
  *         the values it accepts, to be freed with heki_plugin_free_string().
  *
  * Returns the plugin, or NULL on failure (a bad or unknown option, a bad
- * HekiHost, an audit log that cannot be opened).  Opens the audit log and
+ * HekiHost, an audit log that cannot be opened, require-caps=on from a host
+ * of HEKI_HOST_SIZE_1_0, which cannot have the kernel checked).  Opens the audit log and
  * attaches a GSource to the context; never calls log or event itself.
  * Call from the main loop thread (or before the loop runs).
  */
@@ -121,53 +173,86 @@ typedef enum {
     HEKI_EXIT_DENIAL = 1     /**< KVM_EXIT_HEKI_DENIAL: KVM refused a CR write */
 } HekiExitKind;
 
-/** The KVM_EXIT_* number of `kind` in the active profile (abi=v2: 39/40,
- *  abi=v3: 40/41, or the exit-* overrides).  Any thread.  An unknown kind
- *  returns 0. */
+/** The KVM_EXIT_* number the plugin claims for `kind`: the verified
+ *  profile's (v2: 39/40, v3: 40/41, or the exit-* overrides) once its
+ *  capability was enabled, else 0 (nothing claimed).  Any thread.  An
+ *  unknown kind returns 0. */
 uint32_t heki_plugin_exit_number(const HekiPlugin *plugin, HekiExitKind kind);
 
-/** The KVM_CAP_* number to enable for `kind` (abi=v2: 235/236, abi=v3:
- *  236/237, or the cap-* overrides).  Any thread.  An unknown kind returns 0. */
+/** The KVM_CAP_* number of `kind` in the profile heki_plugin_enable_caps()
+ *  verified (v2: 235/236, v3: 236/237, or the cap-* overrides); 0 before
+ *  that, and when the kernel is not a Heki kernel of the asked profile.
+ *  Any thread.  An unknown kind returns 0. */
 uint32_t heki_plugin_cap_number(const HekiPlugin *plugin, HekiExitKind kind);
 
-/** The mask to pass as args[0] of KVM_ENABLE_CAP for `kind`
- *  (KVM_HEKI_EXIT_REASON_CR0 = 1, _CR4 = 2), from configure-exits and
- *  denial-exits.  0 means: do not enable this capability (and do not report
- *  it).  Any thread. */
+/** The mask of KVM_ENABLE_CAP's args[0] for `kind` (KVM_HEKI_EXIT_REASON_CR0
+ *  = 1, _CR4 = 2, from configure-exits and denial-exits) once
+ *  heki_plugin_enable_caps() verified the kernel; 0 otherwise.  For an ABI
+ *  1.0 host, which enables the capabilities itself when this is not 0, it
+ *  is therefore always 0: without KVM_CHECK_EXTENSION's answers no number
+ *  is safe to enable.  Any thread. */
 uint64_t heki_plugin_cap_mask(const HekiPlugin *plugin, HekiExitKind kind);
 
 /**
- * The host reports what KVM_ENABLE_CAP(heki_plugin_cap_number(kind),
- * args[0] = heki_plugin_cap_mask(kind)) returned: 0, or -errno.  Until this
- * is reported with 0, exits of that kind are not claimed (NOT_HEKI): on an
- * unpatched kernel the same number means something else.  Queues a
- * HEKI_CAPABILITY event.  Main loop thread, before vCPUs run.
+ * Checks the kernel and enables the Heki capabilities, driving the host's
+ * check_extension and enable_cap.  Call once, on the main loop thread, after
+ * the VM (and its in-kernel irqchip) exists and before any vCPU runs.
  *
- * Returns 0, or -1 when require-caps=on and KVM refused (or `kind` is
- * unknown): the VMM must not start.
+ * 1. KVM_CHECK_EXTENSION of 235, 236 and 237 (and of cap-* overrides).  A
+ *    Heki capability answers the valid reason mask (3), with or without
+ *    CONFIG_HEKI.  The kernel is
+ *      Heki v2  when 235 = 3, 236 = 3 and 237 != 3 (v2 has no 237);
+ *      Heki v3  when 236 = 3, 237 = 3 and 235 answers a VM-type mask with
+ *               KVM_X86_DEFAULT_VM (bit 0) set (v3's 235 is VM_TYPES);
+ *      not Heki otherwise (a stock kernel answers 235 = VM_TYPES,
+ *               236 = PRE_FAULT_MEMORY, 237 = X86_APIC_BUS_CYCLES_NS).
+ *    abi=auto takes the kernel's profile; abi=v2/v3 must match it; with
+ *    cap-* overrides both capabilities must answer 3.
+ * 2. Only then KVM_ENABLE_CAP of each capability whose mask is not 0.
+ *
+ * Anything else enables nothing and claims no exit number: the host keeps
+ * those exits.  Each outcome is a HEKI_CAPABILITY event and one log line
+ * that names the kernel's answers; so is each KVM_ENABLE_CAP.
+ *
+ * Returns 0; or -1 with *error (optional; free with
+ * heki_plugin_free_string()) when the host lacks check_extension or
+ * enable_cap, when called a second time, or when require-caps=on and the
+ * kernel is not a Heki kernel of the asked profile or refused a capability:
+ * the VMM must not start.
+ */
+int heki_plugin_enable_caps(HekiPlugin *plugin, char **error);
+
+/**
+ * The guest starts to run (QEMU: the first change to the running state).
+ * Starts the pin deadline: when require-cr0/require-cr4 name bits and
+ * pin-deadline=SECONDS (default 60) passes with a register whose configure
+ * exits are enabled still not pinned at all, the plugin reports
+ * HEKI_WEAK_PINNING (with "deadline-seconds") and applies on-weak-pinning
+ * through HekiHost.apply_verdict.  The first denial judges the same way
+ * earlier, on its vCPU.  Main loop thread; later calls are ignored.
+ */
+void heki_plugin_start(HekiPlugin *plugin);
+
+/**
+ * ABI 1.0's capability report, kept so 1.0 hosts link and run: they call it
+ * only after enabling a capability whose heki_plugin_cap_mask() was not 0,
+ * which heki_plugin_enable_caps() now does by itself.  Changes nothing.
+ * Returns 0 when `kind` was enabled by heki_plugin_enable_caps() and
+ * `kvm_result` is 0, else -1.
  */
 int heki_plugin_cap_result(HekiPlugin *plugin, HekiExitKind kind,
                            int kvm_result);
-
-/** What the host does after a KVM_RUN exit. */
-typedef enum {
-    HEKI_VERDICT_NOT_HEKI = -1, /**< not a (valid) Heki exit: the host handles it */
-    HEKI_VERDICT_RESUME = 0,    /**< re-enter KVM_RUN; KVM completes the exit */
-    HEKI_VERDICT_PAUSE,         /**< stop the VM, keep it for inspection */
-    HEKI_VERDICT_POWEROFF,      /**< orderly power-off */
-    HEKI_VERDICT_RESET,         /**< system reset */
-    HEKI_VERDICT_EXIT           /**< terminate the VMM with a failure status */
-} HekiVerdict;
 
 /**
  * Offers one KVM_RUN exit of vCPU `vcpu_index` to the plugin.
  *
  * `run` is the vCPU's mmap'ed kvm_run; the plugin reads exit_reason and,
  * for its exits, the 64-byte Heki payload, and keeps no pointer to it.
- * Returns NOT_HEKI for any exit that is not one of the profile's two numbers
- * (the host handles it as usual), and for a Heki-numbered exit that is not
- * valid (its capability was not enabled, or `reason` is not exactly one bit
- * the host asked for); the latter is reported as HEKI_MALFORMED_EXIT.
+ * Returns NOT_HEKI for any exit whose number the plugin does not claim
+ * (heki_plugin_exit_number(): 0 until its capability was enabled), silently:
+ * the host handles it as usual.  A claimed exit that is not valid (`reason`
+ * is not exactly one bit the host asked for) is NOT_HEKI too, reported as
+ * HEKI_MALFORMED_EXIT.
  * Otherwise updates the VM's pin ledger and returns the policy's verdict.
  * For RESUME the host re-enters KVM_RUN, which completes the exit (rax = 0
  * for a pin, #GP for a denial).  Before saving VM state the host must still
@@ -180,9 +265,10 @@ HekiVerdict heki_plugin_handle_exit(HekiPlugin *plugin, uint32_t vcpu_index,
                                     const struct kvm_run *run);
 
 /**
- * A JSON snapshot of the plugin: profile, exit and capability numbers, masks
- * asked and granted, policy, pins per register (hex and bit names), counters
- * per event kind and register.  The caller frees it with
+ * A JSON snapshot of the plugin: the abi asked, the kernel's answers and the
+ * profile verified (or why none), exit and capability numbers, masks asked
+ * and granted, policy, pins per register (hex and bit names), counters per
+ * event kind and register.  The caller frees it with
  * heki_plugin_free_string().  Any thread.  NULL plugin: NULL.
  */
 char *heki_plugin_query(HekiPlugin *plugin);
