@@ -70,7 +70,8 @@ let package = Package(
 // their executables take main() from libFuzzer, which a plain `swift build`
 // (no -sanitize=fuzzer) cannot link.
 if Context.environment["HEKI_FUZZ"] != nil {
-    package.targets.append(.target(name: "HekiFuzzSupport", dependencies: ["CGLib"], path: "Fuzz/Support"))
+    // The fuzz host answers KVM's questions from the kernel model (FakeHost).
+    package.targets.append(.target(name: "HekiFuzzSupport", dependencies: ["CGLib", "FakeHost"], path: "Fuzz/Support"))
     for name in ["exit", "options", "api"] {
         package.targets.append(.executableTarget(
             name: "heki-fuzz-\(name)", dependencies: ["HekiPlugin", "HekiFuzzSupport"], path: "Fuzz/\(name)"))

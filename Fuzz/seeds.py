@@ -37,6 +37,16 @@ write("exit", "caps-refused", bytes([0, 0xff, 0xff, 0, 0, 0x05, 0, 0]) + story)
 write("exit", "overrides", bytes([0, 0xff, 0xff, 0, 0, 0x20, 7, 9]) + story)
 write("exit", "retired-each-input", bytes([0, 0xff, 0x87, 0, 0x80, 0, 0x80, 0xe0]) + story)
 write("exit", "raw-vcpu-null-run", bytes(8) + record(0x10, 0xffffffff, 0, 1, CR0_WP) + record(0x20, 0, 0, 1, 0))
+# h[0]: bit 0 abi=v3, bit 4 abi=auto, bits 5-6 the kernel (Heki, Heki without
+# CONFIG_HEKI, stock, stock with irqchip), bit 7 the kernel of the other profile.
+# h[1] 0x80 / h[2] 0x10: configure-exits and denial-exits cr0+cr4.
+AUTO, HEKI_OFF, STOCK, IRQCHIP, OTHER = 0x10, 0x20, 0x40, 0x60, 0x80
+write("exit", "stock-kernel", bytes([STOCK, 0x80, 0x10, 0, 0, 0, 0, 0]) + story)
+write("exit", "auto-on-v3-kernel", bytes([AUTO | 1, 0x80, 0x10, 0, 0, 0, 0, 0]) + story)
+write("exit", "v2-asked-v3-kernel-required", bytes([OTHER, 0x80, 0x10 | 0x20, 0, 0, 0, 0, 0]) + story)
+write("exit", "irqchip-auto-required", bytes([IRQCHIP | AUTO, 0x80, 0x10 | 0x20, 0, 0, 0, 0, 0]) + story)
+write("exit", "heki-off", bytes([HEKI_OFF, 0x80, 0x10, 0, 0, 0, 0, 0]) + story)
+write("exit", "caps-300-careless", bytes([0, 0x80, 0x10, 0, 0, 0x30 | 0x40, 0, 0]) + story)
 
 # ---- options: argv strings separated by newlines -------------------------
 options = {
@@ -51,6 +61,11 @@ options = {
     "no-equals": ["vm-name"],
     "hostile-text": ["vm-name=\"\\\u00e9\u2028</script>", "on-denial=\x01\x7f"],
     "invalid-utf8": [],
+    # A first line kernel=... chooses the host's kernel (default: Heki v2).
+    "stock-kernel-required": ["kernel=stock", "abi=auto", "require-caps=on"],
+    "irqchip-kernel-v3": ["kernel=irqchip", "abi=v3", "configure-exits=cr4"],
+    "v3-kernel-auto": ["kernel=v3", "require-cr4=smep+fred", "denial-exits=cr0"],
+    "v3-kernel-v2-caps": ["kernel=v3", "abi=v2", "cap-configure=236", "cap-denial=237"],
 }
 for name, argv in options.items():
     data = "\n".join(argv).encode()
@@ -59,8 +74,11 @@ for name, argv in options.items():
     write("options", name, data)
 
 # ---- api: one-byte operations on two slots -------------------------------
-NEW, FREE, CAP, GETTERS, QUERYOP, EXIT, EXIT_AIMED, DISPATCHOP, MISC, FREE_IN_CB, NULLS = range(11)
+NEW, FREE, CAP, GETTERS, QUERYOP, EXIT, EXIT_AIMED, DISPATCHOP, MISC, FREE_IN_CB, NULLS, ENABLE, START = range(13)
 SLOT1 = 0x80
+# new's size byte: bits 0-2 HekiHost.size (2: 1.0's, 4: 1.1's), bits 4-5 the
+# kernel (Heki v2, Heki v3, stock, stock with irqchip).
+SIZE_1_0, SIZE_1_1, V3_KERNEL, STOCK_KERNEL, IRQCHIP_KERNEL = 2, 4, 0x10, 0x20, 0x30
 
 
 def u32(x):
@@ -74,5 +92,12 @@ write("api", "two-plugins", bytes([NEW, 0, 4, NEW | SLOT1, 2, 0x0c]) + bytes([CA
       + aimed + bytes([QUERYOP | SLOT1, DISPATCHOP, FREE_IN_CB, DISPATCHOP, FREE | SLOT1]))
 write("api", "careless-host", bytes([NEW, 0x04, 4, NEW, 0x08, 4, NEW, 0x0c, 4, NEW, 0x10, 4, NEW, 0x40, 0,
                                      NEW, 0, 6, NEW, 0, 7, 3, NULLS, 0, MISC, FREE, FREE]))
+write("api", "v3-kernel", bytes([NEW, 0, SIZE_1_1 | V3_KERNEL, ENABLE, 0]) + aimed + bytes([CAP]) + u32(1) + u32(0)
+      + bytes([ENABLE, 1, START, START, GETTERS]) + u32(1) + bytes([QUERYOP, DISPATCHOP, FREE]))
+write("api", "stock-kernel-required", bytes([NEW, 3, SIZE_1_1 | STOCK_KERNEL, ENABLE, 0, GETTERS]) + u32(0) + aimed
+      + bytes([NEW | SLOT1, 3, SIZE_1_1 | IRQCHIP_KERNEL, ENABLE | SLOT1, 1, DISPATCHOP, FREE, FREE | SLOT1]))
+write("api", "host-1.0", bytes([NEW, 0, SIZE_1_0, ENABLE, 0, GETTERS]) + u32(0) + aimed + bytes([DISPATCHOP, FREE]))
+write("api", "v3-asked-v2-kernel", bytes([NEW, 2, SIZE_1_1, START, ENABLE, 0]) + aimed + bytes([GETTERS]) + u32(1)
+      + bytes([FREE]))
 write("api", "null-plugin", bytes([CAP]) + u32(0) + u32(0) + bytes([GETTERS]) + u32(0) + bytes([QUERYOP, NULLS, 1, EXIT])
       + bytes(100))

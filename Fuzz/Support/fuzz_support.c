@@ -149,6 +149,17 @@ ORACLE bool fz_json_valid(const char *text, size_t length) {
     return s.p == s.end;
 }
 
+ORACLE void fz_check_message(const char *what, const char *message) {
+    if (!message) fz_fail("%s: failed without a message", what);
+    size_t n = strlen(message);
+    if (n == 0 || n > 4096) fz_fail("%s: message of %zu bytes", what, n);
+    if (strncmp(message, "heki-plugin: ", 13) != 0) fz_fail("%s: message without the prefix: %s", what, message);
+    if (!g_utf8_validate(message, (gssize)n, NULL)) fz_fail("%s: message is not UTF-8", what);
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)message[i] < 0x20 || message[i] == 0x7f)
+            fz_fail("%s: control character in: %s", what, message);
+}
+
 ORACLE void fz_check_json(const char *what, const char *json) {
     if (!json) fz_fail("%s: NULL JSON", what);
     if (!fz_json_valid(json, strlen(json))) fz_fail("%s: invalid JSON: %s", what, json);
@@ -225,17 +236,86 @@ ORACLE static void on_log(void *opaque, HekiLogLevel level, const char *message)
     h->logs++;
 }
 
+ORACLE static void inside_enable_caps(const FzHost *h, const char *callback) {
+    if (!h->in_enable_caps) fz_fail("HekiHost.%s called outside heki_plugin_enable_caps", callback);
+}
+
+ORACLE static int on_check_extension(void *opaque, uint32_t cap) {
+    FzHost *h = opaque;
+    inside_enable_caps(h, "check_extension");
+    int answer = fk_check_extension(h->kernel, cap);
+    if (h->checked < FZ_MAX_CHECKED) {
+        h->checked_caps[h->checked] = cap;
+        h->checked_answers[h->checked++] = answer;
+    }
+    return answer;
+}
+
+ORACLE static int on_enable_cap(void *opaque, uint32_t cap, uint64_t mask) {
+    FzHost *h = opaque;
+    inside_enable_caps(h, "enable_cap");
+    int answer = -1;
+    for (unsigned i = 0; i < h->checked; i++)
+        if (h->checked_caps[i] == cap) answer = h->checked_answers[i];
+    if (answer != (int)FK_HEKI_EXIT_REASON_VALID_MASK)
+        fz_fail("KVM_ENABLE_CAP(%u) after KVM_CHECK_EXTENSION answered %d", cap, answer);
+    if (mask == 0 || (mask & ~FK_HEKI_EXIT_REASON_VALID_MASK))
+        fz_fail("KVM_ENABLE_CAP(%u) with mask %#llx", cap, (unsigned long long)mask);
+    h->enables++;
+    FkProfile p = fk_vm_profile(h->kernel);
+    int fault = cap == p.cap_configure ? h->enable_fault[0] : cap == p.cap_denial ? h->enable_fault[1] : 0;
+    return fault ? fault : fk_enable_cap(h->kernel, cap, mask);
+}
+
 ORACLE void fz_host_init(FzHost *h) {
     memset(h, 0, sizeof *h);
     h->context = g_main_context_new();
     g_main_context_acquire(h->context);
-    h->host = (HekiHost){sizeof(HekiHost), h, h->context, on_log, on_event};
+    h->host = (HekiHost){.size = sizeof(HekiHost), .opaque = h, .context = h->context, .log = on_log,
+                         .event = on_event, .check_extension = on_check_extension,
+                         .enable_cap = on_enable_cap};
+    FkProfile v2 = fk_profile(FK_PROFILE_V2);
+    fz_host_kernel(h, &v2, FK_KERNEL_HEKI, true);
 }
 
 ORACLE void fz_host_destroy(FzHost *h) {
     fz_dispatch(h);
     g_main_context_release(h->context);
     g_main_context_unref(h->context);
+    fk_vm_free(h->kernel);
+}
+
+ORACLE void fz_host_kernel(FzHost *h, const FkProfile *profile, FkKernelKind kind, bool heki_built) {
+    fk_vm_free(h->kernel);
+    h->kernel = fk_vm_new(profile, FK_DEFAULT_HOST_CR0, FK_DEFAULT_HOST_CR4);
+    if (!h->kernel) fz_fail("fk_vm_new");
+    fk_vm_set_kernel(h->kernel, kind);
+    fk_vm_set_heki_built(h->kernel, heki_built);
+    h->enable_fault[0] = h->enable_fault[1] = 0;
+    h->enables = 0;
+}
+
+ORACLE int fz_enable_caps(FzHost *h, HekiPlugin *plugin, bool with_error) {
+    char *error = (char *)0x1;
+    h->checked = 0;
+    h->in_enable_caps = true;
+    int r = heki_plugin_enable_caps(plugin, with_error ? &error : NULL);
+    h->in_enable_caps = false;
+    if (r != 0 && r != -1) fz_fail("heki_plugin_enable_caps returned %d", r);
+    if (with_error) {
+        if (r == 0 && error) fz_fail("heki_plugin_enable_caps returned 0 and set *error");
+        if (r == -1) {
+            fz_check_message("heki_plugin_enable_caps", error == (char *)0x1 ? NULL : error);
+            heki_plugin_free_string(error);
+        }
+    }
+    if (fk_vm_kernel(h->kernel) != FK_KERNEL_HEKI) {
+        if (fk_vm_enable_cap_calls_total(h->kernel) != 0)
+            fz_fail("KVM_ENABLE_CAP reached a stock kernel (%llu calls)",
+                    (unsigned long long)fk_vm_enable_cap_calls_total(h->kernel));
+        if (fk_vm_apic_bus_cycle_ns(h->kernel) != 1) fz_fail("the stock kernel's APIC bus cycle changed");
+    }
+    return r;
 }
 
 ORACLE void fz_dispatch(FzHost *h) {

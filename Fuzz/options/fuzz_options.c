@@ -2,7 +2,10 @@
  * fuzz_options.c - heki_plugin_new over an argv of arbitrary strings.
  *
  * Input: the argv strings separated by '\n' (at most 32; the bytes are
- * anything, invalid UTF-8 and control characters included).  An audit-log
+ * anything, invalid UTF-8 and control characters included).  A first line
+ * "kernel=v3", "kernel=stock" or "kernel=irqchip" is no argument: it makes
+ * the host's kernel a Heki v3 kernel or a stock one (without or with an
+ * in-kernel irqchip) instead of a Heki v2 kernel.  An audit-log
  * value is never used as a path: it selects one of a few prepared places
  * (/dev/null, a file, a symlink, a directory, a missing directory), so the
  * fuzzer cannot litter the file system.
@@ -10,8 +13,11 @@
  * Oracles: NULL comes with a message, a plugin without one; the message is
  * valid UTF-8 without control characters and bounded (hostile text is
  * escaped and cut); a plugin that was made answers query with valid JSON
- * (vm-name and everything else escaped), reports its capabilities and
- * frees cleanly, with every event and log line checked.
+ * (vm-name and everything else escaped), checks the kernel
+ * (fz_enable_caps: never a KVM_ENABLE_CAP of a number that did not answer
+ * 3, none on a stock kernel), claims an exit only on a Heki kernel, reports
+ * the check and each KVM_ENABLE_CAP as a HEKI_CAPABILITY and frees cleanly,
+ * with every event and log line checked.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -22,7 +28,6 @@
 #include "fuzz_support.h"
 
 #define MAX_ARGS 32
-#define MAX_MESSAGE 4096
 
 static FzHost host;
 static char places[5][256];
@@ -41,11 +46,39 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     return 0;
 }
 
+static const struct {
+    const char *line;
+    FkProfileId profile;
+    FkKernelKind kind;
+} kernels[] = {
+    {"kernel=v3", FK_PROFILE_V3, FK_KERNEL_HEKI},
+    {"kernel=stock", FK_PROFILE_V2, FK_KERNEL_STOCK},
+    {"kernel=irqchip", FK_PROFILE_V2, FK_KERNEL_STOCK_IRQCHIP},
+};
+
+/* The kernel a first line names (consumed), else a Heki v2 kernel. */
+static void choose_kernel(const uint8_t **data, size_t *size) {
+    FkProfile profile = fk_profile(FK_PROFILE_V2);
+    FkKernelKind kind = FK_KERNEL_HEKI;
+    for (size_t k = 0; k < sizeof kernels / sizeof kernels[0]; k++) {
+        size_t n = strlen(kernels[k].line);
+        if (*size >= n + 1 && memcmp(*data, kernels[k].line, n) == 0 && (*data)[n] == '\n') {
+            profile = fk_profile(kernels[k].profile);
+            kind = kernels[k].kind;
+            *data += n + 1;
+            *size -= n + 1;
+            break;
+        }
+    }
+    fz_host_kernel(&host, &profile, kind, true);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char *argv[MAX_ARGS];
     int argc = 0;
     bool audit_file = false;
     size_t start = 0;
+    choose_kernel(&data, &size);
     for (size_t i = 0; size > 0 && i <= size && argc < MAX_ARGS; i++) {
         if (i == size || data[i] == '\n') {
             size_t n = i - start;
@@ -73,13 +106,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     HekiPlugin *plugin = heki_plugin_new(&host.host, argc, (const char *const *)argv, &error);
     for (int i = 0; i < argc; i++) free(argv[i]);
     if (!plugin) {
-        if (!error) fz_fail("heki_plugin_new failed without a message");
-        size_t n = strlen(error);
-        if (n == 0 || n > MAX_MESSAGE) fz_fail("message of %zu bytes", n);
-        if (strncmp(error, "heki-plugin: ", 13) != 0) fz_fail("message without the prefix: %s", error);
-        if (!g_utf8_validate(error, (gssize)n, NULL)) fz_fail("message is not UTF-8");
-        for (size_t i = 0; i < n; i++)
-            if ((unsigned char)error[i] < 0x20 || error[i] == 0x7f) fz_fail("control character in: %s", error);
+        fz_check_message("heki_plugin_new", error);
         heki_plugin_free_string(error);
         return 0;
     }
@@ -87,14 +114,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char *q = heki_plugin_query(plugin);
     fz_check_json("query", q);
     heki_plugin_free_string(q);
-    uint64_t reported = 0;
-    for (int kind = HEKI_EXIT_CONFIGURE; kind <= HEKI_EXIT_DENIAL; kind++) {
-        if (heki_plugin_cap_mask(plugin, (HekiExitKind)kind) == 0) continue;
-        heki_plugin_cap_result(plugin, (HekiExitKind)kind, 0);
-        reported++;
-    }
+    fz_enable_caps(&host, plugin, true);
+    bool heki = fk_vm_kernel(host.kernel) == FK_KERNEL_HEKI;
+    for (int kind = HEKI_EXIT_CONFIGURE; kind <= HEKI_EXIT_DENIAL; kind++)
+        if (!heki && (heki_plugin_cap_number(plugin, (HekiExitKind)kind) ||
+                      heki_plugin_exit_number(plugin, (HekiExitKind)kind)))
+            fz_fail("a capability verified or an exit claimed on a stock kernel");
+    q = heki_plugin_query(plugin);
+    fz_check_json("query after enable_caps", q);
+    heki_plugin_free_string(q);
     heki_plugin_free(plugin);
     fz_dispatch(&host);
-    if (host.events[FZ_CAPABILITY] != reported) fz_fail("capability events lost");
+    if (host.events[FZ_CAPABILITY] != 1 + host.enables)
+        fz_fail("%llu HEKI_CAPABILITY for the check and %llu KVM_ENABLE_CAP",
+                (unsigned long long)host.events[FZ_CAPABILITY], (unsigned long long)host.enables);
     return 0;
 }
