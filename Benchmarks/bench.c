@@ -158,9 +158,7 @@ static void load_plugin(const char *path) {
     LOAD(plugin_api, lib, free_, "heki_plugin_free");
     LOAD(plugin_api, lib, free_string, "heki_plugin_free_string");
     LOAD(plugin_api, lib, exit_number, "heki_plugin_exit_number");
-    LOAD(plugin_api, lib, cap_number, "heki_plugin_cap_number");
-    LOAD(plugin_api, lib, cap_mask, "heki_plugin_cap_mask");
-    LOAD(plugin_api, lib, cap_result, "heki_plugin_cap_result");
+    LOAD(plugin_api, lib, enable_caps, "heki_plugin_enable_caps");
     LOAD(plugin_api, lib, handle_exit, "heki_plugin_handle_exit");
     LOAD(plugin_api, lib, query, "heki_plugin_query");
     if (plugin_api.abi_version() != HEKI_PLUGIN_ABI_VERSION) {
@@ -178,17 +176,45 @@ static void load_ref(const char *path) {
     LOAD(ref_api, lib, free_, "ref_free");
 }
 
-HekiPlugin *make_plugin(void *context, int argc, const char *const *argv,
-                        void (*event)(void *, const char *, const char *), void *opaque) {
-    HekiHost host = { sizeof host, opaque, context, NULL, event };
+void enable_caps_or_exit(HekiPlugin *plugin, const FkVm *kernel) {
+    char *error = NULL;
+    FkProfile p = fk_vm_profile(kernel);
+    if (plugin_api.enable_caps(plugin, &error) != 0 ||
+        plugin_api.exit_number(plugin, HEKI_EXIT_CONFIGURE) != p.exit_configure ||
+        plugin_api.exit_number(plugin, HEKI_EXIT_DENIAL) != p.exit_denial) {
+        fprintf(stderr, "heki-bench: heki_plugin_enable_caps: %s\n", error ? error : "the exits are not claimed");
+        exit(2);
+    }
+}
+
+/* ---- event callbacks that count ------------------------------------------ */
+
+typedef struct {
+    FkVm *kernel;             /* first: the host's opaque for fk_host_* (make_plugin) */
+    atomic_long denials;      /* HEKI_DENIAL events, for the producers' pacing */
+    uint64_t events[8];       /* by name, see event_index */
+    uint64_t suppressed[8];   /* summed HEKI_SUPPRESSED counts, by coalesced kind */
+    uint64_t bytes;
+} EventTally;
+
+/* A plugin on a Heki v2 kernel (the model, there only while the plugin
+   checks it), its capabilities enabled: the exits of new_run() are claimed.
+   `event` (NULL: none) gets `tally`. */
+static HekiPlugin *make_plugin(GMainContext *context, int argc, const char *const *argv,
+                               void (*event)(void *, const char *, const char *), EventTally *tally) {
+    FkProfile v2 = fk_profile(FK_PROFILE_V2);
+    tally->kernel = fk_vm_new(&v2, FK_DEFAULT_HOST_CR0, FK_DEFAULT_HOST_CR4);
+    HekiHost host = { .size = sizeof host, .opaque = tally, .context = context, .event = event,
+                      .check_extension = fk_host_check_extension, .enable_cap = fk_host_enable_cap };
     char *error = NULL;
     HekiPlugin *p = plugin_api.new_(&host, argc, argv, &error);
     if (!p) {
         fprintf(stderr, "heki-bench: heki_plugin_new: %s\n", error ? error : "?");
         exit(2);
     }
-    for (int kind = HEKI_EXIT_CONFIGURE; kind <= HEKI_EXIT_DENIAL; kind++)
-        plugin_api.cap_result(p, (HekiExitKind)kind, 0);
+    enable_caps_or_exit(p, tally->kernel);
+    fk_vm_free(tally->kernel);
+    tally->kernel = NULL;
     return p;
 }
 
@@ -197,7 +223,7 @@ HekiPlugin *make_plugin(void *context, int argc, const char *const *argv,
 #define CR4_SMEP (1ull << 20)
 #define CR4_SMAP (1ull << 21)
 #define GUEST_CR4 0x3706f0ull /* a booted Linux's CR4, SMEP and SMAP set */
-#define EXIT_CONFIGURE 39     /* abi=v2 */
+#define EXIT_CONFIGURE 39     /* the v2 kernel's (make_plugin) */
 #define EXIT_DENIAL 40
 
 static unsigned char *new_run(int denial) {
@@ -279,7 +305,8 @@ static double hx_run(int use_ref, HekiPlugin *plugin, RefHandler *ref, int denia
 static void bench_handle_exit(int repeats, long calls_per_thread) {
     GMainContext *context = g_main_context_new();
     const char *options[] = { "vm-name=bench" }; /* rate-limit: the default 100/s */
-    HekiPlugin *plugin = make_plugin(context, 1, options, NULL, NULL);
+    EventTally quiet = { 0 };
+    HekiPlugin *plugin = make_plugin(context, 1, options, NULL, &quiet);
     RefHandler *ref = ref_api.new_(EXIT_CONFIGURE, EXIT_DENIAL, 100);
     ref_api.cap_result(ref, 0, 3, 0);
     ref_api.cap_result(ref, 1, 3, 0);
@@ -315,15 +342,6 @@ static void bench_handle_exit(int repeats, long calls_per_thread) {
     ref_api.free_(ref);
     g_main_context_unref(context);
 }
-
-/* ---- event callbacks that count ------------------------------------------ */
-
-typedef struct {
-    atomic_long denials;      /* HEKI_DENIAL events, for the producers' pacing */
-    uint64_t events[8];       /* by name, see event_index */
-    uint64_t suppressed[8];   /* summed HEKI_SUPPRESSED counts, by coalesced kind */
-    uint64_t bytes;
-} EventTally;
 
 static int event_index(const char *name) {
     /* HEKI_CONFIGURE, HEKI_DENIAL, HEKI_WEAK_PINNING, HEKI_MALFORMED_EXIT,
@@ -606,7 +624,7 @@ static int load_sample(const char *path) {
     *(void **)&free_ = dlsym(lib, "heki_plugin_free");
     uint64_t t1 = now_ns();
     GMainContext *context = g_main_context_new();
-    HekiHost host = { sizeof host, NULL, context, NULL, NULL };
+    HekiHost host = { .size = sizeof host, .context = context };
     const char *options[] = { "vm-name=bench", "on-denial=pause", "require-cr4=smep+smap" };
     char *error = NULL;
     HekiPlugin *plugin = new_(&host, 3, options, &error);
@@ -678,7 +696,8 @@ static int count_sample(const char *which, int denial, long n) {
     if (strcmp(which, "plugin") == 0) {
         GMainContext *context = g_main_context_new();
         const char *options[] = { "vm-name=bench" };
-        HekiPlugin *plugin = make_plugin(context, 1, options, NULL, NULL);
+        EventTally quiet = { 0 };
+        HekiPlugin *plugin = make_plugin(context, 1, options, NULL, &quiet);
         pin_smep(plugin);
         counted_plugin(plugin, run, 1000); /* past the first window's 100 events */
         counted_plugin(plugin, run, n);

@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "../include/heki_plugin.h"
+#include "fake_kernel.h"
 #include "ref_handler.h"
 
 typedef struct {
@@ -12,9 +13,7 @@ typedef struct {
     void (*free_)(HekiPlugin *);
     void (*free_string)(char *);
     uint32_t (*exit_number)(const HekiPlugin *, HekiExitKind);
-    uint32_t (*cap_number)(const HekiPlugin *, HekiExitKind);
-    uint64_t (*cap_mask)(const HekiPlugin *, HekiExitKind);
-    int (*cap_result)(HekiPlugin *, HekiExitKind, int);
+    int (*enable_caps)(HekiPlugin *, char **);
     HekiVerdict (*handle_exit)(HekiPlugin *, uint32_t, const struct kvm_run *);
     char *(*query)(HekiPlugin *);
 } PluginApi;
@@ -47,6 +46,10 @@ void result_value(const char *group, const char *name, const char *unit, double 
 /* kvm_bench.c: returns 0 when it ran, -1 when /dev/kvm is missing. */
 int kvm_bench(int repeats, long exits_per_block);
 
-HekiPlugin *make_plugin(void *context, int argc, const char *const *argv,
-                        void (*event)(void *, const char *, const char *), void *opaque);
+/* heki_plugin_enable_caps for a host whose KVM answers come from the kernel
+   model (fake_kernel.h: fk_host_check_extension / fk_host_enable_cap, so
+   the host's opaque starts with the FkVm *), checked: exits 2 unless it
+   succeeded and both exits are claimed with the numbers of `kernel`'s
+   profile, so what is measured is the claimed path. */
+void enable_caps_or_exit(HekiPlugin *plugin, const FkVm *kernel);
 #endif

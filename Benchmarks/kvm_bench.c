@@ -25,11 +25,12 @@
 #include "fake_kernel.h"
 
 typedef struct {
+    FkVm *fk_vm; /* first: the host's opaque for fk_host_* */
+    uint64_t event_bytes;
     int kvm, vm, vcpu;
     struct kvm_run *run;
     size_t run_size;
     unsigned char *memory;
-    FkVm *fk_vm;
     FkVcpu *fk_vcpu;
     HekiPlugin *plugin;
     GMainContext *context;
@@ -51,7 +52,7 @@ static void *loop_thread(void *arg) {
 
 static void on_event(void *opaque, const char *name, const char *data) {
     (void)name;
-    *(uint64_t *)opaque += strlen(data);
+    ((KvmHost *)opaque)->event_bytes += strlen(data);
 }
 
 /* One exit of the guest's loop, made a Heki exit by the kernel model. */
@@ -172,22 +173,18 @@ int kvm_bench(int repeats, long exits_per_block) {
     h.fk_vcpu = fk_vcpu_new(h.fk_vm, h.run);
 
     /* The plugin, its events on a main loop in another thread, as in a VMM. */
-    uint64_t event_bytes = 0;
     h.context = g_main_context_new();
     h.loop = g_main_loop_new(h.context, FALSE);
     const char *options[] = { "vm-name=bench" };
-    HekiHost host = { sizeof host, &event_bytes, h.context, NULL, on_event };
+    HekiHost host = { .size = sizeof host, .opaque = &h, .context = h.context, .event = on_event,
+                      .check_extension = fk_host_check_extension, .enable_cap = fk_host_enable_cap };
     char *error = NULL;
     h.plugin = plugin_api.new_(&host, 1, options, &error);
     if (!h.plugin) {
         fprintf(stderr, "heki-bench kvm: %s\n", error);
         exit(1);
     }
-    for (int kind = HEKI_EXIT_CONFIGURE; kind <= HEKI_EXIT_DENIAL; kind++) {
-        uint64_t mask = plugin_api.cap_mask(h.plugin, (HekiExitKind)kind);
-        int r = fk_enable_cap(h.fk_vm, plugin_api.cap_number(h.plugin, (HekiExitKind)kind), mask);
-        plugin_api.cap_result(h.plugin, (HekiExitKind)kind, r);
-    }
+    enable_caps_or_exit(h.plugin, h.fk_vm); /* the model's capabilities: its exits reach the plugin */
     /* The guest pins SMEP and SMAP at "boot". */
     if (fk_vcpu_lock_cr(h.fk_vcpu, 4, FK_CR4_SMEP | FK_CR4_SMAP, 0) != FK_EXIT) die("pin");
     plugin_api.handle_exit(h.plugin, 0, h.run);

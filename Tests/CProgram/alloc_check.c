@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include "../../include/heki_plugin.h"
+#include "heki_v2_kernel.h"
 
 extern void *__libc_malloc(size_t);
 extern void *__libc_calloc(size_t, size_t);
@@ -64,7 +65,7 @@ void *memalign(size_t align, size_t size) { return counted(__libc_memalign(align
 
 typedef HekiPlugin *(*new_fn)(const HekiHost *, int, const char *const *, char **);
 typedef HekiVerdict (*handle_fn)(HekiPlugin *, uint32_t, const struct kvm_run *);
-typedef int (*cap_fn)(HekiPlugin *, HekiExitKind, int);
+typedef int (*enable_caps_fn)(HekiPlugin *, char **);
 typedef void (*free_fn)(HekiPlugin *);
 typedef char *(*query_fn)(HekiPlugin *);
 typedef void (*free_string_fn)(char *);
@@ -76,7 +77,8 @@ static void set_exit(unsigned char *run, uint32_t number, uint64_t reason, uint6
 }
 
 /* Every path of handle_exit: pin, weak pin, denial, malformed reason,
-   register not enabled, foreign exit. */
+   register not enabled, foreign exit.  The numbers are v2's: the host is a
+   Heki v2 kernel (heki_v2_kernel.h). */
 static const struct { uint32_t number; uint64_t reason, value; } exits[] = {
     { 39, 1, 1u << 16 }, { 39, 2, 1u << 20 }, { 40, 2, 0x6f0 },
     { 40, 3, 0 }, { 40, 1, 0 }, { 2, 0, 0 },
@@ -85,20 +87,21 @@ static const struct { uint32_t number; uint64_t reason, value; } exits[] = {
 
 static new_fn plugin_new;
 static handle_fn handle;
-static cap_fn cap_result;
+static enable_caps_fn enable_caps;
 static free_fn plugin_free;
 static query_fn query;
 static free_string_fn free_string;
 
 static HekiPlugin *make_plugin(GMainContext *context) {
-    HekiHost host = { sizeof host, NULL, context, NULL, NULL };
+    HekiHost host = { .size = sizeof host, .context = context, .check_extension = v2_kernel_check_extension,
+                      .enable_cap = v2_kernel_enable_cap };
     const char *options[] = { "require-cr4=smep+smap", "configure-exits=cr0+cr4", "denial-exits=cr4",
-                              "rate-limit=50" };
+                              "rate-limit=50", "require-caps=on" };
     char *error = NULL;
-    HekiPlugin *plugin = plugin_new(&host, 4, options, &error);
+    HekiPlugin *plugin = plugin_new(&host, 5, options, &error);
     if (!plugin) { fprintf(stderr, "%s\n", error); exit(2); }
-    cap_result(plugin, HEKI_EXIT_CONFIGURE, 0);
-    cap_result(plugin, HEKI_EXIT_DENIAL, 0);
+    /* require-caps=on: both capabilities enabled, so exits 39 and 40 are claimed. */
+    if (enable_caps(plugin, &error) != 0) { fprintf(stderr, "%s\n", error); exit(2); }
     return plugin;
 }
 
@@ -123,7 +126,7 @@ static long cycle(GMainContext *context, unsigned char *run, int leak) {
     if (!leak) plugin_free(plugin);
     const char *bad[] = { "on-denial=maybe" };
     char *error = NULL;
-    HekiHost host = { sizeof host, NULL, context, NULL, NULL };
+    HekiHost host = { .size = sizeof host, .context = context };
     if (plugin_new(&host, 1, bad, &error) || !error) exit(2);
     free_string(error);
     return held;
@@ -138,11 +141,11 @@ int main(int argc, char **argv) {
     if (!library) { fprintf(stderr, "%s\n", dlerror()); return 2; }
     plugin_new = (new_fn)dlsym(library, "heki_plugin_new");
     handle = (handle_fn)dlsym(library, "heki_plugin_handle_exit");
-    cap_result = (cap_fn)dlsym(library, "heki_plugin_cap_result");
+    enable_caps = (enable_caps_fn)dlsym(library, "heki_plugin_enable_caps");
     plugin_free = (free_fn)dlsym(library, "heki_plugin_free");
     query = (query_fn)dlsym(library, "heki_plugin_query");
     free_string = (free_string_fn)dlsym(library, "heki_plugin_free_string");
-    if (!plugin_new || !handle || !cap_result || !plugin_free || !query || !free_string) return 2;
+    if (!plugin_new || !handle || !enable_caps || !plugin_free || !query || !free_string) return 2;
 
     GMainContext *context = g_main_context_new();
     unsigned char *run = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
