@@ -123,14 +123,15 @@ final class Plugin {
             let pinned = ledger.pins(register)
             counters.count(.denial, register)
             var (verdict, violated) = policy.judgeDenial(on: register, value: value, pinned: pinned)
-            record(EventRecord(kind: .denial, register: register.rawValue, verdict: verdict, vcpu: vcpu,
-                               number: denial.exit ?? 0, value: value, pinned: pinned, extra: violated))
             // A denial means the guest has booted far enough to pin: judge
-            // the registers it never pinned now if the deadline has not.
+            // the registers it never pinned now if the deadline has not. The
+            // denial's own verdict wins unless it is resume.
             if !bootJudged.load(ordering: .relaxed) {
                 let weak = judgeBoot(vcpu: vcpu, exit: configure)
                 if verdict == .resume { verdict = weak }
             }
+            record(EventRecord(kind: .denial, register: register.rawValue, verdict: verdict, vcpu: vcpu,
+                               number: denial.exit ?? 0, value: value, pinned: pinned, extra: violated))
             return verdict
         }
     }
