@@ -279,7 +279,7 @@ final class Plugin {
 
     /// A verdict reached on the main loop goes to the host's apply_verdict.
     private func apply(_ verdict: Verdict) {
-        if let applyVerdict = host.apply_verdict, hostCanCheck {
+        if let applyVerdict = host.apply_verdict {
             applyVerdict(host.opaque, verdict.cValue)
         } else {
             log(HEKI_LOG_ERROR, "heki: " + renderer.subjectPrefix
