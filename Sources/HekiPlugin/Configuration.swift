@@ -1,11 +1,14 @@
 /// The policy and numbering a VM's plugin was started with: the parsed
-/// form of its key=value options (DESIGN.md, "Options").
+/// form of its key=value options (README.md, "Options").
 struct Configuration: Sendable {
-    var profile: Profile = .v2
-    var exitConfigure: UInt32 = Profile.v2.exitConfigure
-    var exitDenial: UInt32 = Profile.v2.exitDenial
-    var capConfigure: UInt32 = Profile.v2.capConfigure
-    var capDenial: UInt32 = Profile.v2.capDenial
+    /// abi=v2|v3; nil for abi=auto: the kernel's answers pick the profile.
+    var abi: Profile? = nil
+    /// exit-*, cap-*: numbers replacing the profile's (only with an
+    /// explicit abi).
+    var exitConfigureOverride: UInt32? = nil
+    var exitDenialOverride: UInt32? = nil
+    var capConfigureOverride: UInt32? = nil
+    var capDenialOverride: UInt32? = nil
     var configureExits: ExitReasonMask = .all
     var denialExits: ExitReasonMask = .all
     var onDenial: Verdict = .resume
@@ -14,21 +17,26 @@ struct Configuration: Sendable {
     var onWeakPinning: Verdict = .resume
     var requireCR0: UInt64 = 0
     var requireCR4: UInt64 = 0
+    /// Seconds from heki_plugin_start to the boot judgement of required
+    /// pins; nil: pin-deadline=off.
+    var pinDeadline: UInt32? = 60
     var vmName: String? = nil
     var auditLogPath: String? = nil
     var rateLimit: UInt32 = 100
     var requireCaps = false
 
-    func exitNumber(_ kind: ExitKind) -> UInt32 {
-        kind == .configure ? exitConfigure : exitDenial
-    }
+    var abiName: String { abi?.name ?? "auto" }
+    var overridesCaps: Bool { capConfigureOverride != nil || capDenialOverride != nil }
 
-    func capNumber(_ kind: ExitKind) -> UInt32 {
-        kind == .configure ? capConfigure : capDenial
+    /// `profile`'s numbers with the overrides applied.
+    func numbers(for profile: Profile) -> HekiNumbers {
+        HekiNumbers(exitConfigure: exitConfigureOverride ?? profile.numbers.exitConfigure,
+                    exitDenial: exitDenialOverride ?? profile.numbers.exitDenial,
+                    capConfigure: capConfigureOverride ?? profile.numbers.capConfigure,
+                    capDenial: capDenialOverride ?? profile.numbers.capDenial)
     }
 
     func capMask(_ kind: ExitKind) -> ExitReasonMask {
         kind == .configure ? configureExits : denialExits
     }
 }
-

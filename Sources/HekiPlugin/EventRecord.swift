@@ -30,7 +30,8 @@ struct EventRecord: Sendable {
     /// ControlRegister raw value, or `noRegister`.
     var register: UInt8 = EventRecord.noRegister
     var verdict: Verdict = .resume
-    /// MalformedProblem raw value, or ExitKind for capability events.
+    /// MalformedProblem raw value; ExitKind for capability events;
+    /// `atDeadline` for a weak pinning the pin deadline found (no vCPU).
     var detail: UInt8 = 0
     var vcpu: UInt32 = 0
     /// KVM exit number; capability number for HEKI_CAPABILITY.
@@ -47,4 +48,5 @@ struct EventRecord: Sendable {
     var timeMicros: Int64 = 0
 
     static let noRegister: UInt8 = 0xff
+    static let atDeadline: UInt8 = 1
 }

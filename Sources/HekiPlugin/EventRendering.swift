@@ -1,4 +1,5 @@
 import CBridge
+import CGLib
 
 /// An event ready for the host: rendered once, handed to every sink.
 struct RenderedEvent {
@@ -12,6 +13,40 @@ struct RenderedEvent {
 /// Turns records into the JSON data and log lines of DESIGN.md's events.
 struct EventRenderer {
     let config: Configuration
+
+    /// "vm NAME: " (printable), or "" without vm-name: what starts a log
+    /// line that names no vCPU.
+    var subjectPrefix: String { config.vmName.map { "vm \(Options.printable($0)): " } ?? "" }
+
+    /// HEKI_CAPABILITY for the kernel check of heki_plugin_enable_caps.
+    func renderKernelCheck(_ check: KernelCheck, answers: KernelAnswers) -> RenderedEvent {
+        var data = JSONObject()
+        if let name = config.vmName { data.add("vm-name", name) }
+        data.add("abi", config.abiName)
+        data.add("status", check.status)
+        data.add("profile", check.profile?.name)
+        data.add("answers", answers.json)
+        data.add("required", config.requireCaps)
+        let level = check.profile != nil ? HEKI_LOG_INFO : config.requireCaps ? HEKI_LOG_ERROR : HEKI_LOG_WARNING
+        return RenderedEvent(name: EventKind.capability.eventName, data: data.rendered, level: level,
+                             message: "heki: " + subjectPrefix + check.describe(config: config, answers: answers),
+                             timeMicros: Int64(g_get_real_time()))
+    }
+
+    /// HEKI_CAPABILITY for a heki-plugin 1.0 host, which cannot have the
+    /// kernel checked: nothing is enabled.
+    func renderHostCannotCheck() -> RenderedEvent {
+        var data = JSONObject()
+        if let name = config.vmName { data.add("vm-name", name) }
+        data.add("abi", config.abiName)
+        data.add("status", "host-cannot-check")
+        data.add("profile", nil as String?)
+        data.add("required", config.requireCaps)
+        return RenderedEvent(name: EventKind.capability.eventName, data: data.rendered, level: HEKI_LOG_WARNING,
+                             message: "heki: " + subjectPrefix + "the host gives no KVM_CHECK_EXTENSION answers "
+                                 + "(HekiHost.check_extension, heki-plugin 1.1): nothing enabled, no exit claimed",
+                             timeMicros: Int64(g_get_real_time()))
+    }
 
     func render(_ record: EventRecord) -> RenderedEvent {
         var data = JSONObject()
@@ -52,6 +87,16 @@ struct EventRenderer {
             data.add("verdict", record.verdict.name)
             level = HEKI_LOG_WARNING
             message = "\(subject): KVM denied a \(register?.name ?? "") write of 0x\(String(record.value, radix: 16)) clearing \(names(record.extra)), verdict \(record.verdict.name)"
+        case .weakPinning where record.detail == EventRecord.atDeadline:
+            let seconds = config.pinDeadline ?? 0
+            data.add("register", register?.name ?? "")
+            bits("pinned", record.pinned)
+            bits("required", record.value)
+            bits("missing", record.extra)
+            data.add("deadline-seconds", seconds)
+            data.add("verdict", record.verdict.name)
+            level = HEKI_LOG_WARNING
+            message = subjectPrefix + "weak pinning of \(register?.name ?? ""): \(names(record.extra)) required but not pinned \(seconds) s after start, verdict \(record.verdict.name)"
         case .weakPinning:
             data.add("vcpu", record.vcpu)
             data.add("register", register?.name ?? "")
@@ -85,16 +130,14 @@ struct EventRenderer {
             data.add("enabled", result == 0)
             data.add("required", config.requireCaps)
             level = result == 0 ? HEKI_LOG_INFO : (config.requireCaps ? HEKI_LOG_ERROR : HEKI_LOG_WARNING)
-            message = (config.vmName.map { "vm \(Options.printable($0)): " } ?? "")
-                + "KVM_ENABLE_CAP \(record.number) (heki \(kind.name), mask \(mask.spelling)) "
+            message = subjectPrefix + "KVM_ENABLE_CAP \(record.number) (heki \(kind.name), mask \(mask.spelling)) "
                 + (result == 0 ? "enabled" : "refused (\(result)); heki \(kind.name) exits will not be claimed")
         case .suppressed:
             let coalesced = EventKind(rawValue: record.detail)?.eventName ?? "unknown"
             data.add("event", coalesced)
             data.add("count", record.value)
             level = HEKI_LOG_WARNING
-            message = (config.vmName.map { "vm \(Options.printable($0)): " } ?? "")
-                + "\(record.value) \(coalesced) events coalesced (rate limit \(config.rateLimit)/s)"
+            message = subjectPrefix + "\(record.value) \(coalesced) events coalesced (rate limit \(config.rateLimit)/s)"
         }
         return RenderedEvent(name: record.kind.eventName, data: data.rendered,
                              level: level, message: "heki: " + message, timeMicros: record.timeMicros)

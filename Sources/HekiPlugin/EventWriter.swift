@@ -234,8 +234,14 @@ final class EventWriter {
         message.deallocate()
     }
 
-    static func handles(_ kind: EventKind) -> Bool {
-        kind == .configure || kind == .denial || kind == .weakPinning
+    /// The bulk kinds, as a vCPU records them (a deadline's weak pinning,
+    /// once per VM and without a vCPU, goes through EventRenderer).
+    static func handles(_ record: EventRecord) -> Bool {
+        switch record.kind {
+        case .configure, .denial: true
+        case .weakPinning: record.detail != EventRecord.atDeadline
+        default: false
+        }
     }
 
     /// The JSON data of `record` (a kind `handles` accepts), NUL-terminated.

@@ -33,11 +33,16 @@ public func heki_plugin_new(
     }
     guard let host else { return fail("heki-plugin: host is NULL") }
     // Read `size` alone first: a smaller struct must not be read whole.
-    let size = UnsafeRawPointer(host).load(as: UInt32.self)
-    let known = MemoryLayout<HekiHost>.size
-    guard Int(size) >= known else {
-        return fail("heki-plugin: HekiHost.size is \(size) bytes; ABI version 1 needs at least \(known)")
+    let size = Int(UnsafeRawPointer(host).load(as: UInt32.self))
+    guard size >= Int(HEKI_HOST_SIZE_1_0) else {
+        return fail("heki-plugin: HekiHost.size is \(size) bytes; ABI version 1 needs at least \(HEKI_HOST_SIZE_1_0)")
     }
+    // The fields the host's size covers; the rest stay zero (NULL).
+    var hostCopy = HekiHost()
+    withUnsafeMutableBytes(of: &hostCopy) { copy in
+        copy.copyMemory(from: UnsafeRawBufferPointer(start: host, count: min(size, copy.count)))
+    }
+    let hostCanCheck = size >= Int(HEKI_HOST_SIZE_1_1) && hostCopy.check_extension != nil && hostCopy.enable_cap != nil
     guard argc >= 0, argc == 0 || argv != nil else { return fail("heki-plugin: argc is \(argc) with argv NULL") }
     var arguments: [String] = []
     for index in 0..<Int(argc) {
@@ -49,7 +54,7 @@ public func heki_plugin_new(
     }
     do {
         let config = try Options.parse(arguments)
-        let plugin = try Plugin(host: host.pointee, config: config)
+        let plugin = try Plugin(host: hostCopy, hostCanCheck: hostCanCheck, config: config)
         error?.pointee = nil
         return OpaquePointer(Unmanaged.passRetained(plugin).toOpaque())
     } catch let failure {
@@ -69,24 +74,49 @@ public func heki_plugin_free_string(_ string: UnsafeMutablePointer<CChar>?) {
 
 @c @implementation
 public func heki_plugin_exit_number(_ plugin: OpaquePointer?, _ kind: HekiExitKind) -> UInt32 {
-    withPlugin(plugin, 0) { plugin in ExitKind(kind).map(plugin.config.exitNumber) ?? 0 }
+    withPlugin(plugin, 0) { plugin in ExitKind(kind).flatMap { plugin.claim($0).exit } ?? 0 }
 }
 
 @c @implementation
 public func heki_plugin_cap_number(_ plugin: OpaquePointer?, _ kind: HekiExitKind) -> UInt32 {
-    withPlugin(plugin, 0) { plugin in ExitKind(kind).map(plugin.config.capNumber) ?? 0 }
+    withPlugin(plugin, 0) { plugin in
+        guard let kind = ExitKind(kind) else { return 0 }
+        return plugin.verifiedNumbers?.cap(kind) ?? 0
+    }
 }
 
 @c @implementation
 public func heki_plugin_cap_mask(_ plugin: OpaquePointer?, _ kind: HekiExitKind) -> UInt64 {
-    withPlugin(plugin, 0) { plugin in ExitKind(kind).map { plugin.config.capMask($0).rawValue } ?? 0 }
+    withPlugin(plugin, 0) { plugin in
+        guard let kind = ExitKind(kind), plugin.verifiedNumbers != nil else { return 0 }
+        return plugin.config.capMask(kind).rawValue
+    }
+}
+
+@c @implementation
+public func heki_plugin_enable_caps(_ plugin: OpaquePointer?, _ error: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    error?.pointee = nil
+    guard let plugin else {
+        error?.pointee = cString("heki-plugin: plugin is NULL")
+        return -1
+    }
+    return withPlugin(plugin, -1) { plugin in
+        guard let failure = plugin.enableCaps() else { return 0 }
+        error?.pointee = cString(failure)
+        return -1
+    }
+}
+
+@c @implementation
+public func heki_plugin_start(_ plugin: OpaquePointer?) {
+    withPlugin(plugin, ()) { $0.start() }
 }
 
 @c @implementation
 public func heki_plugin_cap_result(_ plugin: OpaquePointer?, _ kind: HekiExitKind, _ kvmResult: Int32) -> Int32 {
     withPlugin(plugin, -1) { plugin in
         guard let kind = ExitKind(kind) else { return -1 }
-        return plugin.capabilityResult(kind, kvmResult: kvmResult)
+        return plugin.legacyCapabilityResult(kind, kvmResult: kvmResult)
     }
 }
 

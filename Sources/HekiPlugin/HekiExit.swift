@@ -10,63 +10,78 @@ enum DecodedExit: Equatable {
     /// `KVM_EXIT_HEKI_DENIAL`: `value` is the whole value the guest tried to
     /// write (`cr_value`).
     case denial(ControlRegister, value: UInt64)
-    /// A Heki exit number whose payload or state is not valid: not claimed.
+    /// A claimed exit number whose payload is not valid: not taken.
     case malformed(ExitKind, reason: UInt64, problem: MalformedProblem)
-    /// Any other exit number.
+    /// Any exit number the plugin does not claim.
     case foreign
 }
 
-/// Why a Heki-numbered exit was not claimed.
+/// Why a claimed exit number's payload was not taken.
 enum MalformedProblem: UInt8, Sendable {
     /// `reason` is not exactly one of the KVM_HEKI_EXIT_REASON_* bits.
     case reasonNotOneKnownBit = 0
-    /// The capability of this exit number was not enabled: on a kernel
-    /// without Heki the number means something else.
-    case capabilityNotEnabled = 1
     /// One known bit, but not one the host asked KVM to exit for.
     case registerNotEnabled = 2
 
     var name: String {
         switch self {
         case .reasonNotOneKnownBit: "reason-not-one-known-bit"
-        case .capabilityNotEnabled: "capability-not-enabled"
         case .registerNotEnabled: "register-not-enabled"
         }
     }
 }
 
-/// The exit numbers and what KVM granted: everything decoding depends on.
-struct ExitTable {
-    let configureExit: UInt32
-    let denialExit: UInt32
+/// One exit number the plugin claims: set once KVM enabled its capability.
+/// Packed in one word so a vCPU reads number and mask with one atomic load:
+/// the exit number in the high half, `claimedBit`, the granted mask.
+struct Claim: RawRepresentable, Equatable {
+    let rawValue: UInt64
+    private static let claimedBit: UInt64 = 1 << 31
 
-    /// Decodes `run`. `granted(kind)` is 0 while that capability is not
-    /// enabled, else a non-zero word whose KVM_HEKI_EXIT_REASON_* bits are
-    /// the mask KVM accepted. Reads each kvm_run field once.
-    @inline(__always)
-    func decode(_ run: OpaquePointer, granted: (ExitKind) -> UInt64) -> DecodedExit {
-        let number = cbridge_exit_reason(run)
-        let kind: ExitKind
-        if number == configureExit {
-            kind = .configure
-        } else if number == denialExit {
-            kind = .denial
-        } else {
-            return .foreign
-        }
-        let payload = cbridge_heki_payload(run)
-        let grant = granted(kind)
-        guard grant != 0 else {
-            return .malformed(kind, reason: payload.reason, problem: .capabilityNotEnabled)
-        }
-        guard let register = ControlRegister(reason: payload.reason) else {
-            return .malformed(kind, reason: payload.reason, problem: .reasonNotOneKnownBit)
-        }
-        guard grant & register.reasonBit != 0 else {
-            return .malformed(kind, reason: payload.reason, problem: .registerNotEnabled)
-        }
-        return kind == .configure
-            ? .configure(register, pinned: payload.value)
-            : .denial(register, value: payload.value)
+    /// Nothing claimed: every exit of this kind is the host's.
+    static let none = Claim(rawValue: 0)
+
+    init(rawValue: UInt64) { self.rawValue = rawValue }
+
+    init(exit: UInt32, granted: ExitReasonMask) {
+        rawValue = UInt64(exit) << 32 | Claim.claimedBit | (granted.rawValue & ExitReasonMask.all.rawValue)
     }
+
+    var isClaimed: Bool { rawValue & Claim.claimedBit != 0 }
+    var exit: UInt32? { isClaimed ? UInt32(truncatingIfNeeded: rawValue >> 32) : nil }
+    var granted: ExitReasonMask { ExitReasonMask(rawValue: rawValue & ExitReasonMask.all.rawValue) }
+
+    @inline(__always) func claims(_ number: UInt32) -> Bool {
+        rawValue & Claim.claimedBit != 0 && UInt32(truncatingIfNeeded: rawValue >> 32) == number
+    }
+}
+
+/// Decodes `run` against the two claims (configure, denial). An exit
+/// number nobody claimed is the host's: on a kernel without Heki, or before
+/// the capability was enabled, 39-41 are other exits (MEMORY_FAULT, TDX).
+/// Reads each kvm_run field once.
+@inline(__always)
+func decodeExit(_ run: OpaquePointer, configure: Claim, denial: Claim) -> DecodedExit {
+    let number = cbridge_exit_reason(run)
+    let kind: ExitKind
+    let granted: ExitReasonMask
+    if configure.claims(number) {
+        kind = .configure
+        granted = configure.granted
+    } else if denial.claims(number) {
+        kind = .denial
+        granted = denial.granted
+    } else {
+        return .foreign
+    }
+    let payload = cbridge_heki_payload(run)
+    guard let register = ControlRegister(reason: payload.reason) else {
+        return .malformed(kind, reason: payload.reason, problem: .reasonNotOneKnownBit)
+    }
+    guard granted.contains(register) else {
+        return .malformed(kind, reason: payload.reason, problem: .registerNotEnabled)
+    }
+    return kind == .configure
+        ? .configure(register, pinned: payload.value)
+        : .denial(register, value: payload.value)
 }

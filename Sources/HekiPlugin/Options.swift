@@ -11,8 +11,10 @@ enum Options {
         "abi", "exit-configure", "exit-denial", "cap-configure", "cap-denial",
         "configure-exits", "denial-exits", "on-denial", "on-denial-cr0", "on-denial-cr4",
         "require-cr0", "require-cr4", "on-weak-pinning", "vm-name", "audit-log",
-        "rate-limit", "require-caps",
+        "rate-limit", "require-caps", "pin-deadline",
     ]
+    static let numberOverrides = ["exit-configure", "exit-denial", "cap-configure", "cap-denial"]
+    static let maxPinDeadline: UInt32 = 86_400
     static let maxRateLimit: UInt32 = 1_000_000
     static let maxTextBytes = 1024
 
@@ -35,24 +37,23 @@ enum Options {
 
         var config = Configuration()
         // The profile first: the overrides and the pinnable bits depend on it.
-        if let abi = given["abi"] {
+        if let abi = given["abi"], abi != "auto" {
             guard let profile = Profile.all.first(where: { $0.name == abi }) else {
-                throw OptionError("abi", "'\(printable(abi))' is not one of \(Profile.all.map(\.name).joined(separator: ", "))")
+                throw OptionError("abi", "'\(printable(abi))' is not one of auto, \(Profile.all.map(\.name).joined(separator: ", "))")
             }
-            config.profile = profile
+            config.abi = profile
         }
-        config.exitConfigure = config.profile.exitConfigure
-        config.exitDenial = config.profile.exitDenial
-        config.capConfigure = config.profile.capConfigure
-        config.capDenial = config.profile.capDenial
+        if config.abi == nil, let key = numberOverrides.first(where: { given[$0] != nil }) {
+            throw OptionError(key, "overrides a profile's number: name the profile with abi=\(Profile.all.map(\.name).joined(separator: "|"))")
+        }
 
         for key in order where key != "abi" {
             let value = given[key]!
             switch key {
-            case "exit-configure": config.exitConfigure = try number(key, value)
-            case "exit-denial": config.exitDenial = try number(key, value)
-            case "cap-configure": config.capConfigure = try number(key, value)
-            case "cap-denial": config.capDenial = try number(key, value)
+            case "exit-configure": config.exitConfigureOverride = try number(key, value)
+            case "exit-denial": config.exitDenialOverride = try number(key, value)
+            case "cap-configure": config.capConfigureOverride = try number(key, value)
+            case "cap-denial": config.capDenialOverride = try number(key, value)
             case "configure-exits": config.configureExits = try registers(key, value)
             case "denial-exits": config.denialExits = try registers(key, value)
             case "on-denial": config.onDenial = try verdict(key, value)
@@ -61,7 +62,8 @@ enum Options {
             case "on-weak-pinning": config.onWeakPinning = try verdict(key, value)
             case "require-cr0": config.requireCR0 = try bits(key, value, CR0.names, accepted: CR0.names.table.map(\.bit))
             case "require-cr4":
-                let pinnable = CR4.names.table.map(\.bit).filter { config.profile.pinnableCR4.rawValue & $0 != 0 }
+                let pinnableCR4 = config.abi?.pinnableCR4 ?? Profile.anyPinnableCR4
+                let pinnable = CR4.names.table.map(\.bit).filter { pinnableCR4.rawValue & $0 != 0 }
                 config.requireCR4 = try bits(key, value, CR4.names, accepted: pinnable)
             case "vm-name": config.vmName = try text(key, value)
             case "audit-log":
@@ -74,14 +76,27 @@ enum Options {
                 }
                 config.rateLimit = limit
             case "require-caps": config.requireCaps = try boolean(key, value)
+            case "pin-deadline":
+                if value == "off" {
+                    config.pinDeadline = nil
+                } else {
+                    let seconds = try? number(key, value)
+                    guard let seconds, seconds >= 1, seconds <= maxPinDeadline else {
+                        throw OptionError(key, "'\(printable(value))' is not off or a number of seconds from 1 to \(maxPinDeadline)")
+                    }
+                    config.pinDeadline = seconds
+                }
             default: break
             }
         }
-        guard config.exitConfigure != config.exitDenial else {
-            throw OptionError("exit-denial", "exit number \(config.exitDenial) is also the configure exit; the two must differ")
-        }
-        guard config.capConfigure != config.capDenial else {
-            throw OptionError("cap-denial", "capability number \(config.capDenial) is also the configure capability; the two must differ")
+        if let profile = config.abi {
+            let numbers = config.numbers(for: profile)
+            guard numbers.exitConfigure != numbers.exitDenial else {
+                throw OptionError("exit-denial", "exit number \(numbers.exitDenial) is also the configure exit; the two must differ")
+            }
+            guard numbers.capConfigure != numbers.capDenial else {
+                throw OptionError("cap-denial", "capability number \(numbers.capDenial) is also the configure capability; the two must differ")
+            }
         }
         return config
     }

@@ -5,18 +5,26 @@ extension Plugin {
     func queryJSON() -> String {
         var root = JSONObject()
         root.add("abi-version", UInt64(1))
-        root.add("profile", config.profile.name)
+        let kernel = self.kernel
+        root.add("abi", config.abiName)
+        root.add("profile", kernel?.check.profile?.name)
         root.add("vm-name", config.vmName)
 
+        var kernelObject = JSONObject()
+        kernelObject.add("status", kernel?.check.status ?? (hostCanCheck ? "not-checked" : "host-cannot-check"))
+        if let kernel { kernelObject.add("answers", kernel.answers.json) }
+        root.add("kernel", kernelObject)
+
         var exitsObject = JSONObject()
+        let numbers = verifiedNumbers
         for kind in ExitKind.allCases {
             var entry = JSONObject()
-            let granted = grantedMask(kind)
-            entry.add("exit", config.exitNumber(kind))
-            entry.add("capability", config.capNumber(kind))
+            let claim = self.claim(kind)
+            entry.add("exit", numbers.map { Int64($0.exit(kind)) })
+            entry.add("capability", numbers.map { Int64($0.cap(kind)) })
             entry.add("mask", hex: config.capMask(kind).rawValue)
-            entry.add("granted", hex: granted?.rawValue)
-            entry.add("enabled", granted != nil)
+            entry.add("granted", hex: claim.isClaimed ? claim.granted.rawValue : nil)
+            entry.add("enabled", claim.isClaimed)
             entry.add("kvm-result", capResult(kind))
             exitsObject.add(kind.name, entry)
         }
@@ -34,6 +42,7 @@ extension Plugin {
         policyObject.add("denial-exits", config.denialExits.spelling)
         policyObject.add("rate-limit", config.rateLimit)
         policyObject.add("require-caps", config.requireCaps)
+        policyObject.add("pin-deadline", config.pinDeadline.map { Int64($0) })
         policyObject.add("audit-log", config.auditLogPath)
         root.add("policy", policyObject)
 

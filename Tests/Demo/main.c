@@ -153,11 +153,7 @@ int main(int argc, char **argv) {
         free(path);
         return 2;
     }
-    printf("exits: configure=%u denial=%u; caps: configure=%u (mask 0x%" PRIx64
-           ") denial=%u (mask 0x%" PRIx64 ")\n",
-           fh_vm_exit_number(vm, HEKI_EXIT_CONFIGURE), fh_vm_exit_number(vm, HEKI_EXIT_DENIAL),
-           fh_vm_cap_number(vm, HEKI_EXIT_CONFIGURE), fh_vm_cap_mask(vm, HEKI_EXIT_CONFIGURE),
-           fh_vm_cap_number(vm, HEKI_EXIT_DENIAL), fh_vm_cap_mask(vm, HEKI_EXIT_DENIAL));
+    /* The plugin checks the modelled kernel, then enables what it verified. */
     if (fh_vm_enable_caps(vm) != 0) {
         fprintf(stderr, "heki-demo: %s\n", fh_vm_last_error(vm));
         fh_vm_free(vm);
@@ -165,6 +161,11 @@ int main(int argc, char **argv) {
         free(path);
         return 2;
     }
+    printf("exits: configure=%u denial=%u; caps: configure=%u (mask 0x%" PRIx64
+           ") denial=%u (mask 0x%" PRIx64 ")\n",
+           fh_vm_exit_number(vm, HEKI_EXIT_CONFIGURE), fh_vm_exit_number(vm, HEKI_EXIT_DENIAL),
+           fh_vm_cap_number(vm, HEKI_EXIT_CONFIGURE), fh_vm_cap_mask(vm, HEKI_EXIT_CONFIGURE),
+           fh_vm_cap_number(vm, HEKI_EXIT_DENIAL), fh_vm_cap_mask(vm, HEKI_EXIT_DENIAL));
     printf("KVM_ENABLE_CAP: configure=%d denial=%d\n", fh_vm_cap_kvm_result(vm, HEKI_EXIT_CONFIGURE),
            fh_vm_cap_kvm_result(vm, HEKI_EXIT_DENIAL));
     fh_vm_set_vcpus(vm, STORM_VCPUS);

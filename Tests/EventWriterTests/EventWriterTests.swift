@@ -25,7 +25,7 @@ import Testing
                         let record = EventRecord(kind: kind, register: register.rawValue, verdict: verdict,
                                                  vcpu: UInt32(truncatingIfNeeded: value), number: UInt32(index * 1000),
                                                  value: value, pinned: other, extra: third, timeMicros: 1)
-                        #expect(EventWriter.handles(kind))
+                        #expect(EventWriter.handles(record))
                         let expected = renderer.render(record)
                         #expect(String(cString: writer.renderData(record)) == expected.data)
                         #expect(String(cString: writer.renderMessage(record)) == expected.message)
@@ -36,6 +36,19 @@ import Testing
             }
         }
         #expect(checked == 3 * 2 * 6 * EventWriterTests.values.count)
+    }
+
+    /// A weak pinning found by the pin deadline has no vCPU: the String
+    /// renderer takes it, and its data says which deadline.
+    @Test func deadlineWeakPinningGoesToTheStringRenderer() throws {
+        let config = try Options.parse(["require-cr0=wp", "pin-deadline=7", "vm-name=web1"])
+        let record = EventRecord(kind: .weakPinning, register: ControlRegister.cr0.rawValue, verdict: .pause,
+                                 detail: EventRecord.atDeadline, value: 1 << 16, extra: 1 << 16)
+        #expect(!EventWriter.handles(record))
+        let event = EventRenderer(config: config).render(record)
+        #expect(event.name == "HEKI_WEAK_PINNING")
+        #expect(event.data == #"{"vm-name":"web1","register":"cr0","pinned":"0x0","pinned-bits":[],"required":"0x10000","required-bits":["wp"],"missing":"0x10000","missing-bits":["wp"],"deadline-seconds":7,"verdict":"pause"}"#)
+        #expect(event.message == "heki: vm web1: weak pinning of cr0: wp required but not pinned 7 s after start, verdict pause")
     }
 
     @Test func hexAndDecimalMatchTheStandardLibrary() {

@@ -38,11 +38,28 @@ _Static_assert(sizeof(((struct kvm_run *)0)->padding) >= sizeof(struct fk_heki_e
 _Static_assert(KVM_EINVAL == FK_KVM_EINVAL, "KVM_EINVAL");
 _Static_assert(KVM_ENOSYS == FK_KVM_ENOSYS, "KVM_ENOSYS");
 _Static_assert(EINVAL == FK_EINVAL, "EINVAL");
+_Static_assert(ENXIO == FK_ENXIO, "ENXIO");
+
+/* The upstream capabilities numbered 235..237 (include/uapi/linux/kvm.h). */
+#define UPSTREAM_CAP_VM_TYPES 235
+#define UPSTREAM_CAP_PRE_FAULT_MEMORY 236
+#define UPSTREAM_CAP_X86_APIC_BUS_CYCLES_NS 237
+#define UPSTREAM_CAP_FIRST UPSTREAM_CAP_VM_TYPES
+#define UPSTREAM_CAP_COUNT 3
+
+static bool is_upstream_number(uint32_t cap) {
+    return cap >= UPSTREAM_CAP_FIRST && cap < UPSTREAM_CAP_FIRST + UPSTREAM_CAP_COUNT;
+}
 
 struct FkVm {
     FkProfile profile;
     uint64_t host_cr0, host_cr4;
+    FkKernelKind kernel;
     atomic_bool heki_built;                    /* CONFIG_HEKI */
+    uint64_t apic_bus_cycle_ns;                /* kvm->arch.apic_bus_cycle_ns */
+    /* KVM_ENABLE_CAP calls: 235..237, the profile's two caps, all. */
+    atomic_uint_fast64_t enable_calls_upstream[UPSTREAM_CAP_COUNT];
+    atomic_uint_fast64_t enable_calls_configure, enable_calls_denial, enable_calls;
     atomic_uint_fast64_t pinned_cr0;           /* kvm->heki_pinned_cr0 */
     atomic_uint_fast64_t pinned_cr4;           /* kvm->heki_pinned_cr4 */
     atomic_uint_fast64_t configure_exit_mask;  /* heki_configure_exit_reason */
@@ -86,7 +103,14 @@ FkVm *fk_vm_new(const FkProfile *profile, uint64_t host_cr0, uint64_t host_cr4) 
     vm->profile = profile ? *profile : fk_profile(FK_PROFILE_V2);
     vm->host_cr0 = host_cr0;
     vm->host_cr4 = host_cr4;
+    vm->kernel = FK_KERNEL_HEKI;
     atomic_init(&vm->heki_built, true);
+    vm->apic_bus_cycle_ns = 1; /* APIC_BUS_CYCLE_NS_DEFAULT */
+    for (int i = 0; i < UPSTREAM_CAP_COUNT; i++)
+        atomic_init(&vm->enable_calls_upstream[i], 0);
+    atomic_init(&vm->enable_calls_configure, 0);
+    atomic_init(&vm->enable_calls_denial, 0);
+    atomic_init(&vm->enable_calls, 0);
     atomic_init(&vm->pinned_cr0, 0);
     atomic_init(&vm->pinned_cr4, 0);
     atomic_init(&vm->configure_exit_mask, 0);
@@ -108,30 +132,109 @@ uint64_t fk_vm_host_cr(const FkVm *vm, int cr) {
 void fk_vm_set_heki_built(FkVm *vm, bool built) { atomic_store(&vm->heki_built, built); }
 bool fk_vm_heki_built(const FkVm *vm) { return atomic_load(&vm->heki_built); }
 
-/* kvm_vm_ioctl_check_extension: the case is outside #ifdef CONFIG_HEKI. */
+void fk_vm_set_kernel(FkVm *vm, FkKernelKind kind) {
+    vm->kernel = kind == FK_KERNEL_HEKI || kind == FK_KERNEL_STOCK_IRQCHIP ? kind : FK_KERNEL_STOCK;
+}
+FkKernelKind fk_vm_kernel(const FkVm *vm) { return vm->kernel; }
+
+/* The Heki patch itself: its caps, hypercall and checks. */
+static bool has_heki(const FkVm *vm) { return vm->kernel == FK_KERNEL_HEKI; }
+static bool heki_active(const FkVm *vm) { return has_heki(vm) && atomic_load(&vm->heki_built); }
+
+static bool is_heki_cap(const FkVm *vm, uint32_t cap) {
+    return has_heki(vm) && (cap == vm->profile.cap_configure || cap == vm->profile.cap_denial);
+}
+
+/* An upstream cap of 235..237 that this kernel has: all of them on a stock
+   kernel; on a Heki kernel those numbered below its first Heki cap (the
+   patch took the next free numbers, so the ones above came later). */
+static bool has_upstream_cap(const FkVm *vm, uint32_t cap) {
+    if (!is_upstream_number(cap))
+        return false;
+    if (!has_heki(vm))
+        return true;
+    uint32_t first = vm->profile.cap_configure < vm->profile.cap_denial ? vm->profile.cap_configure
+                                                                      : vm->profile.cap_denial;
+    return cap < first;
+}
+
+/* kvm_vm_ioctl_check_extension: the Heki case is outside #ifdef CONFIG_HEKI. */
 int fk_check_extension(const FkVm *vm, uint32_t cap) {
-    if (cap == vm->profile.cap_configure || cap == vm->profile.cap_denial)
+    if (is_heki_cap(vm, cap))
         return (int)FK_HEKI_EXIT_REASON_VALID_MASK;
+    if (!has_upstream_cap(vm, cap))
+        return 0;
+    switch (cap) {
+    case UPSTREAM_CAP_VM_TYPES:
+        return 1; /* kvm_caps.supported_vm_types: BIT(KVM_X86_DEFAULT_VM) */
+    case UPSTREAM_CAP_PRE_FAULT_MEMORY:
+        return 0; /* tdp_enabled: what this machine's kernel answers */
+    default:
+        return 1; /* KVM_CAP_X86_APIC_BUS_CYCLES_NS: APIC_BUS_CYCLE_NS_DEFAULT */
+    }
+}
+
+/* Upstream KVM_CAP_X86_APIC_BUS_CYCLES_NS (kvm_vm_ioctl_enable_cap). */
+static int enable_apic_bus_cycles(FkVm *vm, uint64_t bus_cycle_ns) {
+    uint64_t unit;
+    /* The guard against overflow in tmict_to_ns(): 128 is the largest
+       divide value of APIC_TDCR. */
+    if (!bus_cycle_ns || __builtin_mul_overflow((uint64_t)UINT32_MAX * 128, bus_cycle_ns, &unit))
+        return -EINVAL;
+    if (vm->kernel != FK_KERNEL_STOCK_IRQCHIP)
+        return -ENXIO; /* !irqchip_in_kernel(kvm) */
+    if (vm->nvcpus)
+        return -EINVAL; /* kvm->created_vcpus: too late to change the frequency */
+    vm->apic_bus_cycle_ns = bus_cycle_ns;
     return 0;
+}
+
+static void count_enable_cap(FkVm *vm, uint32_t cap) {
+    atomic_fetch_add(&vm->enable_calls, 1);
+    if (is_upstream_number(cap))
+        atomic_fetch_add(&vm->enable_calls_upstream[cap - UPSTREAM_CAP_FIRST], 1);
+    if (cap == vm->profile.cap_configure)
+        atomic_fetch_add(&vm->enable_calls_configure, 1);
+    else if (cap == vm->profile.cap_denial)
+        atomic_fetch_add(&vm->enable_calls_denial, 1);
 }
 
 /* kvm_vm_ioctl_enable_cap. */
 int fk_enable_cap(FkVm *vm, uint32_t cap, uint64_t arg0) {
-    if (!atomic_load(&vm->heki_built))
-        return -EINVAL; /* default: r = -EINVAL */
-    if (cap == vm->profile.cap_configure) {
+    count_enable_cap(vm, cap);
+    if (is_heki_cap(vm, cap)) {
+        if (!atomic_load(&vm->heki_built))
+            return -EINVAL; /* default: r = -EINVAL */
         if (arg0 & ~FK_HEKI_EXIT_REASON_VALID_MASK)
             return -EINVAL;
-        atomic_store(&vm->configure_exit_mask, arg0);
+        atomic_store(cap == vm->profile.cap_configure ? &vm->configure_exit_mask : &vm->denial_exit_mask,
+                     arg0);
         return 0;
     }
-    if (cap == vm->profile.cap_denial) {
-        if (arg0 & ~FK_HEKI_EXIT_REASON_VALID_MASK)
-            return -EINVAL;
-        atomic_store(&vm->denial_exit_mask, arg0);
-        return 0;
-    }
-    return -EINVAL;
+    if (has_upstream_cap(vm, cap) && cap == UPSTREAM_CAP_X86_APIC_BUS_CYCLES_NS)
+        return enable_apic_bus_cycles(vm, arg0);
+    return -EINVAL; /* VM_TYPES and PRE_FAULT_MEMORY are not enabled; unknown caps */
+}
+
+uint64_t fk_vm_enable_cap_calls(const FkVm *vm, uint32_t cap) {
+    if (is_upstream_number(cap))
+        return atomic_load(&vm->enable_calls_upstream[cap - UPSTREAM_CAP_FIRST]);
+    if (cap == vm->profile.cap_configure)
+        return atomic_load(&vm->enable_calls_configure);
+    if (cap == vm->profile.cap_denial)
+        return atomic_load(&vm->enable_calls_denial);
+    return 0;
+}
+
+uint64_t fk_vm_enable_cap_calls_total(const FkVm *vm) { return atomic_load(&vm->enable_calls); }
+uint64_t fk_vm_apic_bus_cycle_ns(const FkVm *vm) { return vm->apic_bus_cycle_ns; }
+
+int fk_host_check_extension(void *opaque, uint32_t cap) {
+    return fk_check_extension(*(FkVm **)opaque, cap);
+}
+
+int fk_host_enable_cap(void *opaque, uint32_t cap, uint64_t mask) {
+    return fk_enable_cap(*(FkVm **)opaque, cap, mask);
 }
 
 uint64_t fk_vm_configure_mask(const FkVm *vm) { return atomic_load(&vm->configure_exit_mask); }
@@ -268,7 +371,7 @@ FkResult fk_vcpu_hypercall(FkVcpu *v, uint64_t nr, uint64_t a0, uint64_t a1, uin
     if (v->pending != FK_PENDING_NONE)
         return FK_BUSY;
     long ret;
-    if (nr == FK_KVM_HC_LOCK_CR_UPDATE && atomic_load(&v->vm->heki_built)) {
+    if (nr == FK_KVM_HC_LOCK_CR_UPDATE && heki_active(v->vm)) {
         if (a0 > UINT32_MAX) {
             ret = -KVM_EINVAL;
         } else {
@@ -297,7 +400,7 @@ FkResult fk_vcpu_write_cr(FkVcpu *v, int cr, uint64_t value) {
     if (cr != 0 && cr != 4)
         return FK_BAD;
     FkVm *vm = v->vm;
-    if (atomic_load(&vm->heki_built)) {
+    if (heki_active(vm)) {
         uint64_t pinned = atomic_load(cr == 0 ? &vm->pinned_cr0 : &vm->pinned_cr4);
         if ((value & pinned) != pinned) {
             /* pr_warn_ratelimited("heki: Blocked CR%d update") */

@@ -34,6 +34,8 @@ _Static_assert(FH_SAME_TYPE(heki_plugin_cap_mask, uint64_t (*)(const HekiPlugin 
                "cap_mask");
 _Static_assert(FH_SAME_TYPE(heki_plugin_cap_result, int (*)(HekiPlugin *, HekiExitKind, int)),
                "cap_result");
+_Static_assert(FH_SAME_TYPE(heki_plugin_enable_caps, int (*)(HekiPlugin *, char **)), "enable_caps");
+_Static_assert(FH_SAME_TYPE(heki_plugin_start, void (*)(HekiPlugin *)), "start");
 _Static_assert(FH_SAME_TYPE(heki_plugin_handle_exit,
                             HekiVerdict (*)(HekiPlugin *, uint32_t, const struct kvm_run *)),
                "handle_exit");
@@ -97,6 +99,8 @@ FhLibrary *fh_library_open(const char *path, uint32_t expected_abi_version, char
         {"heki_plugin_cap_number", (void **)&a->cap_number},
         {"heki_plugin_cap_mask", (void **)&a->cap_mask},
         {"heki_plugin_cap_result", (void **)&a->cap_result},
+        {"heki_plugin_enable_caps", (void **)&a->enable_caps},
+        {"heki_plugin_start", (void **)&a->start},
         {"heki_plugin_handle_exit", (void **)&a->handle_exit},
         {"heki_plugin_query", (void **)&a->query},
     };
@@ -178,11 +182,14 @@ struct FhVm {
     pthread_t owner;
     HekiHost host;
     uint32_t host_size;
-    bool with_log, with_event;
+    bool with_log, with_event, with_kvm, with_apply_verdict;
     HekiPlugin *plugin;
     GPtrArray *options; /* char * */
     char *last_error;
-    int cap_kvm[2], cap_plugin[2];
+    int cap_kvm[2];
+    GArray *checks;  /* FhCheckCall: KVM_CHECK_EXTENSION the plugin asked */
+    GArray *enables; /* FhEnableCall: KVM_ENABLE_CAP the plugin asked */
+    uint64_t applied[FH_VERDICT_INVALID + 2]; /* apply_verdict, by verdict + 1 */
 
     Vcpu *vcpus[FH_MAX_VCPUS];
     uint32_t nvcpus;
@@ -284,6 +291,40 @@ static void on_event(void *opaque, const char *name, const char *data_json) {
         vm->event_hook(vm->event_hook_data, name, data_json);
 }
 
+static void request_stop(FhVm *vm, int verdict) {
+    int expected = FH_STOP_NONE;
+    atomic_compare_exchange_strong(&vm->stop, &expected, verdict);
+}
+
+/* The host's KVM ioctls, as the plugin drives them: into the kernel model,
+   recorded like an ioctl trace. */
+static int on_check_extension(void *opaque, uint32_t cap) {
+    FhVm *vm = opaque;
+    check_thread(vm);
+    FhCheckCall call = {cap, fk_check_extension(vm->kernel, cap)};
+    g_array_append_val(vm->checks, call);
+    return call.answer;
+}
+
+static int on_enable_cap(void *opaque, uint32_t cap, uint64_t mask) {
+    FhVm *vm = opaque;
+    check_thread(vm);
+    FhEnableCall call = {cap, mask, fk_enable_cap(vm->kernel, cap, mask)};
+    g_array_append_val(vm->enables, call);
+    return call.result;
+}
+
+/* A verdict of the main loop (the pin deadline) stops the VM as a vCPU's
+   verdict does. */
+static void on_apply_verdict(void *opaque, HekiVerdict verdict) {
+    FhVm *vm = opaque;
+    check_thread(vm);
+    int slot = (verdict >= HEKI_VERDICT_NOT_HEKI && verdict <= HEKI_VERDICT_EXIT) ? verdict + 1
+                                                                                 : FH_VERDICT_INVALID + 1;
+    vm->applied[slot]++;
+    request_stop(vm, verdict);
+}
+
 static void on_log(void *opaque, HekiLogLevel level, const char *message) {
     FhVm *vm = opaque;
     check_thread(vm);
@@ -328,7 +369,9 @@ FhVm *fh_vm_new(FhLibrary *lib, const FkProfile *kernel_profile) {
     vm->options = g_ptr_array_new_with_free_func(g_free);
     vm->last_error = g_strdup("");
     vm->cap_kvm[0] = vm->cap_kvm[1] = FH_CAP_NOT_TRIED;
-    vm->cap_plugin[0] = vm->cap_plugin[1] = FH_CAP_NOT_TRIED;
+    vm->checks = g_array_new(FALSE, FALSE, sizeof(FhCheckCall));
+    vm->enables = g_array_new(FALSE, FALSE, sizeof(FhEnableCall));
+    vm->with_kvm = vm->with_apply_verdict = true;
     atomic_init(&vm->running, 0);
     atomic_init(&vm->stop, FH_STOP_NONE);
     atomic_init(&vm->host_handled, 0);
@@ -366,6 +409,8 @@ void fh_vm_free(FhVm *vm) {
     g_free(vm->last_error);
     g_array_free(vm->events, TRUE);
     g_array_free(vm->logs, TRUE);
+    g_array_free(vm->checks, TRUE);
+    g_array_free(vm->enables, TRUE);
     g_hash_table_destroy(vm->per_name);
     g_hash_table_destroy(vm->suppressed);
     g_mutex_clear(&vm->lock);
@@ -379,6 +424,10 @@ void fh_vm_set_host_size(FhVm *vm, uint32_t size) { vm->host_size = size; }
 void fh_vm_set_host_callbacks(FhVm *vm, bool with_log, bool with_event) {
     vm->with_log = with_log;
     vm->with_event = with_event;
+}
+void fh_vm_set_host_kvm(FhVm *vm, bool with_kvm, bool with_apply_verdict) {
+    vm->with_kvm = with_kvm;
+    vm->with_apply_verdict = with_apply_verdict;
 }
 void fh_vm_set_event_capacity(FhVm *vm, uint32_t capacity) { vm->event_capacity = capacity; }
 void fh_vm_set_log_capacity(FhVm *vm, uint32_t capacity) { vm->log_capacity = capacity; }
@@ -417,6 +466,9 @@ int fh_vm_create_plugin_argv(FhVm *vm, int argc, const char *const *argv) {
     buffer.host.context = vm->context;
     buffer.host.log = vm->with_log ? on_log : NULL;
     buffer.host.event = vm->with_event ? on_event : NULL;
+    buffer.host.check_extension = vm->with_kvm ? on_check_extension : NULL;
+    buffer.host.enable_cap = vm->with_kvm ? on_enable_cap : NULL;
+    buffer.host.apply_verdict = vm->with_apply_verdict ? on_apply_verdict : NULL;
     vm->host = buffer.host;
     char *error = NULL;
     vm->plugin = vm->api->plugin_new(&buffer.host, argc, argv, &error);
@@ -454,36 +506,47 @@ int fh_vm_enable_caps(FhVm *vm) {
         set_error(vm, "fake-vmm: no plugin");
         return -1;
     }
+    char *error = NULL;
+    int r = vm->api->enable_caps(vm->plugin, &error);
+    set_error(vm, error ? error : "");
+    vm->api->free_string(error);
+    /* Per kind, what KVM_ENABLE_CAP answered for the capability the plugin
+       verified, if it asked for it. */
     static const HekiExitKind kinds[2] = {HEKI_EXIT_CONFIGURE, HEKI_EXIT_DENIAL};
     for (int i = 0; i < 2; i++) {
-        uint64_t mask = vm->api->cap_mask(vm->plugin, kinds[i]);
-        if (mask == 0) {
-            vm->cap_kvm[i] = vm->cap_plugin[i] = FH_CAP_SKIPPED;
-            continue;
-        }
         uint32_t cap = vm->api->cap_number(vm->plugin, kinds[i]);
-        int r = fk_enable_cap(vm->kernel, cap, mask);
-        vm->cap_kvm[i] = r;
-        int pr = vm->api->cap_result(vm->plugin, kinds[i], r);
-        vm->cap_plugin[i] = pr;
-        if (pr == -1) {
-            char *msg = g_strdup_printf("fake-vmm: plugin refuses to start: KVM_ENABLE_CAP(%u, "
-                                        "0x%" G_GINT64_MODIFIER "x) = %d for %s",
-                                        cap, (guint64)mask, r,
-                                        i == 0 ? "configure" : "denial");
-            set_error(vm, msg);
-            g_free(msg);
-            return -1;
-        }
+        vm->cap_kvm[i] = FH_CAP_SKIPPED;
+        for (guint j = 0; cap && j < vm->enables->len; j++)
+            if (g_array_index(vm->enables, FhEnableCall, j).cap == cap)
+                vm->cap_kvm[i] = g_array_index(vm->enables, FhEnableCall, j).result;
     }
-    return 0;
+    return r;
 }
 
 int fh_vm_cap_kvm_result(FhVm *vm, HekiExitKind kind) {
     return (unsigned)kind < 2 ? vm->cap_kvm[kind] : FH_CAP_NOT_TRIED;
 }
-int fh_vm_cap_plugin_result(FhVm *vm, HekiExitKind kind) {
-    return (unsigned)kind < 2 ? vm->cap_plugin[kind] : FH_CAP_NOT_TRIED;
+
+uint32_t fh_vm_check_call_count(FhVm *vm) { return vm->checks->len; }
+FhCheckCall fh_vm_check_call(FhVm *vm, uint32_t index) {
+    FhCheckCall none = {0, 0};
+    return index < vm->checks->len ? g_array_index(vm->checks, FhCheckCall, index) : none;
+}
+uint32_t fh_vm_enable_call_count(FhVm *vm) { return vm->enables->len; }
+FhEnableCall fh_vm_enable_call(FhVm *vm, uint32_t index) {
+    FhEnableCall none = {0, 0, 0};
+    return index < vm->enables->len ? g_array_index(vm->enables, FhEnableCall, index) : none;
+}
+
+void fh_vm_start(FhVm *vm) {
+    if (vm->plugin)
+        vm->api->start(vm->plugin);
+}
+
+uint64_t fh_vm_applied_verdicts(FhVm *vm, int verdict) {
+    int slot = (verdict >= HEKI_VERDICT_NOT_HEKI && verdict <= HEKI_VERDICT_EXIT) ? verdict + 1
+                                                                                 : FH_VERDICT_INVALID + 1;
+    return vm->applied[slot];
 }
 
 uint32_t fh_vm_exit_number(FhVm *vm, HekiExitKind kind) {
@@ -587,11 +650,6 @@ void fh_vm_clear_programs(FhVm *vm) {
         vm->vcpus[i]->pc = 0;
         vm->vcpus[i]->done = 0;
     }
-}
-
-static void request_stop(FhVm *vm, int verdict) {
-    int expected = FH_STOP_NONE;
-    atomic_compare_exchange_strong(&vm->stop, &expected, verdict);
 }
 
 /* One guest instruction of the op; FK_EXIT when the VMM must look at run. */

@@ -258,7 +258,7 @@ final class FakeHostKernelTests: XCTestCase {
         XCTAssertEqual(fk_vm_denial_mask(k.vm), 2)
         XCTAssertEqual(fk_enable_cap(k.vm, 237, 3), -22, "not a Heki cap under v2")
         let v3 = KernelFixture(fk_profile(FK_PROFILE_V3))
-        XCTAssertEqual(fk_check_extension(v3.vm, 235), 0)
+        XCTAssertEqual(fk_check_extension(v3.vm, 235), 1, "KVM_CAP_VM_TYPES: older than v3's caps")
         XCTAssertEqual(fk_check_extension(v3.vm, 237), 3)
         XCTAssertEqual(fk_enable_cap(v3.vm, 235, 3), -22)
         XCTAssertEqual(fk_enable_cap(v3.vm, 237, 3), 0)

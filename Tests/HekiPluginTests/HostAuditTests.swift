@@ -37,7 +37,7 @@ final class HostAuditTests: XCTestCase {
         let path = dir.appendingPathComponent("audit.jsonl").path
         let t = try lifetime(path, name: "audit")
         let events = t.events
-        XCTAssertEqual(events.count, 5, "2 capability, configure, denial, malformed")
+        XCTAssertEqual(events.count, 6, "the kernel check, 2 capability, configure, denial, malformed")
         let written = try lines(path)
         XCTAssertEqual(written.count, events.count)
         let iso = try NSRegularExpression(pattern: #"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$"#)
@@ -60,7 +60,7 @@ final class HostAuditTests: XCTestCase {
         let path = dir.appendingPathComponent("audit.jsonl").path
         _ = try lifetime(path, name: "first")
         let first = try lines(path).count
-        XCTAssertEqual(first, 5)
+        XCTAssertEqual(first, 6)
         _ = try lifetime(path, name: "second")
         let all = try lines(path)
         XCTAssertEqual(all.count, 2 * first)
@@ -75,7 +75,7 @@ final class HostAuditTests: XCTestCase {
         _ = try lifetime(path, name: "x")
         let all = try lines(path)
         XCTAssertEqual(all.first, "{\"older\":true}")
-        XCTAssertEqual(all.count, 6)
+        XCTAssertEqual(all.count, 7)
     }
 
     func testSymlinkIsRefused() throws {

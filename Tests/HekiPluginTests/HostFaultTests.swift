@@ -137,7 +137,7 @@ final class HostFaultTests: XCTestCase {
         t.freePlugin()
         XCTAssertEqual(t.count("HEKI_DENIAL") + t.suppressed("HEKI_DENIAL"), total, "exact when the loop resumes")
         XCTAssertEqual(t.suppressed("HEKI_DENIAL"), pendingSuppressed)
-        XCTAssertEqual(t.count("HEKI_CAPABILITY"), 2)
+        XCTAssertEqual(t.count("HEKI_CAPABILITY"), 3)
         XCTAssertEqual(fh_vm_callback_violations(t.vm), 0)
     }
 
@@ -218,7 +218,7 @@ final class HostFaultTests: XCTestCase {
                 fh_vm_forget_plugin(t.vm) // freed by the callback: the harness must not free it again
             }
             fh_vm_set_event_hook(t.vm, nil, nil)
-            XCTAssertEqual(t.count("HEKI_CAPABILITY"), 2, path)
+            XCTAssertEqual(t.count("HEKI_CAPABILITY"), 3, path)
             XCTAssertEqual(t.count("HEKI_CONFIGURE"), 1, path)
             XCTAssertEqual(t.count("HEKI_DENIAL") + t.suppressed("HEKI_DENIAL"), 10, path)
             XCTAssertEqual(UInt64(Self.freeCalls), fh_vm_event_total(t.vm), path)

@@ -251,7 +251,7 @@ final class HostHarnessTests: XCTestCase {
         done.wait()
         let t = try XCTUnwrap(box.vm)
         t.freePlugin() // here, on another thread: the HEKI_CAPABILITY callbacks
-        XCTAssertEqual(t.count("HEKI_CAPABILITY"), 2)
+        XCTAssertEqual(t.count("HEKI_CAPABILITY"), 3)
         XCTAssertEqual(fh_vm_callback_violations(t.vm), fh_vm_event_total(t.vm) + fh_vm_log_total(t.vm))
         XCTAssertGreaterThan(fh_vm_callback_violations(t.vm), 0)
     }

@@ -2,6 +2,7 @@
 // of every entry point; handle_exit from many threads while the loop
 // dispatches and another thread queries; every denial-storm shape with the
 // exact-accounting guarantee.
+import CBridge  // HEKI_* constants: which module owns the shared header varies by build
 import FakeHost
 import Foundation
 import XCTest
@@ -44,6 +45,12 @@ final class HostHostileTests: XCTestCase {
         XCTAssertEqual(api.cap_number!(nil, HEKI_EXIT_DENIAL), 0)
         XCTAssertEqual(api.cap_mask!(nil, HEKI_EXIT_DENIAL), 0)
         XCTAssertEqual(api.cap_result!(nil, HEKI_EXIT_CONFIGURE, 0), -1)
+        var enableError: UnsafeMutablePointer<CChar>? = nil
+        XCTAssertEqual(api.enable_caps!(nil, &enableError), -1)
+        XCTAssertEqual(enableError.map { String(cString: $0) }, "heki-plugin: plugin is NULL")
+        api.free_string!(enableError)
+        XCTAssertEqual(api.enable_caps!(nil, nil), -1)
+        api.start!(nil)
         XCTAssertEqual(api.handle_exit!(nil, 0, nil), HEKI_VERDICT_NOT_HEKI)
         XCTAssertEqual(api.handle_exit!(plugin, 0, nil), HEKI_VERDICT_NOT_HEKI)
         XCTAssertNil(api.query!(nil))

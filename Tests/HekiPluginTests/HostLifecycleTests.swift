@@ -19,7 +19,7 @@ final class HostLifecycleTests: XCTestCase {
         for _ in 0..<20 { XCTAssertEqual(exit(t, number: 40, reason: 2, value: 0), verdictResume) }
         XCTAssertEqual(t.count("HEKI_DENIAL"), 0, "nothing is delivered before the loop runs")
         t.freePlugin()
-        XCTAssertEqual(t.count("HEKI_CAPABILITY"), 2)
+        XCTAssertEqual(t.count("HEKI_CAPABILITY"), 3)
         XCTAssertEqual(t.count("HEKI_DENIAL"), 5)
         XCTAssertEqual(t.suppressed("HEKI_DENIAL"), 15)
     }
@@ -49,11 +49,12 @@ final class HostLifecycleTests: XCTestCase {
         XCTAssertEqual(Self.deepestHook, 1, "an event callback ran inside another")
         XCTAssertNil(fh_vm_plugin(t.vm))
         XCTAssertEqual(t.events.map(\.name),
-                       ["HEKI_CAPABILITY", "HEKI_CAPABILITY", "HEKI_CONFIGURE", "HEKI_CONFIGURE", "HEKI_DENIAL"])
+                       ["HEKI_CAPABILITY", "HEKI_CAPABILITY", "HEKI_CAPABILITY", "HEKI_CONFIGURE", "HEKI_CONFIGURE",
+                        "HEKI_DENIAL"])
         XCTAssertEqual(fh_vm_callback_violations(t.vm), 0)
         // The source is gone from the context: iterating again dispatches nothing.
         fh_vm_run_loop_ms(t.vm, 20)
-        XCTAssertEqual(t.events.count, 5)
+        XCTAssertEqual(t.events.count, 6)
     }
 
     func testTwoPluginsInOneProcessKeepTheirOwnLedgers() throws {

@@ -310,14 +310,46 @@ final class HostPolicyTests: XCTestCase {
         fh_vm_set_host_size(zero.vm, 0)
         XCTAssertFalse(zero.create([]))
         let oneShort = TestVM(lib: lib)
-        fh_vm_set_host_size(oneShort.vm, UInt32(MemoryLayout<HekiHost>.size - 1))
+        fh_vm_set_host_size(oneShort.vm, HEKI_HOST_SIZE_1_0 - 1)
         XCTAssertFalse(oneShort.create([]))
+        XCTAssertEqual(oneShort.error, "heki-plugin: HekiHost.size is 39 bytes; ABI version 1 needs at least 40")
         let larger = TestVM(lib: lib)
         fh_vm_set_host_size(larger.vm, UInt32(MemoryLayout<HekiHost>.size + 64))
         XCTAssertTrue(larger.create([]), larger.error)
         XCTAssertEqual(larger.enableCaps(), 0)
         larger.freePlugin()
-        XCTAssertEqual(larger.count("HEKI_CAPABILITY"), 2, "the callbacks of a larger struct work")
+        XCTAssertEqual(larger.count("HEKI_CAPABILITY"), 3, "the callbacks of a larger struct work")
+        XCTAssertEqual(HEKI_HOST_SIZE_1_1, UInt32(MemoryLayout<HekiHost>.size))
+    }
+
+    /// A heki-plugin 1.0 host (its struct ends at `event`) cannot give
+    /// KVM_CHECK_EXTENSION's answers: the plugin reads none of the fields
+    /// past its size, enables nothing, claims nothing and says so once.
+    func testHostOfVersion1_0EnablesNothing() throws {
+        let lib = try PluginLibrary.require()
+        let t = TestVM(lib: lib)
+        fh_vm_set_host_size(t.vm, HEKI_HOST_SIZE_1_0)
+        XCTAssertTrue(t.create(["abi=v2", "vm-name=old"]), t.error)
+        XCTAssertEqual(fh_vm_cap_mask(t.vm, HEKI_EXIT_CONFIGURE), 0, "a 1.0 host enables a cap only when its mask is not 0")
+        XCTAssertEqual(fh_vm_cap_mask(t.vm, HEKI_EXIT_DENIAL), 0)
+        XCTAssertEqual(t.enableCaps(), -1)
+        XCTAssertTrue(t.error.contains("HekiHost.check_extension"), t.error)
+        XCTAssertEqual(fh_vm_check_call_count(t.vm), 0, "the callbacks past the 1.0 size are not read")
+        XCTAssertEqual(fh_vm_enable_call_count(t.vm), 0)
+        t.raw(exit: 39, words: payload(reason: 1, value: GuestCR0.wp))
+        XCTAssertEqual(t.run(), FH_STOP_NONE)
+        XCTAssertEqual(t.verdicts(verdictNotHeki), 1)
+        XCTAssertEqual(t.query().object("kernel")?.string("status"), "host-cannot-check")
+        t.freePlugin()
+        XCTAssertEqual(t.count("HEKI_CAPABILITY"), 1)
+        XCTAssertEqual(t.events("HEKI_CAPABILITY").first?.string("status"), "host-cannot-check")
+        XCTAssertEqual(t.count("HEKI_MALFORMED_EXIT"), 0)
+        XCTAssertEqual(t.logs.filter { $0.contains("nothing enabled") }.count, 1, "\(t.logs)")
+        // require-caps=on cannot be honoured by such a host: refused at once.
+        let strict = TestVM(lib: lib)
+        fh_vm_set_host_size(strict.vm, HEKI_HOST_SIZE_1_0)
+        XCTAssertFalse(strict.create(["require-caps=on"]))
+        XCTAssertTrue(strict.error.hasPrefix("heki-plugin: require-caps: on needs a host"), strict.error)
     }
 
     func testWithoutCallbacks() throws {

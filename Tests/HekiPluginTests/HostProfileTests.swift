@@ -21,13 +21,34 @@ final class HostProfileTests: XCTestCase {
         XCTAssertEqual(fh_vm_gp_total(t.vm), 1, file: file, line: line)
     }
 
-    func testDefaultProfileIsV2() throws {
+    /// The HEKI_CAPABILITY events of the kernel check (the ones without "kind").
+    private func kernelEvents(_ t: TestVM) -> [[String: Any]] {
+        t.events("HEKI_CAPABILITY").filter { $0["kind"] == nil }
+    }
+
+    func testAutoIsTheDefaultAndFindsAV2Kernel() throws {
         let t = try TestVM.started([])
         XCTAssertEqual(numbers(t), [39, 40, 235, 236, 3, 3])
         pinAndDeny(t)
+        let q = t.query()
+        XCTAssertEqual(q.string("abi"), "auto")
+        XCTAssertEqual(q.string("profile"), "v2")
+        XCTAssertEqual(q.object("kernel")?.string("status"), "heki")
         t.freePlugin()
         XCTAssertEqual(t.events("HEKI_CONFIGURE").first?.int("exit-reason"), 39)
         XCTAssertEqual(t.events("HEKI_DENIAL").first?.int("exit-reason"), 40)
+        let check = kernelEvents(t)
+        XCTAssertEqual(check.count, 1)
+        XCTAssertEqual(check.first?.string("status"), "heki")
+        XCTAssertEqual(check.first?.string("profile"), "v2")
+        XCTAssertEqual(check.first?.string("abi"), "auto")
+    }
+
+    func testAutoFindsAV3Kernel() throws {
+        let t = try TestVM.started([], kernel: fk_profile(FK_PROFILE_V3))
+        XCTAssertEqual(numbers(t), [40, 41, 236, 237, 3, 3])
+        pinAndDeny(t)
+        XCTAssertEqual(t.query().string("profile"), "v3")
     }
 
     func testV2Profile() throws {
@@ -72,7 +93,7 @@ final class HostProfileTests: XCTestCase {
         kernel.exit_denial = 81
         kernel.cap_configure = 300
         kernel.cap_denial = 301
-        let t = try TestVM.started(["exit-configure=0x50", "exit-denial=81", "cap-configure=300",
+        let t = try TestVM.started(["abi=v2", "exit-configure=0x50", "exit-denial=81", "cap-configure=300",
                                     "cap-denial=0x12d"], kernel: kernel)
         XCTAssertEqual(numbers(t), [80, 81, 300, 301, 3, 3])
         pinAndDeny(t)
@@ -88,8 +109,10 @@ final class HostProfileTests: XCTestCase {
     }
 
     func testOverrideOnTopOfV3() throws {
-        let t = TestVM(lib: try PluginLibrary.require())
+        let t = TestVM(lib: try PluginLibrary.require(), kernel: fk_profile(FK_PROFILE_V3))
         XCTAssertTrue(t.create(["abi=v3", "exit-denial=99"]), t.error)
+        XCTAssertEqual(numbers(t), [0, 0, 0, 0, 0, 0], "nothing is named before the kernel is checked")
+        XCTAssertEqual(t.enableCaps(), 0, t.error)
         XCTAssertEqual(numbers(t), [40, 99, 236, 237, 3, 3])
     }
 
@@ -122,8 +145,8 @@ final class HostProfileTests: XCTestCase {
                 t.freePlugin()
                 XCTAssertEqual(t.count("HEKI_CONFIGURE"), expectedConfigure)
                 XCTAssertEqual(t.count("HEKI_DENIAL"), expectedDenial)
-                XCTAssertEqual(t.count("HEKI_CAPABILITY"), UInt64((cmask != 0 ? 1 : 0) + (dmask != 0 ? 1 : 0)),
-                               "a kind with mask 0 is not reported")
+                XCTAssertEqual(t.count("HEKI_CAPABILITY"), UInt64(1 + (cmask != 0 ? 1 : 0) + (dmask != 0 ? 1 : 0)),
+                               "the kernel check, then each KVM_ENABLE_CAP; a kind with mask 0 is not enabled")
                 let registers = Set(t.events("HEKI_CONFIGURE").compactMap { $0.string("register") })
                 XCTAssertEqual(registers, Set((cmask & 1 != 0 ? ["cr0"] : []) + (cmask & 2 != 0 ? ["cr4"] : [])))
             }
@@ -143,8 +166,8 @@ final class HostProfileTests: XCTestCase {
         let q = t.query()
         XCTAssertEqual(q.object("counters")?.int("malformed-exit"), 0)
         t.freePlugin()
-        XCTAssertEqual(fh_vm_event_total(t.vm), 2, "only the two HEKI_CAPABILITY events")
-        XCTAssertEqual(t.count("HEKI_CAPABILITY"), 2)
+        XCTAssertEqual(fh_vm_event_total(t.vm), 3, "only the HEKI_CAPABILITY events")
+        XCTAssertEqual(t.count("HEKI_CAPABILITY"), 3)
     }
 
     func testExit39IsMemoryFaultUnderV3() throws {
@@ -158,18 +181,27 @@ final class HostProfileTests: XCTestCase {
         XCTAssertEqual(t.count("HEKI_CONFIGURE"), 0)
     }
 
-    func testExitsAreNotClaimedBeforeTheCapabilityIsReported() throws {
+    func testExitsAreNotClaimedBeforeEnableCaps() throws {
         let t = TestVM(lib: try PluginLibrary.require())
-        XCTAssertTrue(t.create([]), t.error)
+        XCTAssertTrue(t.create(["abi=v2", "denial-exits=none"]), t.error)
         let run = fh_vm_vcpu_run(t.vm, 0)!
         var words = payload(reason: 1, value: GuestCR0.wp)
         fk_run_write_raw(run, 39, &words)
         XCTAssertEqual(fh_vm_handle_exit(t.vm, 0, run), verdictNotHeki)
-        XCTAssertEqual(fh_vm_cap_result(t.vm, HEKI_EXIT_CONFIGURE, 0), 0)
+        // ABI 1.0's report claims nothing by itself: the kernel is unchecked.
+        XCTAssertEqual(fh_vm_cap_result(t.vm, HEKI_EXIT_CONFIGURE, 0), -1)
+        XCTAssertEqual(fh_vm_handle_exit(t.vm, 0, run), verdictNotHeki)
+        XCTAssertEqual(t.enableCaps(), 0, t.error)
         XCTAssertEqual(fh_vm_handle_exit(t.vm, 0, run), verdictResume)
-        // The denial kind is still unclaimed.
+        XCTAssertEqual(fh_vm_cap_result(t.vm, HEKI_EXIT_CONFIGURE, 0), 0)
+        XCTAssertEqual(fh_vm_cap_result(t.vm, HEKI_EXIT_DENIAL, 0), -1, "denial-exits=none: not enabled")
+        // The denial kind is unclaimed: silently the host's.
         fk_run_write_raw(run, 40, &words)
         XCTAssertEqual(fh_vm_handle_exit(t.vm, 0, run), verdictNotHeki)
+        XCTAssertEqual(t.query().object("counters")?.int("malformed-exit"), 0)
+        // A second check is refused.
+        XCTAssertEqual(t.enableCaps(), -1)
+        XCTAssertEqual(t.error, "heki-plugin: heki_plugin_enable_caps was already called")
         // NULL run / NULL plugin through the raw table.
         let api = fh_vm_api(t.vm)!.pointee
         XCTAssertEqual(api.handle_exit!(fh_vm_plugin(t.vm), 0, nil), HEKI_VERDICT_NOT_HEKI)
@@ -194,50 +226,48 @@ final class HostProfileTests: XCTestCase {
         XCTAssertEqual(t.verdicts(verdictNotHeki), 2)
         let q = t.query()
         XCTAssertEqual(q.object("exits")?.object("configure")?.bool("enabled"), false)
-        XCTAssertEqual(q.object("counters")?.int("malformed-exit"), 2)
+        XCTAssertEqual(q.object("counters")?.int("malformed-exit"), 0, "unclaimed numbers are the host's, silently")
         t.freePlugin()
-        let malformed = t.events("HEKI_MALFORMED_EXIT")
-        XCTAssertEqual(malformed.count, 2)
-        XCTAssertEqual(malformed.map { $0.string("problem") }, ["capability-not-enabled", "capability-not-enabled"])
-        XCTAssertEqual(malformed.map { $0.string("kind") }, ["configure", "denial"])
-        XCTAssertEqual(malformed.first?.string("vm-name"), "noheki")
-        XCTAssertEqual(malformed.first?.string("verdict"), "not-heki")
-        let caps = t.events("HEKI_CAPABILITY")
+        XCTAssertEqual(t.count("HEKI_MALFORMED_EXIT"), 0)
+        // CHECK_EXTENSION answers like Heki without CONFIG_HEKI; only
+        // KVM_ENABLE_CAP tells.
+        XCTAssertEqual(kernelEvents(t).first?.string("status"), "heki")
+        let caps = t.events("HEKI_CAPABILITY").filter { $0["kind"] != nil }
         XCTAssertEqual(caps.count, 2)
         XCTAssertEqual(caps.first?.int("result"), -22)
         XCTAssertEqual(caps.first?.bool("enabled"), false)
         XCTAssertEqual(caps.first?.bool("required"), false)
+        XCTAssertEqual(caps.first?.string("vm-name"), "noheki")
     }
 
-    func testOneCapabilityRefused() throws {
-        // The plugin names a cap the kernel does not know: KVM says -EINVAL.
-        let t = try TestVM.started(["cap-configure=999"])
-        XCTAssertEqual(fh_vm_cap_kvm_result(t.vm, HEKI_EXIT_CONFIGURE), -22)
-        XCTAssertEqual(fh_vm_cap_kvm_result(t.vm, HEKI_EXIT_DENIAL), 0)
+    /// An overridden capability must answer like a Heki capability itself;
+    /// one that does not stops the whole profile, not only its kind.
+    func testAnOverrideCapThatIsNotHekiEnablesNothing() throws {
+        let t = try TestVM.started(["abi=v2", "cap-configure=999"])
+        XCTAssertEqual(numbers(t), [0, 0, 0, 0, 0, 0])
+        XCTAssertEqual(fh_vm_enable_call_count(t.vm), 0, "no KVM_ENABLE_CAP at all")
+        XCTAssertEqual((0..<fh_vm_check_call_count(t.vm)).map { fh_vm_check_call(t.vm, $0).cap }, [235, 236, 237, 999])
         t.raw(exit: 39, words: payload(reason: 1, value: GuestCR0.wp))
-        t.pin(cr: 0, GuestCR0.wp)  // the kernel has no configure mask: no exit
-        t.write(cr: 0, 0)     // denial: claimed
+        t.write(cr: 0, 0)
         t.run()
         XCTAssertEqual(t.verdicts(verdictNotHeki), 1)
-        XCTAssertEqual(t.verdicts(verdictResume), 1)
+        XCTAssertEqual(fh_vm_exits(t.vm), 1, "no denial cap: the kernel injects the #GP itself")
         t.freePlugin()
-        XCTAssertEqual(t.events("HEKI_MALFORMED_EXIT").first?.string("problem"), "capability-not-enabled")
-        // The plugin learnt no pin from a CONFIGURE exit: violated = pinned & ~value = 0.
-        let denial = t.events("HEKI_DENIAL").first
-        XCTAssertEqual(denial?.string("value"), "0x0")
-        XCTAssertEqual(denial?.string("register"), "cr0")
+        XCTAssertEqual(kernelEvents(t).first?.string("status"), "mismatch")
+        XCTAssertEqual(t.count("HEKI_MALFORMED_EXIT"), 0)
+        XCTAssertTrue(t.logs.contains { $0.contains("capabilities 999/236 do not answer 3") }, "\(t.logs)")
     }
 
-    func testRequireCapsMakesCapResultFail() throws {
+    func testRequireCapsStopsTheVMMWhenKVMRefuses() throws {
         for on in ["on", "yes", "true"] {
             let t = TestVM(lib: try PluginLibrary.require())
             fk_vm_set_heki_built(t.kernel, false)
             XCTAssertTrue(t.create(["require-caps=\(on)"]), t.error)
             XCTAssertEqual(t.enableCaps(), -1)
-            XCTAssertEqual(fh_vm_cap_plugin_result(t.vm, HEKI_EXIT_CONFIGURE), -1)
-            XCTAssertEqual(fh_vm_cap_plugin_result(t.vm, HEKI_EXIT_DENIAL), FH_CAP_NOT_TRIED, "the host stopped")
+            XCTAssertEqual(t.error, "heki-plugin: require-caps=on: KVM refused capability 235 (heki configure, mask cr0+cr4): Invalid argument (-22)")
+            XCTAssertEqual(fh_vm_cap_kvm_result(t.vm, HEKI_EXIT_CONFIGURE), -22)
             t.freePlugin()
-            let cap = t.events("HEKI_CAPABILITY").first
+            let cap = t.events("HEKI_CAPABILITY").first { $0["kind"] != nil }
             XCTAssertEqual(cap?.bool("required"), true)
             XCTAssertEqual(cap?.bool("enabled"), false)
             XCTAssertEqual(cap?.int("result"), -22)
@@ -251,14 +281,14 @@ final class HostProfileTests: XCTestCase {
         }
         // Required and granted: fine.
         let ok = try TestVM.started(["require-caps=on"])
-        XCTAssertEqual(fh_vm_cap_plugin_result(ok.vm, HEKI_EXIT_DENIAL), 0)
+        XCTAssertEqual(fh_vm_cap_kvm_result(ok.vm, HEKI_EXIT_DENIAL), 0)
     }
 
     func testCapabilityEventFields() throws {
         let t = try TestVM.started(["configure-exits=cr4", "vm-name=caps"])
         t.freePlugin()
         let caps = t.events("HEKI_CAPABILITY")
-        XCTAssertEqual(caps.count, 2)
+        XCTAssertEqual(caps.count, 3)
         let configure = caps.first { $0.string("kind") == "configure" }
         XCTAssertEqual(configure?.int("capability"), 235)
         XCTAssertEqual(configure?.string("mask"), "0x2")

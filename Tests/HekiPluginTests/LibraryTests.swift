@@ -14,6 +14,7 @@ final class LibraryTests: XCTestCase {
         "heki_plugin_abi_version", "heki_plugin_new", "heki_plugin_free", "heki_plugin_free_string",
         "heki_plugin_exit_number", "heki_plugin_cap_number", "heki_plugin_cap_mask",
         "heki_plugin_cap_result", "heki_plugin_handle_exit", "heki_plugin_query",
+        "heki_plugin_enable_caps", "heki_plugin_start",
     ]
 
     /// Global dynamic symbols: exactly the C ABI. (A debug build also lists
@@ -125,12 +126,22 @@ final class LibraryTests: XCTestCase {
         try """
         #include <heki_plugin.h>
         #include <stdio.h>
+        /* A Heki v3 kernel's answers: 235 is VM_TYPES, 236/237 are Heki's. */
+        static int check(void *opaque, uint32_t cap) {
+            (void)opaque;
+            return cap == 235 ? 1 : cap == 236 || cap == 237 ? 3 : 0;
+        }
+        static int enable(void *opaque, uint32_t cap, uint64_t mask) {
+            (void)opaque;
+            return (cap == 236 || cap == 237) && mask == 3 ? 0 : -22;
+        }
         int main(void) {
             char *error = NULL;
             const char *argv[] = { "abi=v3" };
-            HekiHost host = { sizeof host, NULL, NULL, NULL, NULL };
+            HekiHost host = { .size = sizeof host, .check_extension = check, .enable_cap = enable };
             HekiPlugin *plugin = heki_plugin_new(&host, 1, argv, &error);
             if (!plugin) { fprintf(stderr, "%s\\n", error); return 1; }
+            if (heki_plugin_enable_caps(plugin, &error) != 0) { fprintf(stderr, "%s\\n", error); return 1; }
             printf("abi %u exit %u\\n", heki_plugin_abi_version(),
                    heki_plugin_exit_number(plugin, HEKI_EXIT_DENIAL));
             heki_plugin_free(plugin);

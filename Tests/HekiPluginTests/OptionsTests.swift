@@ -18,9 +18,9 @@ import Testing
 
     @Test func defaults() throws {
         let config = try parse()
-        #expect(config.profile.name == "v2")
-        #expect(config.exitConfigure == 39 && config.exitDenial == 40)
-        #expect(config.capConfigure == 235 && config.capDenial == 236)
+        #expect(config.abi == nil && config.abiName == "auto", "the kernel's answers pick the profile")
+        #expect(!config.overridesCaps)
+        #expect(config.pinDeadline == 60)
         #expect(config.configureExits == .all && config.denialExits == .all)
         #expect(config.onDenial == .resume && config.onWeakPinning == .resume)
         #expect(Policy(config: config).onDenial(.cr0) == .resume && Policy(config: config).onDenial(.cr4) == .resume)
@@ -29,30 +29,63 @@ import Testing
         #expect(config.vmName == nil && config.auditLogPath == nil)
     }
 
-    @Test func profiles() throws {
+    private func numbers(_ config: Configuration) -> [UInt32] {
+        let numbers = config.numbers(for: config.abi ?? .v2)
+        return [numbers.exitConfigure, numbers.exitDenial, numbers.capConfigure, numbers.capDenial]
+    }
+
+    @Test func explicitProfilesNameTheirNumbers() throws {
         let v3 = try parse("abi=v3")
-        #expect([v3.exitConfigure, v3.exitDenial, v3.capConfigure, v3.capDenial] == [40, 41, 236, 237])
+        #expect(v3.abi == .v3 && numbers(v3) == [40, 41, 236, 237])
         let v2 = try parse("abi=v2")
-        #expect([v2.exitConfigure, v2.exitDenial, v2.capConfigure, v2.capDenial] == [39, 40, 235, 236])
-        #expect(error("abi=v4") == "heki-plugin: abi: 'v4' is not one of v2, v3")
+        #expect(v2.abi == .v2 && numbers(v2) == [39, 40, 235, 236])
+        #expect(try parse("abi=auto").abi == nil)
+        #expect(error("abi=v4") == "heki-plugin: abi: 'v4' is not one of auto, v2, v3")
     }
 
     @Test func overridesApplyWhateverTheOrder() throws {
         let config = try parse("exit-configure=0x50", "abi=v3", "exit-denial=81", "cap-configure=300", "cap-denial=0x12d")
-        #expect(config.profile.name == "v3")
-        #expect([config.exitConfigure, config.exitDenial, config.capConfigure, config.capDenial] == [80, 81, 300, 301])
+        #expect(config.abi == .v3 && config.overridesCaps)
+        #expect(numbers(config) == [80, 81, 300, 301])
+        #expect(!(try parse("abi=v2", "exit-denial=50")).overridesCaps, "an exit override keeps the profile's caps")
+    }
+
+    /// Under abi=auto the kernel picks the profile: an override of one of
+    /// its numbers would override nobody knows what.
+    @Test(arguments: ["exit-configure=80", "exit-denial=81", "cap-configure=300", "cap-denial=301"])
+    func numberOverridesNeedAnExplicitProfile(_ option: String) {
+        let key = String(option.prefix { $0 != "=" })
+        #expect(error(option) == "heki-plugin: \(key): overrides a profile's number: name the profile with abi=v2|v3")
+        #expect(error("abi=auto", option) != nil)
     }
 
     @Test(arguments: ["", "x", "-1", "+5", "0x", "4294967296", "0x1ffffffff", "1.5", " 4"])
     func badNumbers(_ value: String) {
-        let message = error("exit-configure=\(value)")
+        let message = error("abi=v2", "exit-configure=\(value)")
         #expect(message?.hasPrefix("heki-plugin: exit-configure: ") == true)
         #expect(message?.contains("decimal or 0x-hex") == true)
     }
 
     @Test func exitAndCapNumbersMustDiffer() {
-        #expect(error("exit-configure=40")?.contains("exit-denial") == true)
+        #expect(error("abi=v2", "exit-configure=40")?.contains("exit-denial") == true)
         #expect(error("abi=v3", "cap-denial=236")?.contains("cap-denial") == true)
+    }
+
+    @Test func pinDeadline() throws {
+        #expect(try parse("pin-deadline=1").pinDeadline == 1)
+        #expect(try parse("pin-deadline=86400").pinDeadline == 86_400)
+        #expect(try parse("pin-deadline=off").pinDeadline == nil)
+        for bad in ["0", "86401", "-1", "", "on", "1s"] {
+            #expect(error("pin-deadline=\(bad)") == "heki-plugin: pin-deadline: '\(bad)' is not off or a number of seconds from 1 to 86400")
+        }
+    }
+
+    /// require-cr4 accepts what the asked profile can pin; under abi=auto,
+    /// what any profile can (FRED is v3's).
+    @Test func fredRequirementFollowsTheProfile() throws {
+        #expect(error("abi=v2", "require-cr4=fred")?.hasPrefix("heki-plugin: require-cr4: ") == true)
+        #expect(try parse("abi=v3", "require-cr4=fred").requireCR4 == CR4.fred.rawValue)
+        #expect(try parse("require-cr4=fred").requireCR4 == CR4.fred.rawValue)
     }
 
     @Test func exitMasks() throws {
@@ -84,9 +117,9 @@ import Testing
         #expect(try parse("require-cr0=wp+pg").requireCR0 == (CR0.wp.rawValue | CR0.pg.rawValue))
         #expect(try parse("require-cr4=smep+smap+umip").requireCR4 == ([CR4.smep, .smap, .umip] as CR4).rawValue)
         #expect(try parse("require-cr4=none").requireCR4 == 0)
-        #expect(try parse("abi=v3", "require-cr4=fred").requireCR4 == CR4.fred.rawValue)
-        // FRED is not pinnable in v2; PKE is pinnable in no version.
-        #expect(error("require-cr4=fred")?.hasSuffix("among umip, fsgsbase, smep, smap, cet") == true)
+        // FRED is not pinnable in v2 (fredRequirementFollowsTheProfile);
+        // PKE is pinnable in no version.
+        #expect(error("abi=v2", "require-cr4=fred")?.hasSuffix("among umip, fsgsbase, smep, smap, cet") == true)
         #expect(error("require-cr4=pke")?.hasPrefix("heki-plugin: require-cr4: 'pke'") == true)
         #expect(error("require-cr0=smep")?.hasPrefix("heki-plugin: require-cr0: 'smep'") == true)
         #expect(error("require-cr0=wp+")?.contains("''") == true)

@@ -179,6 +179,9 @@ static int track_vcpu(EmuVm *vm, int vcpu_fd, unsigned long id) {
     return vcpu_fd;
 }
 
+/* Only the profile's two caps are the emulated patch's.  Every other number,
+   235..237 included (v2: 237, v3: 235), is the real kernel's to answer, as
+   the rest of a patched kernel would be. */
 static bool is_heki_cap(uint64_t cap) {
     return cap == emu_config.profile.cap_configure || cap == emu_config.profile.cap_denial;
 }
@@ -288,7 +291,7 @@ EXPORT int heki_emu_vm_info(int vm_fd, HekiEmuVmInfo *out) {
             .configure_mask = fk_vm_configure_mask(fk), .denial_mask = fk_vm_denial_mask(fk),
             .pinned_cr0 = fk_vm_pinned(fk, 0), .pinned_cr4 = fk_vm_pinned(fk, 4),
             .configure_exits = fk_vm_configure_exits(fk), .denial_exits = fk_vm_denial_exits(fk),
-            .denials = fk_vm_denials(fk),
+            .denials = fk_vm_denials(fk), .enable_cap_calls = fk_vm_enable_cap_calls_total(fk),
         };
         r = 0;
     }

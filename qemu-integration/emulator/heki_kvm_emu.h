@@ -18,6 +18,7 @@ typedef struct HekiEmuVmInfo {
     uint64_t configure_mask, denial_mask; /* enabled caps */
     uint64_t pinned_cr0, pinned_cr4;
     uint64_t configure_exits, denial_exits, denials; /* fk_vm_* counters */
+    uint64_t enable_cap_calls;            /* KVM_ENABLE_CAPs the model answered */
 } HekiEmuVmInfo;
 
 typedef struct HekiEmuVcpuInfo {

@@ -6,7 +6,9 @@
  * Plain C11 + <linux/kvm.h> + stdatomic; no GLib, no plugin dependency.
  * What is modelled, per the patch:
  *   - KVM_CHECK_EXTENSION / KVM_ENABLE_CAP of KVM_CAP_HEKI_CONFIGURE/_DENIAL
- *     (kvm_vm_ioctl_check_extension, kvm_vm_ioctl_enable_cap);
+ *     (kvm_vm_ioctl_check_extension, kvm_vm_ioctl_enable_cap), and of the
+ *     upstream capabilities that share their numbers 235..237, as the
+ *     kernel of each FkKernelKind answers them (a stock kernel included);
  *   - the KVM_HC_LOCK_CR_UPDATE hypercall (kvm_emulate_hypercall +
  *     heki_lock_cr + heki_exit_cr);
  *   - guest writes to CR0/CR4 (handle_cr / emulator_set_cr + heki_check_cr);
@@ -90,6 +92,7 @@ struct kvm_run;
 #define FK_KVM_EINVAL 22   /* KVM_EINVAL (= EINVAL) of <linux/kvm_para.h> */
 #define FK_KVM_ENOSYS 1000 /* KVM_ENOSYS: unknown hypercall number */
 #define FK_EINVAL 22       /* -EINVAL returned by the ioctls */
+#define FK_ENXIO 6         /* -ENXIO: KVM_ENABLE_CAP(237) without irqchip */
 #define FK_VMCALL_LENGTH 3 /* 0f 01 c1 */
 #define FK_MOV_CR_LENGTH 3 /* 0f 22 /r */
 
@@ -138,27 +141,77 @@ typedef struct FkVcpu FkVcpu;
 /* ---- VM ---------------------------------------------------------------- */
 
 /* A VM on a host whose CPU has host_cr0/host_cr4 (what __read_cr4() and
-   read_cr0() return in heki_lock_cr).  NULL profile: v2.  Heki is built in
-   (CONFIG_HEKI) until fk_vm_set_heki_built(vm, false). */
+   read_cr0() return in heki_lock_cr).  NULL profile: v2.  The kernel is a
+   Heki kernel (FK_KERNEL_HEKI) with Heki built in (CONFIG_HEKI) until
+   fk_vm_set_kernel() or fk_vm_set_heki_built(vm, false) says otherwise. */
 FkVm *fk_vm_new(const FkProfile *profile, uint64_t host_cr0, uint64_t host_cr4);
 /* Frees the VM; its vCPUs must have been freed. */
 void fk_vm_free(FkVm *vm);
 FkProfile fk_vm_profile(const FkVm *vm);
 uint64_t fk_vm_host_cr(const FkVm *vm, int cr);
 
-/* A kernel built without CONFIG_HEKI: KVM_ENABLE_CAP fails with -EINVAL for
-   the Heki caps, the hypercall does not exist (-KVM_ENOSYS) and no pin is
-   ever made, yet KVM_CHECK_EXTENSION still answers 3 (the switch case sits
-   outside #ifdef CONFIG_HEKI in the patch). */
+/* A Heki kernel (FK_KERNEL_HEKI) built without CONFIG_HEKI: KVM_ENABLE_CAP
+   fails with -EINVAL for the Heki caps, the hypercall does not exist
+   (-KVM_ENOSYS) and no pin is ever made, yet KVM_CHECK_EXTENSION still
+   answers 3 (the switch case sits outside #ifdef CONFIG_HEKI in the patch). */
 void fk_vm_set_heki_built(FkVm *vm, bool built);
 bool fk_vm_heki_built(const FkVm *vm);
 
-/* KVM_CHECK_EXTENSION: 3 (the valid mask) for either Heki cap, else 0. */
+/* Which kernel the VM runs on.  The numbers 235..237 mean Heki caps on a
+   Heki kernel and upstream ones on a stock kernel (stock 6.18: 235
+   KVM_CAP_VM_TYPES, 236 KVM_CAP_PRE_FAULT_MEMORY, 237
+   KVM_CAP_X86_APIC_BUS_CYCLES_NS). */
+typedef enum {
+    /* The Heki patch of the VM's profile.  It took the next free numbers, so
+       of the upstream caps 235..237 only those below the profile's lowest
+       Heki cap exist (v3: 235; v2: none; caps 300/301: all three), answered
+       as FK_KERNEL_STOCK does. */
+    FK_KERNEL_HEKI = 0,
+    /* No Heki: the profile's caps are not special, the hypercall is unknown
+       (-KVM_ENOSYS) and no Heki exit ever happens.  No in-kernel irqchip. */
+    FK_KERNEL_STOCK = 1,
+    /* FK_KERNEL_STOCK after KVM_CREATE_IRQCHIP: KVM_ENABLE_CAP(237) succeeds
+       and changes the VM's APIC bus cycle (what a wrong profile would do). */
+    FK_KERNEL_STOCK_IRQCHIP = 2
+} FkKernelKind;
+
+/* The kernel of the VM (FK_KERNEL_HEKI from fk_vm_new).  Set it before the
+   VMM asks for capabilities; an unknown value is taken as FK_KERNEL_STOCK. */
+void fk_vm_set_kernel(FkVm *vm, FkKernelKind kind);
+FkKernelKind fk_vm_kernel(const FkVm *vm);
+
+/* KVM_CHECK_EXTENSION.  FK_KERNEL_HEKI: 3 (the valid reason mask) for the
+   profile's two caps, with or without CONFIG_HEKI.  235..237 as upstream
+   where that cap exists: 235 -> 1 (BIT(KVM_X86_DEFAULT_VM)), 236 -> 0 (no
+   TDP on this machine's PVM), 237 -> 1 (APIC_BUS_CYCLE_NS_DEFAULT).  Any
+   other number: 0. */
 int fk_check_extension(const FkVm *vm, uint32_t cap);
-/* KVM_ENABLE_CAP(cap, args[0] = arg0): 0, or -EINVAL for unknown bits in
-   arg0, for a kernel without Heki, and for any cap that is not a Heki cap of
-   this profile.  Stores the mask (a later call replaces it). */
+/* KVM_ENABLE_CAP(cap, args[0] = arg0): 0 or -errno.  A profile's Heki cap
+   (FK_KERNEL_HEKI): -EINVAL for unknown bits in arg0 and without CONFIG_HEKI,
+   else 0 and the mask is stored (a later call replaces it).  235 and 236
+   cannot be enabled: -EINVAL.  237 as upstream: -EINVAL for arg0 0 or too
+   big for the APIC timer, -ENXIO without an in-kernel irqchip, -EINVAL once
+   a vCPU exists, else 0 and the APIC bus cycle becomes arg0.  Any other
+   number (or a cap that does not exist in this kernel): -EINVAL.  Every
+   call is counted (fk_vm_enable_cap_calls). */
 int fk_enable_cap(FkVm *vm, uint32_t cap, uint64_t arg0);
+/* KVM_ENABLE_CAP calls received for `cap` (235..237 or one of the
+   profile's caps; any other number: 0, as it is counted in the total only),
+   failed ones included. */
+uint64_t fk_vm_enable_cap_calls(const FkVm *vm, uint32_t cap);
+/* Every KVM_ENABLE_CAP call received, whatever the number. */
+uint64_t fk_vm_enable_cap_calls_total(const FkVm *vm);
+/* kvm->arch.apic_bus_cycle_ns: 1 unless KVM_ENABLE_CAP(237) changed it. */
+uint64_t fk_vm_apic_bus_cycle_ns(const FkVm *vm);
+
+/* HekiHost.check_extension and HekiHost.enable_cap over the model, for C
+   hosts: `opaque` points at an FkVm * (e.g. the first field of the host's
+   own opaque struct).  The signatures are HekiHost's; no plugin header is
+   needed here. */
+int fk_host_check_extension(void *opaque, uint32_t cap);
+int fk_host_enable_cap(void *opaque, uint32_t cap, uint64_t mask);
+
+/* The Heki masks enabled (kvm->heki_configure_exit_reason / _denial_). */
 uint64_t fk_vm_configure_mask(const FkVm *vm);
 uint64_t fk_vm_denial_mask(const FkVm *vm);
 

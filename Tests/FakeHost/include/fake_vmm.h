@@ -44,6 +44,8 @@ typedef struct FhPluginApi {
     uint32_t (*cap_number)(const HekiPlugin *plugin, HekiExitKind kind);
     uint64_t (*cap_mask)(const HekiPlugin *plugin, HekiExitKind kind);
     int (*cap_result)(HekiPlugin *plugin, HekiExitKind kind, int kvm_result);
+    int (*enable_caps)(HekiPlugin *plugin, char **error);
+    void (*start)(HekiPlugin *plugin);
     HekiVerdict (*handle_exit)(HekiPlugin *plugin, uint32_t vcpu_index,
                                const struct kvm_run *run);
     char *(*query)(HekiPlugin *plugin);
@@ -94,6 +96,10 @@ const FhPluginApi *fh_vm_api(FhVm *vm);
 /* The HekiHost handed to heki_plugin_new. */
 void fh_vm_set_host_size(FhVm *vm, uint32_t size); /* default sizeof(HekiHost) */
 void fh_vm_set_host_callbacks(FhVm *vm, bool with_log, bool with_event);
+/* check_extension and enable_cap (into the kernel model, recorded), and
+   apply_verdict (counted; stops a running VM like a vCPU's verdict).
+   Default: both true. */
+void fh_vm_set_host_kvm(FhVm *vm, bool with_kvm, bool with_apply_verdict);
 void fh_vm_set_event_capacity(FhVm *vm, uint32_t capacity);
 void fh_vm_set_log_capacity(FhVm *vm, uint32_t capacity);
 /* Optional live echo of each event / log line (the demo prints with it). */
@@ -118,13 +124,34 @@ void fh_vm_free_plugin(FhVm *vm);
    own callback already called heki_plugin_free through the raw table. */
 void fh_vm_forget_plugin(FhVm *vm);
 
-/* For each kind: mask = heki_plugin_cap_mask; 0 -> skipped; else
-   fk_enable_cap(heki_plugin_cap_number, mask) and heki_plugin_cap_result.
-   Returns 0, or -1 as soon as cap_result returns -1 (fh_vm_last_error says
-   which).  The results are kept: */
+/* heki_plugin_enable_caps: the plugin asks the kernel model through the
+   host's check_extension and enable_cap.  Returns its result (0 or -1);
+   fh_vm_last_error() holds its *error ("" when none). */
 int fh_vm_enable_caps(FhVm *vm);
-int fh_vm_cap_kvm_result(FhVm *vm, HekiExitKind kind);    /* 0, -errno, FH_CAP_* */
-int fh_vm_cap_plugin_result(FhVm *vm, HekiExitKind kind); /* 0, -1, FH_CAP_* */
+/* For the capability the plugin verified for `kind`: what KVM_ENABLE_CAP
+   returned (0, -errno), FH_CAP_SKIPPED when it was not asked, or
+   FH_CAP_NOT_TRIED before fh_vm_enable_caps. */
+int fh_vm_cap_kvm_result(FhVm *vm, HekiExitKind kind);
+
+/* The ioctl trace of the host callbacks, in order. */
+typedef struct FhCheckCall {
+    uint32_t cap;
+    int answer;
+} FhCheckCall;
+typedef struct FhEnableCall {
+    uint32_t cap;
+    uint64_t mask;
+    int result;
+} FhEnableCall;
+uint32_t fh_vm_check_call_count(FhVm *vm);
+FhCheckCall fh_vm_check_call(FhVm *vm, uint32_t index); /* zeros past the end */
+uint32_t fh_vm_enable_call_count(FhVm *vm);
+FhEnableCall fh_vm_enable_call(FhVm *vm, uint32_t index);
+
+/* heki_plugin_start (the guest runs: the pin deadline starts). */
+void fh_vm_start(FhVm *vm);
+/* How often apply_verdict was called with `verdict`. */
+uint64_t fh_vm_applied_verdicts(FhVm *vm, int verdict);
 
 /* Thin wrappers over the table (plugin of this VM; 0/NOT_HEKI without one). */
 uint32_t fh_vm_exit_number(FhVm *vm, HekiExitKind kind);
