@@ -135,7 +135,7 @@ def act4():
     run = Run(heki={"vm-name": "web1"}, scenario="pin-deny", emulator=False)
     try:
         query = run.qmp.command("query-heki")["return"]
-        say(f"  qemu   | query-heki: abi={query['abi']} profile={query['profile']} "
+        say(f"  qemu   | query-heki: abi={query['abi']} profile={json.dumps(query['profile'])} "
             f"kernel={json.dumps(query['kernel'])}")
         run.start()
         status = run.wait()
