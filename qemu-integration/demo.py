@@ -6,6 +6,9 @@ QMP shows why; the operator looks (query-heki) and continues.
 Act 2: two vCPUs storm denials; the plugin coalesces them, with exact counts.
 Act 3: the same guest on QEMU without the patch: the kernel still refuses the
 writes, but the VMM never hears of it and cannot act.
+Act 4: the plugin on this machine's real, stock KVM (no emulator): it asks
+KVM_CHECK_EXTENSION, finds no Heki kernel and enables nothing (237 is
+KVM_CAP_X86_APIC_BUS_CYCLES_NS there).
 """
 
 import json
@@ -14,7 +17,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e"))
-from hekiqemu import GUEST_PASS, Run  # noqa: E402
+from hekiqemu import GUEST_NO_HEKI, GUEST_PASS, Run  # noqa: E402
 
 
 def say(text=""):
@@ -127,8 +130,27 @@ def act3():
         run.close()
 
 
+def act4():
+    say("\n== Act 4: the plugin on this machine's stock KVM, without the emulator ==")
+    run = Run(heki={"vm-name": "web1"}, scenario="pin-deny", emulator=False)
+    try:
+        query = run.qmp.command("query-heki")["return"]
+        say(f"  qemu   | query-heki: abi={query['abi']} profile={json.dumps(query['profile'])} "
+            f"kernel={json.dumps(query['kernel'])}")
+        run.start()
+        status = run.wait()
+        for line in run.stderr.splitlines():
+            say(f"  stderr | {line}")
+        say(f"  guest  | {run.guest()[-1]}")
+        say(f"  qemu   | exit status {status} (the guest found no Heki kernel)")
+        return (status == GUEST_NO_HEKI and query["profile"] is None
+                and query["kernel"]["status"] == "no-heki-kernel")
+    finally:
+        run.close()
+
+
 def main():
-    results = [act1(), act2(), act3()]
+    results = [act1(), act2(), act3(), act4()]
     say("\n" + ("demo: every act behaved as described" if all(results)
                 else f"demo: FAILED acts {[i + 1 for i, ok in enumerate(results) if not ok]}"))
     return 0 if all(results) else 1

@@ -92,8 +92,10 @@ enum KernelCheck: Sendable, Equatable {
             return "no Heki kernel (\(asked); Heki v2 answers \(Profile.v2.rule), v3 \(Profile.v3.rule)): "
                 + "nothing enabled, no exit claimed"
         case let .mismatch(found):
+            // A mismatch has an explicit abi: auto takes what it finds.
+            let numbers = config.numbers(for: config.abi ?? .v2)
             let what = config.overridesCaps
-                ? "capabilities \(config.numbers(for: config.abi ?? .v2).capConfigure)/\(config.numbers(for: config.abi ?? .v2).capDenial) do not answer 3"
+                ? "capabilities \(numbers.capConfigure)/\(numbers.capDenial) do not answer 3"
                 : "not a Heki \(config.abiName) kernel"
             return "\(what) (\(asked)\(found.map { "; a Heki \($0.name) kernel" } ?? "")): nothing enabled, no exit claimed"
         }

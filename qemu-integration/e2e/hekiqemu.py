@@ -5,7 +5,7 @@ tests. Standard library only.
 Paths come from the environment (qemu-integration/Makefile sets them):
 HEKI_QEMU (patched qemu-system-x86_64), HEKI_QEMU_UNPATCHED, HEKI_EMU_LIB
 (libheki-kvm-emu.so), HEKI_GUEST (heki-guest.elf), HEKI_PLUGIN
-(libHekiPlugin.so).
+(libHekiPlugin.so), HEKI_IOCTL_TRACE_LIB (libkvm-ioctl-trace.so).
 """
 
 import json
@@ -153,10 +153,18 @@ class Run:
 
     def __init__(self, *, heki=None, scenario="pin-deny", cpus=1, extra_append="",
                  unpatched=False, emulator=True, emulator_env=None, qmp=True,
-                 start_paused=True, extra_args=()):
+                 start_paused=True, extra_args=(), ioctl_trace=None, audit=False):
+        """ioctl_trace: record KVM_CHECK_EXTENSION and KVM_ENABLE_CAP
+        (read them with ioctls()): "kernel" = what reaches the real /dev/kvm
+        (preloaded after the emulator), "vmm" = what QEMU asks (before it);
+        the same without the emulator.
+        audit: the plugin writes an audit log (read it with audit_events()):
+        the events of the kernel check come before QMP's client is connected,
+        so only the audit log has them all."""
         self.dir = tempfile.mkdtemp(prefix="heki-e2e-")
         self.serial_path = os.path.join(self.dir, "serial.log")
         self.qmp_path = os.path.join(self.dir, "qmp.sock")
+        self.trace_path = os.path.join(self.dir, "ioctl.trace")
         qemu = path_from_env("HEKI_QEMU_UNPATCHED" if unpatched else "HEKI_QEMU")
         append = f"scenario={scenario} cpus={cpus} {extra_append}".strip()
         args = [qemu, "-M", "microvm", "-accel", "kvm",
@@ -170,14 +178,25 @@ class Run:
             args += ["-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
         if start_paused:
             args += ["-S"]
+        self.audit_path = os.path.join(self.dir, "audit.jsonl")
+        if audit:
+            heki = dict(heki or {}, **{"audit-log": self.audit_path})
         if heki is not None:
             options = ",".join([f"file={path_from_env('HEKI_PLUGIN')}"] +
                                [f"{k}={v}" for k, v in heki.items()])
             args += ["-heki", options]
         args += list(extra_args)
         env = dict(os.environ)
-        if emulator:
-            env["LD_PRELOAD"] = path_from_env("HEKI_EMU_LIB")
+        preload = [path_from_env("HEKI_EMU_LIB")] if emulator else []
+        if ioctl_trace is not None:
+            assert ioctl_trace in ("kernel", "vmm"), ioctl_trace
+            tracer = path_from_env("HEKI_IOCTL_TRACE_LIB")
+            # The first library's ioctl is the one QEMU calls; each passes
+            # on to the next (RTLD_NEXT), the last to libc.
+            preload.insert(len(preload) if ioctl_trace == "kernel" else 0, tracer)
+            env["KVM_IOCTL_TRACE"] = self.trace_path
+        if preload:
+            env["LD_PRELOAD"] = " ".join(preload)
         env.update(emulator_env or {})
         self.args = args
         self.process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
@@ -225,6 +244,28 @@ class Run:
         """The guest's per-vCPU summaries: cpu=I denied-writes=K gp=G ..."""
         return [l for l in self.guest()
                 if "cpu" in l and "denied-writes" in l and "result" not in l]
+
+    def audit_events(self, name=None):
+        """The audit log's events as heki_events() gives QMP's: dicts with
+        "name" and "data". Complete once QEMU has exited."""
+        with open(self.audit_path) as f:
+            found = [{"name": l["event"], "data": l["data"]}
+                     for l in map(json.loads, f)]
+        return [e for e in found if name is None or e["name"] == name]
+
+    def ioctls(self):
+        """The recorded ioctls, in order: dicts with "op" ("check-extension"
+        or "enable-cap") and the integer fields of the trace line."""
+        calls = []
+        with open(self.trace_path) as f:
+            for line in f:
+                op, *fields = line.split()
+                call = {"op": op}
+                for field in fields:
+                    key, _, value = field.partition("=")
+                    call[key] = value if key == "target" else int(value, 0)
+                calls.append(call)
+        return calls
 
     def guest_result(self):
         results = [line for line in self.guest() if "result" in line]

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 import unittest
 
 from hekiqemu import (GUEST_NO_HEKI, GUEST_PASS, Run, hex_int,
@@ -14,6 +15,14 @@ from hekiqemu import (GUEST_NO_HEKI, GUEST_PASS, Run, hex_int,
 
 CR0_WP = 1 << 16
 CR4_SMEP = 1 << 20
+
+# The capability numbers of the Heki series: v2 CONFIGURE/DENIAL = 235/236,
+# v3 = 236/237 (its 235 is VM_TYPES). Upstream they are VM_TYPES,
+# PRE_FAULT_MEMORY and X86_APIC_BUS_CYCLES_NS.
+HEKI_CAPS = (235, 236, 237)
+PROFILES = {"v2": {"caps": (235, 236), "exits": (39, 40)},
+            "v3": {"caps": (236, 237), "exits": (40, 41)}}
+HEKI_MASK = 3   # what a Heki capability answers to KVM_CHECK_EXTENSION
 
 
 def denials(query):
@@ -26,6 +35,49 @@ def pinned(query, register):
 
 def kinds(run):
     return [e["name"] for e in run.qmp.heki_events()]
+
+
+def vm_answers(run):
+    """KVM_CHECK_EXTENSION's last answer on the VM fd, per Heki number."""
+    return {c["cap"]: c["result"] for c in run.ioctls()
+            if c["op"] == "check-extension" and c["cap"] in HEKI_CAPS
+            and c["target"] == "anon_inode:kvm-vm"}
+
+
+def heki_enables(run):
+    """Every KVM_ENABLE_CAP of a Heki number the trace saw."""
+    return [c for c in run.ioctls() if c["op"] == "enable-cap" and c["cap"] in HEKI_CAPS]
+
+
+def heki_profile_of(answers):
+    """The rule of heki_plugin_enable_caps: which Heki kernel answers so."""
+    if answers.get(235) == HEKI_MASK and answers.get(236) == HEKI_MASK \
+            and answers.get(237) != HEKI_MASK:
+        return "v2"
+    if answers.get(236) == HEKI_MASK and answers.get(237) == HEKI_MASK \
+            and answers.get(235, -1) >= 0 and answers[235] & 1:
+        return "v3"
+    return None
+
+
+def kernel_events(events):
+    """The kernel check's HEKI_CAPABILITY (the one with a status)."""
+    return [e["data"] for e in events
+            if e["name"] == "HEKI_CAPABILITY" and "status" in e["data"]]
+
+
+def cap_events(events):
+    """The HEKI_CAPABILITY of each KVM_ENABLE_CAP made."""
+    return [e["data"] for e in events
+            if e["name"] == "HEKI_CAPABILITY" and "status" not in e["data"]]
+
+
+def int_keys(answers):
+    return {int(k): v for k, v in answers.items()}
+
+
+def heki_lines(stderr):
+    return [l for l in stderr.splitlines() if "heki" in l]
 
 
 class Verdicts(unittest.TestCase):
@@ -189,9 +241,15 @@ class Accounting(unittest.TestCase):
         seen = [(e["name"], e["data"]) for e in run.qmp.heki_events()
                 if e["name"] != "HEKI_CAPABILITY"]
         self.assertEqual(audited, seen)
-        capabilities = [l for l in lines if l["event"] == "HEKI_CAPABILITY"]
-        self.assertEqual(len(capabilities), 2)
-        self.assertTrue(all(c["data"]["enabled"] for c in capabilities))
+        # The kernel check (the emulated v2 kernel), then one per KVM_ENABLE_CAP.
+        capabilities = [{"name": l["event"], "data": l["data"]} for l in lines
+                        if l["event"] == "HEKI_CAPABILITY"]
+        self.assertEqual(len(capabilities), 3)
+        check = kernel_events(capabilities)
+        self.assertEqual([(c["status"], c["profile"]) for c in check], [("heki", "v2")])
+        enabled = cap_events(capabilities)
+        self.assertEqual([(c["capability"], c["enabled"]) for c in enabled],
+                         [(235, True), (236, True)])
 
 
 class Startup(unittest.TestCase):
@@ -233,8 +291,8 @@ class Startup(unittest.TestCase):
         build = tempfile.mkdtemp(prefix="heki-e2e-abi-")
         source = os.path.join(build, "wrong_abi.c")
         library = os.path.join(build, "libwrong.so")
-        names = ["new", "free", "free_string", "cap_number", "cap_mask",
-                 "cap_result", "handle_exit", "query"]
+        names = ["new", "free", "free_string", "enable_caps", "start",
+                 "handle_exit", "query"]
         with open(source, "w") as f:
             f.write("unsigned heki_plugin_abi_version(void) { return 99; }\n")
             f.writelines(f"void heki_plugin_{n}(void) {{}}\n" for n in names)
@@ -245,10 +303,16 @@ class Startup(unittest.TestCase):
         self.assertIn("has ABI version 99, this QEMU supports version 1", run.stderr)
 
     def test_required_capability_refused(self):
+        # A Heki v2 kernel built without CONFIG_HEKI: the capabilities answer
+        # 3, KVM_ENABLE_CAP refuses them.
         status, err = startup_failure({"require-caps": "on"},
                                       emulator_env={"HEKI_EMU_HEKI": "off"})
         self.assertEqual(status, 1)
-        self.assertIn("KVM refused KVM_CAP_HEKI_CONFIGURE", err)
+        fatal = [l for l in err.splitlines() if "-heki:" in l]
+        self.assertEqual(len(fatal), 1, err)
+        self.assertIn("require-caps=on", fatal[0])
+        self.assertIn("KVM refused capability 235", fatal[0])
+        self.assertIn("Invalid argument", fatal[0])
 
     def test_refused_capability_without_requirement_runs(self):
         run = Run(heki={}, scenario="pin-deny",
@@ -256,7 +320,12 @@ class Startup(unittest.TestCase):
         self.addCleanup(run.close)
         run.start()
         self.assertEqual(run.wait(), GUEST_NO_HEKI, run.guest_text())
-        self.assertIn("KVM refused", run.stderr)
+        self.assertIn({"heki": "absent", "reason": "enosys"}, run.guest())
+        self.assertIn("Heki v2 kernel", run.stderr)
+        for cap in (235, 236):
+            refused = [l for l in run.stderr.splitlines()
+                       if f"KVM_ENABLE_CAP {cap} " in l and "refused (-22)" in l]
+            self.assertEqual(len(refused), 1, run.stderr)
 
 
     def test_heki_without_kvm(self):
@@ -295,6 +364,248 @@ class WhatThePatchChanges(unittest.TestCase):
         self.assertIn("no heki plugin", reply["error"]["desc"])
         run.start()
         self.assertEqual(run.wait(), GUEST_PASS, run.guest_text())
+
+
+class StockKernel(unittest.TestCase):
+    """This machine's real KVM, without the emulator: 235-237 mean other
+    things there, and KVM_ENABLE_CAP(237, 3) would silently set the APIC bus
+    cycle to 3 ns. The recorder (libkvm-ioctl-trace.so) shows what reached
+    the kernel."""
+
+    def stock_answers(self, run):
+        answers = vm_answers(run)
+        # The plugin asked each number (else the trace proves nothing).
+        self.assertEqual(sorted(answers), list(HEKI_CAPS), run.ioctls())
+        self.assertIsNone(heki_profile_of(answers),
+                          f"premise: this kernel answers like a Heki kernel: {answers}")
+        return answers
+
+    def assert_nothing_reached_the_kernel(self, run):
+        self.assertEqual(heki_enables(run), [])
+        # The recorder does see QEMU's own KVM_ENABLE_CAPs on the VM (164,
+        # KVM_CAP_EXCEPTION_PAYLOAD, here): an empty list above means something.
+        self.assertNotEqual([c for c in run.ioctls() if c["op"] == "enable-cap"
+                             and c["target"] == "anon_inode:kvm-vm"], [])
+
+    def check_runs_without_heki(self, abi):
+        run = Run(heki={"abi": abi, "on-denial": "pause"}, emulator=False,
+                  ioctl_trace="kernel", audit=True)
+        self.addCleanup(run.close)
+        query = run.qmp.command("query-heki")["return"]   # -S: before the guest
+        run.start()
+        self.assertEqual(run.wait(), GUEST_NO_HEKI, run.guest_text())
+        self.assertIn({"heki": "absent", "reason": "port-unassigned"}, run.guest())
+        self.assert_nothing_reached_the_kernel(run)
+        answers = self.stock_answers(run)
+
+        self.assertEqual(query["abi"], abi)
+        self.assertIsNone(query["profile"])
+        self.assertEqual(query["kernel"]["status"], "no-heki-kernel", query)
+        self.assertEqual(int_keys(query["kernel"]["answers"]), answers)
+        for kind in ("configure", "denial"):
+            self.assertFalse(query["exits"][kind]["enabled"], query)
+            self.assertIsNone(query["exits"][kind]["exit"], query)
+
+        audited = run.audit_events()
+        self.assertEqual(len(kernel_events(audited)), 1, audited)
+        check = kernel_events(audited)[0]
+        self.assertEqual((check["status"], check["abi"], check["profile"], check["required"]),
+                         ("no-heki-kernel", abi, None, False))
+        self.assertEqual(int_keys(check["answers"]), answers)
+        self.assertEqual(cap_events(audited), [])   # no KVM_ENABLE_CAP made
+        self.assertEqual(run.qmp.heki_events("HEKI_MALFORMED_EXIT"), [])
+        self.assertEqual([e["name"] for e in audited], ["HEKI_CAPABILITY"])
+        # One line at startup, naming the kernel's answers.
+        lines = heki_lines(run.stderr)
+        self.assertEqual(len(lines), 1, run.stderr)
+        for cap, answer in answers.items():
+            self.assertIn(f"{cap}={answer}", lines[0])
+
+    def test_abi_auto_enables_nothing(self):
+        self.check_runs_without_heki("auto")
+
+    def test_abi_v2_enables_nothing(self):
+        self.check_runs_without_heki("v2")
+
+    def test_abi_v3_enables_nothing(self):
+        self.check_runs_without_heki("v3")
+
+    def check_required_stops_qemu(self, abi):
+        run = Run(heki={"abi": abi, "require-caps": "on"}, emulator=False,
+                  ioctl_trace="kernel", qmp=False)
+        self.addCleanup(run.close)
+        self.assertEqual(run.wait(30), 1, run.stderr)
+        self.assert_nothing_reached_the_kernel(run)
+        answers = self.stock_answers(run)
+        self.assertIn("require-caps", run.stderr)
+        fatal = [l for l in run.stderr.splitlines() if "-heki:" in l]
+        self.assertEqual(len(fatal), 1, run.stderr)
+        for cap, answer in answers.items():
+            self.assertIn(f"{cap}={answer}", fatal[0])
+
+    def test_abi_auto_required_stops_qemu(self):
+        self.check_required_stops_qemu("auto")
+
+    def test_abi_v2_required_stops_qemu(self):
+        self.check_required_stops_qemu("v2")
+
+    def test_abi_v3_required_stops_qemu(self):
+        self.check_required_stops_qemu("v3")
+
+
+class EmulatedKernels(unittest.TestCase):
+    """The emulator as a Heki v2 or v3 kernel: abi=auto finds each; an abi=
+    of the other version enables nothing. The emulator answers its own two
+    numbers itself, so the recorder sits above it ("vmm": what QEMU asks)."""
+
+    def check_auto_finds(self, version):
+        profile = PROFILES[version]
+        run = Run(heki={"on-denial": "resume"}, scenario="pin-deny",
+                  extra_append="writes=2", emulator_env={"HEKI_EMU_ABI": version},
+                  ioctl_trace="vmm", audit=True)
+        self.addCleanup(run.close)
+        query = run.qmp.command("query-heki")["return"]
+        self.assertEqual((query["abi"], query["profile"], query["kernel"]["status"]),
+                         ("auto", version, "heki"), query)
+        for kind, cap, exit_number in zip(("configure", "denial"), profile["caps"],
+                                          profile["exits"]):
+            self.assertEqual((query["exits"][kind]["exit"], query["exits"][kind]["capability"],
+                              query["exits"][kind]["enabled"]), (exit_number, cap, True), query)
+        run.start()
+        self.assertEqual(run.wait(), GUEST_PASS, run.guest_text())
+        self.assertEqual(len(run.qmp.heki_events("HEKI_DENIAL")), 2)
+        self.assertEqual(len(run.qmp.heki_events("HEKI_CONFIGURE")), 2)
+        self.assertEqual(run.qmp.heki_events("HEKI_MALFORMED_EXIT"), [])
+
+        answers = vm_answers(run)
+        self.assertEqual(heki_profile_of(answers), version, answers)
+        audited = run.audit_events()
+        check = kernel_events(audited)
+        self.assertEqual(len(check), 1, audited)
+        self.assertEqual((check[0]["status"], check[0]["abi"], check[0]["profile"]),
+                         ("heki", "auto", version))
+        self.assertEqual(int_keys(check[0]["answers"]), answers)
+        enabled = cap_events(audited)
+        self.assertEqual([(e["kind"], e["capability"], e["enabled"], e["result"]) for e in enabled],
+                         [("configure", profile["caps"][0], True, 0),
+                          ("denial", profile["caps"][1], True, 0)])
+        # What QEMU asked: exactly the profile's two, each with mask 0x3
+        # (also the positive control of the stock-kernel tests' recorder).
+        self.assertEqual([(c["cap"], c["arg0"], c["result"]) for c in heki_enables(run)],
+                         [(profile["caps"][0], 3, 0), (profile["caps"][1], 3, 0)])
+
+    def test_auto_finds_a_v2_kernel(self):
+        self.check_auto_finds("v2")
+
+    def test_auto_finds_a_v3_kernel(self):
+        self.check_auto_finds("v3")
+
+    def check_mismatch(self, asked, kernel):
+        # on-denial=pause: had the plugin claimed the denials, the VM would stop.
+        run = Run(heki={"abi": asked, "on-denial": "pause"}, scenario="pin-deny",
+                  emulator_env={"HEKI_EMU_ABI": kernel}, ioctl_trace="vmm", audit=True)
+        self.addCleanup(run.close)
+        query = run.qmp.command("query-heki")["return"]
+        self.assertEqual((query["abi"], query["profile"], query["kernel"]["status"]),
+                         (asked, None, "mismatch"), query)
+        for kind in ("configure", "denial"):
+            self.assertFalse(query["exits"][kind]["enabled"], query)
+        run.start()
+        # The emulated kernel still refuses the writes (#GP) by itself.
+        self.assertEqual(run.wait(), GUEST_PASS, run.guest_text())
+        self.assertEqual(run.guest_result()["gp"], "3")
+        self.assertNotIn("STOP", [e["event"] for e in run.qmp.events])
+        self.assertEqual(run.qmp.heki_events(), [])
+        self.assertEqual(heki_enables(run), [])   # QEMU asked for none
+        audited = run.audit_events()
+        self.assertEqual(len(kernel_events(audited)), 1, audited)
+        check = kernel_events(audited)[0]
+        self.assertEqual((check["status"], check["abi"], check["profile"]),
+                         ("mismatch", asked, None))
+        self.assertEqual(heki_profile_of(int_keys(check["answers"])), kernel)
+        self.assertEqual(cap_events(audited), [])
+        lines = heki_lines(run.stderr)
+        self.assertEqual(len(lines), 1, run.stderr)
+        for cap, answer in int_keys(check["answers"]).items():
+            self.assertIn(f"{cap}={answer}", lines[0])
+
+    def test_abi_v2_on_a_v3_kernel_enables_nothing(self):
+        self.check_mismatch("v2", "v3")
+
+    def test_abi_v3_on_a_v2_kernel_enables_nothing(self):
+        self.check_mismatch("v3", "v2")
+
+
+def event_time(event):
+    return event["timestamp"]["seconds"] + event["timestamp"]["microseconds"] / 1e6
+
+
+class PinDeadline(unittest.TestCase):
+    """A guest that never pins (scenario no-pin) under a policy that
+    requires CR0.WP: pin-deadline=1 judges it one second after it first
+    runs (emulated v2 kernel)."""
+
+    def run_no_pin(self, verdict, idle_ms):
+        run = Run(heki={"require-cr0": "wp", "pin-deadline": "1",
+                        "on-weak-pinning": verdict},
+                  scenario="no-pin", extra_append=f"idle-ms={idle_ms}")
+        self.addCleanup(run.close)
+        return run
+
+    def weak_after_cont(self, run, timeout=6):
+        """The HEKI_WEAK_PINNING event and its delay after cont (RESUME)."""
+        weak = run.qmp.wait_event(lambda e: e["event"] == "HEKI_EVENT" and
+                                  e["data"]["name"] == "HEKI_WEAK_PINNING", timeout)
+        resume = [e for e in run.qmp.events if e["event"] == "RESUME"]
+        self.assertEqual(len(resume), 1)
+        data = weak["data"]["data"]
+        self.assertNotIn("vcpu", data)
+        self.assertEqual(data["deadline-seconds"], 1)
+        self.assertEqual(data["register"], "cr0")
+        self.assertEqual(data["missing-bits"], ["wp"])
+        return data, event_time(weak) - event_time(resume[0])
+
+    def test_deadline_pauses_a_guest_that_never_pins(self):
+        run = self.run_no_pin("pause", idle_ms=30000)
+        run.start()
+        data, delay = self.weak_after_cont(run)
+        self.assertEqual(data["verdict"], "pause")
+        self.assertGreaterEqual(delay, 0.9)
+        self.assertLess(delay, 4)
+        run.qmp.wait_event(lambda e: e["event"] == "STOP", timeout=5)
+        names = [e["event"] if e["event"] != "HEKI_EVENT" else e["data"]["name"]
+                 for e in run.qmp.events]
+        self.assertLess(names.index("HEKI_WEAK_PINNING"), names.index("STOP"))
+        self.assertEqual(run.status(), "guest-panicked")
+        query = run.qmp.command("query-heki")["return"]
+        self.assertEqual(query["pins"]["cr0"]["missing-required"], ["wp"])
+        self.assertIsNone(run.guest_result())   # stopped in the middle of its idle
+        self.assertIn({"idle": "", "ms": "30000"}, run.guest())
+        self.assertEqual(run.quit(), 0)
+
+    def test_resume_reports_and_the_guest_runs_to_its_end(self):
+        run = self.run_no_pin("resume", idle_ms=2500)
+        run.start()
+        data, delay = self.weak_after_cont(run)
+        self.assertEqual(data["verdict"], "resume")
+        self.assertGreaterEqual(delay, 0.9)
+        self.assertEqual(run.wait(), GUEST_PASS, run.guest_text())
+        self.assertEqual(run.guest_result()["result"], "pass")
+        self.assertIn({"idle-done": "", "ms": "2500"}, run.guest())
+        self.assertNotIn("STOP", [e["event"] for e in run.qmp.events])
+        self.assertEqual(len(run.qmp.heki_events("HEKI_WEAK_PINNING")), 1)
+
+    def test_deadline_counts_from_cont(self):
+        run = self.run_no_pin("pause", idle_ms=30000)
+        time.sleep(1.6)   # longer than the deadline, still under -S
+        self.assertEqual(run.status(), "prelaunch")
+        self.assertEqual(run.qmp.heki_events("HEKI_WEAK_PINNING"), [])
+        run.start()
+        data, delay = self.weak_after_cont(run)
+        self.assertGreaterEqual(delay, 0.9)
+        self.assertLess(delay, 4)
+        run.qmp.wait_event(lambda e: e["event"] == "STOP", timeout=5)
+        self.assertEqual(run.status(), "guest-panicked")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@
         .set SC_UNPINNED,       4
         .set SC_STORM,          5
         .set SC_BENCH,          6
+        .set SC_NO_PIN,         7
 
         # per-vCPU record, 64 bytes, written only by its own vCPU
         .set PC_GP,             0       # #GP(0) taken at the Heki port
@@ -223,12 +224,14 @@ _start:
 # ---------------------------------------------------------------- command line
 # `-append` arrives as the multiboot command line, after the image path that
 # QEMU's loader (like GRUB) puts first; that first word is skipped.
-# Tokens: scenario=NAME cpus=N writes=K iters=N; anything else fails the run.
+# Tokens: scenario=NAME cpus=N writes=K iters=N idle-ms=N; anything else
+# fails the run.
 parse_cmdline:
         movl    $SC_PIN_DENY, scenario
         movl    $1, cpus
         movl    $3, writes
         movl    $100000, iters
+        movl    $1000, idle_ms
         movl    mb_info, %ebx
         testl   $1 << 2, (%ebx)                 # flags.cmdline
         jz      .Lpc_done
@@ -252,6 +255,9 @@ parse_cmdline:
         movl    $key_iters, %edi
         call    match_prefix
         je      .Lpc_iters
+        movl    $key_idle_ms, %edi
+        call    match_prefix
+        je      .Lpc_idle_ms
         LINE_BEGIN
         PUTS    "error=unknown-token token="
         call    put_token
@@ -297,6 +303,11 @@ parse_cmdline:
         testl   %eax, %eax
         jz      .Lpc_bad_number
         movl    %eax, iters
+        jmp     .Lpc_next
+.Lpc_idle_ms:
+        call    parse_dec
+        jc      .Lpc_bad_number
+        movl    %eax, idle_ms
         jmp     .Lpc_next
 .Lpc_bad_cpus:
         LINE_BEGIN
@@ -443,6 +454,8 @@ report_config:
         PUTDEC  writes
         PUTS    " iters="
         PUTDEC  iters
+        PUTS    " idle-ms="
+        PUTDEC  idle_ms
         LINE_END
         ret
 
@@ -933,6 +946,34 @@ work_bench:
         jnz     1f
         call    bench
 1:      ret
+
+# no-pin: nothing is ever pinned; the BSP stays busy for idle-ms, in steps
+# of up to 100 ms on the TSC (the VMM's pin deadline judges the VM
+# meanwhile), then the run passes. A pause loop, not hlt: interrupts stay
+# off, and hlt with IF=0 would never wake.
+work_idle:
+        testl   %edi, %edi                      # the BSP only
+        jnz     3f
+        LINE_BEGIN
+        PUTS    "idle ms="
+        PUTDEC  idle_ms
+        LINE_END
+        movl    idle_ms, %esi                   # ms left
+1:      testl   %esi, %esi
+        jz      2f
+        movl    $100, %eax
+        cmpl    %eax, %esi
+        jae     4f
+        movl    %esi, %eax
+4:      subl    %eax, %esi
+        call    delay_ms
+        incl    PC_PROGRESS(%ebp)
+        jmp     1b
+2:      LINE_BEGIN
+        PUTS    "idle-done ms="
+        PUTDEC  idle_ms
+        LINE_END
+3:      ret
 
 # `writes` denied writes, alternating CR0 (clear WP) and CR4 (clear the
 # pinned SMEP or SMAP), then one allowed write. Each denied write must raise
@@ -1783,13 +1824,16 @@ exc_stubs:
         .long exc_24, exc_25, exc_26, exc_27, exc_28, exc_29, exc_30, exc_31
 
 scenario_names:                                 # index = SC_*
-        .long sn_pin_deny, sn_pin_only, sn_weak, sn_bad_pins, sn_unpinned, sn_storm, sn_bench, 0
+        .long sn_pin_deny, sn_pin_only, sn_weak, sn_bad_pins, sn_unpinned, sn_storm, sn_bench, sn_no_pin, 0
 prepare_table:
         .long prepare_pins, prepare_pins, prepare_weak, prepare_bad_pins, prepare_none, prepare_pins, prepare_pins
+        .long prepare_none
 work_table:
         .long deny_writes, work_none, work_none, work_none, work_unpinned, deny_writes, work_bench
+        .long work_idle
 report_table:
         .long report_deny, report_no_gp, report_no_gp, report_no_gp, report_unpinned, report_deny, report_bench
+        .long report_no_gp
 
 # bad-pins cases: name, rax, rbx, rcx, rdx, expected rax
 bad_pin_cases:
@@ -1809,10 +1853,12 @@ sn_bad_pins:    .asciz "bad-pins"
 sn_unpinned:    .asciz "unpinned-writes"
 sn_storm:       .asciz "storm"
 sn_bench:       .asciz "bench"
+sn_no_pin:      .asciz "no-pin"
 key_scenario:   .asciz "scenario="
 key_cpus:       .asciz "cpus="
 key_writes:     .asciz "writes="
 key_iters:      .asciz "iters="
+key_idle_ms:    .asciz "idle-ms="
 bp_zero:        .asciz "pin-zero"
 bp_reg3:        .asciz "register-3"
 bp_cr0_ne:      .asciz "cr0-without-wp"
@@ -1861,6 +1907,7 @@ scenario: .long 0
 cpus:   .long 0
 writes: .long 0
 iters:  .long 0
+idle_ms: .long 0
 want_cr4: .long 0                               # SMEP|SMAP the CPU has
 cr4_toggle: .long 0                             # PGE if the CPU has it
 tsc_khz: .long 0
