@@ -47,7 +47,13 @@ class QMP:
         self.buffer = b""
         self.events = []
         self.closed = False
+        # QEMU can write an event emitted while it accepts the connection
+        # ahead of the greeting (the plugin's startup HEKI_CAPABILITY events
+        # go out on the main loop's first turns): keep such events.
         greeting = self._read_message(timeout)
+        while "event" in greeting:
+            self.events.append(greeting)
+            greeting = self._read_message(timeout)
         assert "QMP" in greeting, greeting
         self.command("qmp_capabilities")
 
