@@ -141,7 +141,8 @@ def act4():
         status = run.wait()
         for line in run.stderr.splitlines():
             say(f"  stderr | {line}")
-        say(f"  guest  | {run.guest()[-1]}")
+        # The guest's own finding (its last line may be cut by the exit).
+        say(f"  guest  | {next((l for l in run.guest() if 'heki' in l), {})}")
         say(f"  qemu   | exit status {status} (the guest found no Heki kernel)")
         return (status == GUEST_NO_HEKI and query["profile"] is None
                 and query["kernel"]["status"] == "no-heki-kernel")
