@@ -1,4 +1,4 @@
-/// The kinds of event the plugin reports (DESIGN.md, "Events").
+/// The kinds of event the plugin reports (README.md, "Events").
 enum EventKind: UInt8, CaseIterable, Sendable {
     case configure = 0
     case denial = 1

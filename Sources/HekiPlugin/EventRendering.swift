@@ -10,7 +10,7 @@ struct RenderedEvent {
     let timeMicros: Int64
 }
 
-/// Turns records into the JSON data and log lines of DESIGN.md's events.
+/// Turns records into the JSON data and log lines of README.md's "Events".
 struct EventRenderer {
     let config: Configuration
 

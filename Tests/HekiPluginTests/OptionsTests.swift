@@ -1,7 +1,7 @@
 import Testing
 @testable import HekiPlugin
 
-/// Every option of DESIGN.md's table, good and bad values.
+/// Every option of README.md's table ("Options"), good and bad values.
 @Suite struct OptionsTests {
     private func parse(_ arguments: String...) throws -> Configuration {
         try Options.parse(arguments)
