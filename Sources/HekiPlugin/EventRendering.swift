@@ -20,32 +20,30 @@ struct EventRenderer {
 
     /// HEKI_CAPABILITY for the kernel check of heki_plugin_enable_caps.
     func renderKernelCheck(_ check: KernelCheck, answers: KernelAnswers) -> RenderedEvent {
-        var data = JSONObject()
-        if let name = config.vmName { data.add("vm-name", name) }
-        data.add("abi", config.abiName)
-        data.add("status", check.status)
-        data.add("profile", check.profile?.name)
-        data.add("answers", answers.json)
-        data.add("required", config.requireCaps)
-        let level = check.profile != nil ? HEKI_LOG_INFO : config.requireCaps ? HEKI_LOG_ERROR : HEKI_LOG_WARNING
-        return RenderedEvent(name: EventKind.capability.eventName, data: data.rendered, level: level,
-                             message: "heki: " + subjectPrefix + check.describe(config: config, answers: answers),
-                             timeMicros: Int64(g_get_real_time()))
+        kernelEvent(status: check.status, profile: check.profile, answers: answers,
+                    level: check.profile != nil ? HEKI_LOG_INFO : config.requireCaps ? HEKI_LOG_ERROR : HEKI_LOG_WARNING,
+                    message: check.describe(config: config, answers: answers))
     }
 
     /// HEKI_CAPABILITY for a heki-plugin 1.0 host, which cannot have the
     /// kernel checked: nothing is enabled.
     func renderHostCannotCheck() -> RenderedEvent {
+        kernelEvent(status: "host-cannot-check", profile: nil, answers: nil, level: HEKI_LOG_WARNING,
+                    message: "the host gives no KVM_CHECK_EXTENSION answers (HekiHost.check_extension, "
+                        + "heki-plugin 1.1): nothing enabled, no exit claimed")
+    }
+
+    private func kernelEvent(status: String, profile: Profile?, answers: KernelAnswers?, level: HekiLogLevel,
+                             message: String) -> RenderedEvent {
         var data = JSONObject()
         if let name = config.vmName { data.add("vm-name", name) }
         data.add("abi", config.abiName)
-        data.add("status", "host-cannot-check")
-        data.add("profile", nil as String?)
+        data.add("status", status)
+        data.add("profile", profile?.name)
+        if let answers { data.add("answers", answers.json) }
         data.add("required", config.requireCaps)
-        return RenderedEvent(name: EventKind.capability.eventName, data: data.rendered, level: HEKI_LOG_WARNING,
-                             message: "heki: " + subjectPrefix + "the host gives no KVM_CHECK_EXTENSION answers "
-                                 + "(HekiHost.check_extension, heki-plugin 1.1): nothing enabled, no exit claimed",
-                             timeMicros: Int64(g_get_real_time()))
+        return RenderedEvent(name: EventKind.capability.eventName, data: data.rendered, level: level,
+                             message: "heki: " + subjectPrefix + message, timeMicros: Int64(g_get_real_time()))
     }
 
     func render(_ record: EventRecord) -> RenderedEvent {
