@@ -189,7 +189,7 @@ struct FhVm {
     int cap_kvm[2];
     GArray *checks;  /* FhCheckCall: KVM_CHECK_EXTENSION the plugin asked */
     GArray *enables; /* FhEnableCall: KVM_ENABLE_CAP the plugin asked */
-    uint64_t applied[FH_VERDICT_INVALID + 2]; /* apply_verdict, by verdict + 1 */
+    uint64_t applied[NVERDICT_SLOTS]; /* apply_verdict calls, by verdict_slot */
 
     Vcpu *vcpus[FH_MAX_VCPUS];
     uint32_t nvcpus;
@@ -291,6 +291,19 @@ static void on_event(void *opaque, const char *name, const char *data_json) {
         vm->event_hook(vm->event_hook_data, name, data_json);
 }
 
+/* Counter slot of a verdict asked for (-1 outside HekiVerdict and
+   FH_VERDICT_INVALID), and of a verdict received (outside HekiVerdict: the
+   FH_VERDICT_INVALID slot). */
+static int verdict_slot(int verdict) {
+    if (verdict >= HEKI_VERDICT_NOT_HEKI && verdict <= FH_VERDICT_INVALID)
+        return verdict + 1;
+    return -1;
+}
+static int received_slot(int verdict) {
+    return verdict_slot(verdict >= HEKI_VERDICT_NOT_HEKI && verdict <= HEKI_VERDICT_EXIT ? verdict
+                                                                                       : FH_VERDICT_INVALID);
+}
+
 static void request_stop(FhVm *vm, int verdict) {
     int expected = FH_STOP_NONE;
     atomic_compare_exchange_strong(&vm->stop, &expected, verdict);
@@ -319,9 +332,7 @@ static int on_enable_cap(void *opaque, uint32_t cap, uint64_t mask) {
 static void on_apply_verdict(void *opaque, HekiVerdict verdict) {
     FhVm *vm = opaque;
     check_thread(vm);
-    int slot = (verdict >= HEKI_VERDICT_NOT_HEKI && verdict <= HEKI_VERDICT_EXIT) ? verdict + 1
-                                                                                 : FH_VERDICT_INVALID + 1;
-    vm->applied[slot]++;
+    vm->applied[received_slot(verdict)]++;
     request_stop(vm, verdict);
 }
 
@@ -544,9 +555,8 @@ void fh_vm_start(FhVm *vm) {
 }
 
 uint64_t fh_vm_applied_verdicts(FhVm *vm, int verdict) {
-    int slot = (verdict >= HEKI_VERDICT_NOT_HEKI && verdict <= HEKI_VERDICT_EXIT) ? verdict + 1
-                                                                                 : FH_VERDICT_INVALID + 1;
-    return vm->applied[slot];
+    int slot = verdict_slot(verdict);
+    return slot >= 0 ? vm->applied[slot] : 0;
 }
 
 uint32_t fh_vm_exit_number(FhVm *vm, HekiExitKind kind) {
@@ -687,10 +697,7 @@ static void *vcpu_thread(void *arg) {
         atomic_fetch_add_explicit(&v->exits, 1, memory_order_relaxed);
         int verdict = vm->plugin ? (int)vm->api->handle_exit(vm->plugin, v->index, v->run)
                                  : HEKI_VERDICT_NOT_HEKI;
-        int slot = (verdict >= HEKI_VERDICT_NOT_HEKI && verdict <= HEKI_VERDICT_EXIT)
-                       ? verdict + 1
-                       : FH_VERDICT_INVALID + 1;
-        atomic_fetch_add_explicit(&v->verdicts[slot], 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&v->verdicts[received_slot(verdict)], 1, memory_order_relaxed);
         switch (verdict) {
         case HEKI_VERDICT_NOT_HEKI:
             atomic_fetch_add_explicit(&vm->host_handled, 1, memory_order_relaxed);
@@ -785,11 +792,6 @@ uint64_t fh_vm_exits(FhVm *vm) {
 }
 uint64_t fh_vm_vcpu_exits(FhVm *vm, uint32_t vcpu) {
     return vcpu < vm->nvcpus ? atomic_load(&vm->vcpus[vcpu]->exits) : 0;
-}
-static int verdict_slot(int verdict) {
-    if (verdict >= HEKI_VERDICT_NOT_HEKI && verdict <= FH_VERDICT_INVALID)
-        return verdict + 1;
-    return -1;
 }
 uint64_t fh_vm_vcpu_verdict_count(FhVm *vm, uint32_t vcpu, int verdict) {
     int s = verdict_slot(verdict);

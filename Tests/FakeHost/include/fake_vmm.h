@@ -150,7 +150,8 @@ FhEnableCall fh_vm_enable_call(FhVm *vm, uint32_t index);
 
 /* heki_plugin_start (the guest runs: the pin deadline starts). */
 void fh_vm_start(FhVm *vm);
-/* How often apply_verdict was called with `verdict`. */
+/* How often apply_verdict was called with `verdict` (HekiVerdict, or
+   FH_VERDICT_INVALID for a value outside it; anything else: 0). */
 uint64_t fh_vm_applied_verdicts(FhVm *vm, int verdict);
 
 /* Thin wrappers over the table (plugin of this VM; 0/NOT_HEKI without one). */
