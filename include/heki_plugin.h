@@ -21,8 +21,8 @@
  * Threads, in one place:
  *  - heki_plugin_handle_exit() may be called from any number of vCPU threads
  *    at once.  It never blocks, never allocates and never calls the host.
- *  - Everything else (new, free, enable_caps, start, cap_result, query, the
- *    number getters) is called from the thread that runs HekiHost.context
+ *  - Everything else (new, free, enable_caps, start, set_policy, cap_result,
+ *    query, the number getters) is called from the thread that runs HekiHost.context
  *    (the "main loop thread"), or before that loop runs.  The getters and
  *    query are also safe from any thread.
  *  - HekiHost.log, HekiHost.event and HekiHost.apply_verdict are called only
@@ -232,6 +232,26 @@ int heki_plugin_enable_caps(HekiPlugin *plugin, char **error);
  * earlier, on its vCPU.  Main loop thread; later calls are ignored.
  */
 void heki_plugin_start(HekiPlugin *plugin);
+
+/**
+ * Changes the policy while the VM runs (QEMU: qom-set of a heki policy
+ * property).  `argv` holds "key=value" strings as for heki_plugin_new(), with
+ * only the policy keys: on-denial, on-denial-cr0, on-denial-cr4,
+ * on-weak-pinning, require-cr0, require-cr4.  A key not given keeps its
+ * value.  The strings are validated together, with heki_plugin_new()'s
+ * messages; on any error nothing changes and *error (optional; free with
+ * heki_plugin_free_string()) names the key.  Any other key is refused: the
+ * numbering, the exits asked of KVM and the sinks are fixed at
+ * heki_plugin_new().
+ *
+ * Effective from each vCPU's next exit: an exit is judged wholly by the old
+ * or wholly by the new policy, never by a mix.  Reported as a HEKI_POLICY
+ * event (the keys whose value changed, and the whole policy after it) to the
+ * event callback, the audit log and the log.  Main loop thread.
+ * Returns 0, or -1.
+ */
+int heki_plugin_set_policy(HekiPlugin *plugin, int argc,
+                           const char *const *argv, char **error);
 
 /**
  * ABI 1.0's capability report, kept so 1.0 hosts link and run: they call it
