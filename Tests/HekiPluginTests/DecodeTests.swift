@@ -1,20 +1,19 @@
+import HekiKernelModel
 import Testing
 @testable import HekiPlugin
 
 /// The kvm_run view and the decoding of Heki exits, on a real
 /// struct-kvm_run-sized buffer.
 @Suite struct DecodeTests {
-    /// A zeroed kvm_run-sized page with `exitReason` at offset 8 and the
-    /// payload words at offset 32.
+    /// A zeroed kvm_run-sized page with the exit written as the kernel
+    /// model writes one (exit_reason, the payload words).
     private func decode(exit: UInt32, reason: UInt64, value: UInt64,
                         granted: ExitReasonMask? = .all, reserved: UInt64 = 0) -> DecodedExit {
         let page = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
         defer { page.deallocate() }
         page.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
-        page.storeBytes(of: exit, toByteOffset: 8, as: UInt32.self)
-        page.storeBytes(of: reason, toByteOffset: 32, as: UInt64.self)
-        page.storeBytes(of: value, toByteOffset: 40, as: UInt64.self)
-        for word in 0..<6 { page.storeBytes(of: reserved, toByteOffset: 48 + 8 * word, as: UInt64.self) }
+        var words = [reason, value] + Array(repeating: reserved, count: 6)
+        fk_run_write_raw(OpaquePointer(page), exit, &words)
         let claim = { (exit: UInt32) in granted.map { Claim(exit: exit, granted: $0) } ?? .none }
         return decodeExit(OpaquePointer(page), configure: claim(39), denial: claim(40))
     }

@@ -1,8 +1,9 @@
-// The kernel model alone (fake_kernel.h), no plugin: the hypercall's checks,
+// The kernel model alone (heki_kernel_model.h), no plugin: the hypercall's checks,
 // pins, capabilities, denials, completions and the exit payload's layout, as
 // in the Heki v2 patch.
-import CBridge  // HEKI_* constants: which module owns the shared header varies by build
+import CHekiPlugin
 import FakeHost
+import HekiKernelModel
 import XCTest
 
 /// A kernel VM with vCPUs, each on a zeroed page standing in for kvm_run.
@@ -31,10 +32,15 @@ final class KernelFixture {
 
     var v0: OpaquePointer { vcpus[0] }
     func page(_ i: Int = 0) -> UnsafeMutableRawPointer { pages[i] }
-    /// exit_reason read straight from offset 8 of the page.
-    func exitReason(_ i: Int = 0) -> UInt32 { pages[i].load(fromByteOffset: 8, as: UInt32.self) }
-    /// payload word k read straight from offset 32 + 8k.
-    func word(_ k: Int, _ i: Int = 0) -> UInt64 { pages[i].load(fromByteOffset: 32 + 8 * k, as: UInt64.self) }
+    /// exit_reason read straight from the page, at the kernel's offset
+    /// (asserted against <linux/kvm.h> in kernel_model.c), not through fk_run_*.
+    func exitReason(_ i: Int = 0) -> UInt32 {
+        pages[i].load(fromByteOffset: Int(FK_KVM_RUN_EXIT_REASON_OFFSET), as: UInt32.self)
+    }
+    /// payload word k read straight from the exit union.
+    func word(_ k: Int, _ i: Int = 0) -> UInt64 {
+        pages[i].load(fromByteOffset: Int(FK_KVM_RUN_UNION_OFFSET) + 8 * k, as: UInt64.self)
+    }
     func poison(_ i: Int = 0) {
         pages[i].initializeMemory(as: UInt8.self, repeating: 0xAA, count: 4096)
     }

@@ -1,9 +1,10 @@
 // What the kernel model answers for KVM_CHECK_EXTENSION / KVM_ENABLE_CAP of
-// 235..237 on every kind of kernel (fake_kernel.h, FkKernelKind): the
+// 235..237 on every kind of kernel (heki_kernel_model.h, FkKernelKind): the
 // numbers are Heki caps on a Heki kernel and upstream caps on a stock one,
 // and enabling 237 on a stock kernel with an irqchip changes the VM.
-import CBridge  // HEKI_* constants: which module owns the shared header varies by build
+import CHekiPlugin
 import FakeHost
+import HekiKernelModel
 import XCTest
 
 final class FakeKernelAnswersTests: XCTestCase {

@@ -1,7 +1,7 @@
 // The C side of the contract: the public header compiles as C11 and C++17
 // with warnings as errors, and a plain C program (Tests/CProgram/load_plugin.c)
 // loads the .so, checks the version, creates a plugin and handles one exit.
-import CBridge  // HEKI_* constants: which module owns the shared header varies by build
+import CHekiPlugin
 import FakeHost
 import Foundation
 import XCTest
@@ -65,11 +65,8 @@ final class HostCTests: XCTestCase {
     func testPlainCProgramLoadsThePlugin() throws {
         guard let plugin = PluginLibrary.path else { throw missing("no plugin") }
         try requireTool("cc")
-        let source = root.appendingPathComponent("Tests/CProgram/load_plugin.c").path
         let binary = scratch.appendingPathComponent("load_plugin").path
-        var (status, output) = try runCommand(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror",
-                                       "-I", root.appendingPathComponent("include").path,
-                                       source, "-o", binary, "-ldl"])
+        var (status, output) = try CHostProgram.compile("load_plugin", into: binary)
         XCTAssertEqual(status, 0, output)
         (status, output) = try runCommand([binary, plugin])
         XCTAssertEqual(status, 0, output)

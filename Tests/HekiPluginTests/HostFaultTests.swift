@@ -3,6 +3,7 @@
 // unloaded and loaded again, and a host frees the plugin from a callback of
 // the teardown's own flush.
 import FakeHost
+import HekiKernelModel
 import Foundation
 import XCTest
 
@@ -152,17 +153,17 @@ final class HostFaultTests: XCTestCase {
         let path = try XCTUnwrap(PluginLibrary.path)
         _ = try PluginLibrary.require()
         var error: UnsafeMutablePointer<CChar>?
-        let first = try XCTUnwrap(fh_library_open(path, HEKI_PLUGIN_ABI_VERSION, &error))
+        let first = try XCTUnwrap(hs_library_open(path, HEKI_PLUGIN_ABI_VERSION, &error))
         let before = TestVM(lib: first)
         XCTAssertTrue(before.create(["vm-name=before"]), before.error)
         XCTAssertEqual(before.enableCaps(), 0)
-        fh_library_close(first)
+        hs_library_close(first)
         // The plugin made through the closed handle still works.
         before.pin(cr: 4, GuestCR4.smep)
         before.write(cr: 4, 0)
         XCTAssertEqual(before.run(), FH_STOP_NONE)
         for cycle in 0..<3 {
-            let again = try XCTUnwrap(fh_library_open(path, HEKI_PLUGIN_ABI_VERSION, &error), "cycle \(cycle)")
+            let again = try XCTUnwrap(hs_library_open(path, HEKI_PLUGIN_ABI_VERSION, &error), "cycle \(cycle)")
             let t = TestVM(lib: again)
             XCTAssertTrue(t.create(["vm-name=again\(cycle)"]), t.error)
             XCTAssertEqual(t.enableCaps(), 0)
@@ -171,7 +172,7 @@ final class HostFaultTests: XCTestCase {
             XCTAssertEqual(t.run(), FH_STOP_NONE)
             t.freePlugin()
             XCTAssertEqual(t.count("HEKI_DENIAL"), 1)
-            fh_library_close(again)
+            hs_library_close(again)
         }
         before.freePlugin()
         XCTAssertEqual(before.count("HEKI_DENIAL"), 1)
@@ -187,7 +188,7 @@ final class HostFaultTests: XCTestCase {
     /// the plugin under the first one (use after free). It returns at once
     /// now; the running teardown completes and delivers everything.
     nonisolated(unsafe) private static var freeCalls = 0
-    nonisolated(unsafe) private static var api: FhPluginApi?
+    nonisolated(unsafe) private static var api: HsPluginApi?
     nonisolated(unsafe) private static var plugin: OpaquePointer?
 
     func testFreeFromACallbackOfTheTeardownFlush() throws {

@@ -4,37 +4,37 @@
 //
 // Everything here goes through the dlopen'ed .so and the public C ABI; the
 // plugin's Swift module is never imported.
-import CBridge  // HEKI_* constants: which module owns the shared header varies by build
+import CHekiPlugin
 import FakeHost
+import HekiKernelModel
 import Foundation
 import XCTest
 
-// Control register bits (the FK_* macros, spelled out for Swift).
+// Control register bits: the kernel model's (heki_x86.h), under short names.
 enum GuestCR0 {
-    static let pe: UInt64 = 1 << 0
-    static let mp: UInt64 = 1 << 1
-    static let et: UInt64 = 1 << 4
-    static let ne: UInt64 = 1 << 5
-    static let wp: UInt64 = 1 << 16
-    static let am: UInt64 = 1 << 18
-    static let nw: UInt64 = 1 << 29
-    static let cd: UInt64 = 1 << 30
-    static let pg: UInt64 = 1 << 31
-    static let host: UInt64 = 0x8005_0033
-    static let reset: UInt64 = 0x6000_0010
+    static let pe = FK_CR0_PE
+    static let mp = FK_CR0_MP
+    static let et = FK_CR0_ET
+    static let ne = FK_CR0_NE
+    static let wp = FK_CR0_WP
+    static let am = FK_CR0_AM
+    static let nw = FK_CR0_NW
+    static let cd = FK_CR0_CD
+    static let pg = FK_CR0_PG
+    static let host = FK_DEFAULT_HOST_CR0
+    static let reset = FK_RESET_CR0
 }
 
 enum GuestCR4 {
-    static let pae: UInt64 = 1 << 5
-    static let umip: UInt64 = 1 << 11
-    static let fsgsbase: UInt64 = 1 << 16
-    static let smep: UInt64 = 1 << 20
-    static let smap: UInt64 = 1 << 21
-    static let cet: UInt64 = 1 << 23
-    static let fred: UInt64 = 1 << 32
-    /// FK_DEFAULT_HOST_CR4: SMEP, SMAP, UMIP, FSGSBASE; no CET, no FRED.
-    static let host: UInt64 = (1 << 5) | (1 << 7) | (1 << 9) | (1 << 10) | umip | fsgsbase
-        | (1 << 17) | (1 << 18) | smep | smap | (1 << 22)
+    static let pae = FK_CR4_PAE
+    static let umip = FK_CR4_UMIP
+    static let fsgsbase = FK_CR4_FSGSBASE
+    static let smep = FK_CR4_SMEP
+    static let smap = FK_CR4_SMAP
+    static let cet = FK_CR4_CET
+    static let fred = FK_CR4_FRED
+    /// SMEP, SMAP, UMIP, FSGSBASE; no CET, no FRED.
+    static let host = FK_DEFAULT_HOST_CR4
 }
 
 let kvmEINVAL = UInt64(bitPattern: -22)
@@ -69,8 +69,8 @@ enum PluginLibrary {
     nonisolated(unsafe) static let shared: OpaquePointer? = {
         guard let path else { return nil }
         var error: UnsafeMutablePointer<CChar>?
-        let lib = fh_library_open(path, HEKI_PLUGIN_ABI_VERSION, &error)
-        if let error { fh_free_string(error) }
+        let lib = hs_library_open(path, HEKI_PLUGIN_ABI_VERSION, &error)
+        if let error { hs_free_string(error) }
         return lib
     }()
 
@@ -193,8 +193,8 @@ func payload(reason: UInt64, value: UInt64 = 0) -> [UInt64] { [reason, value, 0,
 final class HostHarnessTests: XCTestCase {
     func testPluginIsFoundAndLoaded() throws {
         let lib = try PluginLibrary.require()
-        XCTAssertEqual(fh_library_abi_version(lib), HEKI_PLUGIN_ABI_VERSION)
-        let api = fh_library_api(lib)!.pointee
+        XCTAssertEqual(hs_library_abi_version(lib), HEKI_PLUGIN_ABI_VERSION)
+        let api = hs_library_api(lib)!.pointee
         XCTAssertNotNil(api.handle_exit)
         XCTAssertNotNil(api.query)
         XCTAssertEqual(api.abi_version!(), 1)
@@ -202,20 +202,20 @@ final class HostHarnessTests: XCTestCase {
 
     func testLoaderRefusesMissingFile() {
         var error: UnsafeMutablePointer<CChar>?
-        let lib = fh_library_open("/nonexistent/libHekiPlugin.so", HEKI_PLUGIN_ABI_VERSION, &error)
+        let lib = hs_library_open("/nonexistent/libHekiPlugin.so", HEKI_PLUGIN_ABI_VERSION, &error)
         XCTAssertNil(lib)
         let message = error.map { String(cString: $0) } ?? ""
-        fh_free_string(error)
+        hs_free_string(error)
         XCTAssertTrue(message.contains("cannot load"), message)
         XCTAssertTrue(message.contains("/nonexistent/libHekiPlugin.so"), message)
     }
 
     func testLoaderRefusesLibraryWithoutTheSymbols() {
         var error: UnsafeMutablePointer<CChar>?
-        let lib = fh_library_open("libm.so.6", HEKI_PLUGIN_ABI_VERSION, &error)
+        let lib = hs_library_open("libm.so.6", HEKI_PLUGIN_ABI_VERSION, &error)
         XCTAssertNil(lib)
         let message = error.map { String(cString: $0) } ?? ""
-        fh_free_string(error)
+        hs_free_string(error)
         XCTAssertTrue(message.contains("missing symbol heki_plugin_abi_version"), message)
     }
 
@@ -223,10 +223,10 @@ final class HostHarnessTests: XCTestCase {
         guard let path = PluginLibrary.path else { throw missing("no plugin") }
         _ = try PluginLibrary.require()
         var error: UnsafeMutablePointer<CChar>?
-        let lib = fh_library_open(path, HEKI_PLUGIN_ABI_VERSION + 1, &error)
+        let lib = hs_library_open(path, HEKI_PLUGIN_ABI_VERSION + 1, &error)
         XCTAssertNil(lib)
         let message = error.map { String(cString: $0) } ?? ""
-        fh_free_string(error)
+        hs_free_string(error)
         XCTAssertTrue(message.contains("ABI version 1, this host needs 2"), message)
     }
 

@@ -2,8 +2,9 @@
 // of every entry point; handle_exit from many threads while the loop
 // dispatches and another thread queries; every denial-storm shape with the
 // exact-accounting guarantee.
-import CBridge  // HEKI_* constants: which module owns the shared header varies by build
+import CHekiPlugin
 import FakeHost
+import HekiKernelModel
 import Foundation
 import XCTest
 
@@ -84,11 +85,11 @@ final class HostHostileTests: XCTestCase {
         }
         final class Querier: @unchecked Sendable {
             let plugin: OpaquePointer
-            let api: FhPluginApi
+            let api: HsPluginApi
             let stop = TestFlag(false)
             var queries = 0
             var problems: [String] = []
-            init(_ plugin: OpaquePointer, _ api: FhPluginApi) { self.plugin = plugin; self.api = api }
+            init(_ plugin: OpaquePointer, _ api: HsPluginApi) { self.plugin = plugin; self.api = api }
         }
         let querier = Querier(try XCTUnwrap(fh_vm_plugin(t.vm)), fh_vm_api(t.vm)!.pointee)
         let done = DispatchSemaphore(value: 0)

@@ -3,8 +3,9 @@
 // v3, overridden numbers), through the fake host and the dlopen'ed plugin:
 // which capabilities reach KVM_ENABLE_CAP, which exits are claimed, what
 // the host is told, and what require-caps=on does.
-import CBridge  // HEKI_* constants: which module owns the shared header varies by build
+import CHekiPlugin
 import FakeHost
+import HekiKernelModel
 import XCTest
 
 final class HostKernelCheckTests: XCTestCase {

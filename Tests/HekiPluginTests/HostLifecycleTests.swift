@@ -1,7 +1,8 @@
 // Plugin lifecycles a VMM can produce: free with events pending, free from
 // inside the plugin's own event callback, two plugins in one process.
-import CBridge  // HEKI_* constants: which module owns the shared header varies by build
+import CHekiPlugin
 import FakeHost
+import HekiKernelModel
 import XCTest
 
 final class HostLifecycleTests: XCTestCase {

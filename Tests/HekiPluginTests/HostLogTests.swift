@@ -1,7 +1,8 @@
 // The log callback: one line per delivered event with the VM and vCPU named,
 // at a level that fits; and the audit log's failure rule (a full disk).
-import CBridge  // HEKI_* constants: which module owns the shared header varies by build
+import CHekiPlugin
 import FakeHost
+import HekiKernelModel
 import XCTest
 
 final class HostLogTests: XCTestCase {

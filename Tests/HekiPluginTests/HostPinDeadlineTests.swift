@@ -1,8 +1,9 @@
 // Required pins judged at boot (issue 9): a guest that never pins a
 // register whose bits are required is found by the pin deadline, counted
 // from heki_plugin_start, or earlier by its first denial.
-import CBridge  // HEKI_* constants: which module owns the shared header varies by build
+import CHekiPlugin
 import FakeHost
+import HekiKernelModel
 import XCTest
 
 final class HostPinDeadlineTests: XCTestCase {

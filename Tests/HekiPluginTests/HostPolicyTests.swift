@@ -1,8 +1,9 @@
 // Verdicts and their precedence, weak pinning, event JSON, malformed
 // payloads, bad options, HekiHost checks and callback threads: through the
 // fake host and the dlopen'ed plugin.
-import CBridge  // HEKI_* constants: which module owns the shared header varies by build
+import CHekiPlugin
 import FakeHost
+import HekiKernelModel
 import XCTest
 
 final class HostPolicyTests: XCTestCase {

@@ -1,7 +1,8 @@
 // Profiles, number overrides, exit masks, capabilities, foreign and
 // unclaimed exits: through the fake host and the dlopen'ed plugin.
-import CBridge  // HEKI_* constants: which module owns the shared header varies by build
+import CHekiPlugin
 import FakeHost
+import HekiKernelModel
 import XCTest
 
 final class HostProfileTests: XCTestCase {

@@ -1,7 +1,8 @@
 // Storms from several vCPU threads: exact accounting across rate limiting,
 // coalescing and queue overflow; the summary while the loop runs.
-import CBridge  // HEKI_* constants: which module owns the shared header varies by build
+import CHekiPlugin
 import FakeHost
+import HekiKernelModel
 import XCTest
 
 final class HostStormTests: XCTestCase {

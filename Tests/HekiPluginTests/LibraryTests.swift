@@ -62,7 +62,7 @@ final class LibraryTests: XCTestCase {
         packageDirectory.appendingPathComponent(".build/release/libHekiPlugin.so").path
     }
 
-    /// Builds Tests/CProgram/alloc_check.c (malloc interposed, exported so
+    /// Builds Tests/CProgram/alloc_check.c (with the allocation counter, so
     /// the dlopen'ed library allocates through it) and runs it on the release
     /// .so with `arguments`.
     private func allocCheck(_ arguments: [String]) throws -> (status: Int32, output: String) {
@@ -72,8 +72,7 @@ final class LibraryTests: XCTestCase {
         }
         let binary = FileManager.default.temporaryDirectory.appendingPathComponent("heki-alloc-check-\(getpid())").path
         defer { try? FileManager.default.removeItem(atPath: binary) }
-        let source = Self.packageDirectory.appendingPathComponent("Tests/CProgram/alloc_check.c").path
-        let compile = try runCommand(["sh", "-c", "cc -std=c11 -Wall -Wextra -Werror -rdynamic -o \(binary) \(source) $(pkg-config --cflags --libs glib-2.0) -ldl"])
+        let compile = try CHostProgram.compile("alloc_check", into: binary, countingAllocations: true)
         XCTAssertEqual(compile.status, 0, compile.output)
         return try runCommand([binary, Self.releaseLibrary] + arguments)
     }

@@ -1,8 +1,8 @@
 /*
- * fake_kernel.c - the kernel side of Heki (RFC v2 patch 03), modelled.
- * Function names in comments are the patch's; see fake_kernel.h.
+ * kernel_model.c - the kernel side of Heki (RFC v2 patch 03), modelled.
+ * Function names in comments are the patch's; see heki_kernel_model.h.
  */
-#include "fake_kernel.h"
+#include "heki_kernel_model.h"
 
 #include <errno.h>
 #include <stdatomic.h>
@@ -459,11 +459,31 @@ uint64_t fk_run_payload_word(const struct kvm_run *run, unsigned index) {
     return w;
 }
 
+void fk_run_set_exit_reason(struct kvm_run *run, uint32_t exit_reason) {
+    memcpy((char *)run + FK_KVM_RUN_EXIT_REASON_OFFSET, &exit_reason, sizeof exit_reason);
+}
+
 void fk_run_write_raw(struct kvm_run *run, uint32_t exit_reason,
                       const uint64_t words[FK_HEKI_PAYLOAD_WORDS]) {
-    memcpy((char *)run + FK_KVM_RUN_EXIT_REASON_OFFSET, &exit_reason, sizeof exit_reason);
+    fk_run_set_exit_reason(run, exit_reason);
     if (words)
         memcpy((char *)run + FK_KVM_RUN_UNION_OFFSET, words, FK_HEKI_PAYLOAD_SIZE);
     else
         memset((char *)run + FK_KVM_RUN_UNION_OFFSET, 0, FK_HEKI_PAYLOAD_SIZE);
 }
+
+void fk_run_write_exit(struct kvm_run *run, uint32_t exit_reason, uint64_t reason, uint64_t value) {
+    const uint64_t words[FK_HEKI_PAYLOAD_WORDS] = {reason, value};
+    fk_run_write_raw(run, exit_reason, words);
+}
+
+/* heki_x86.h writes these as numbers: they are the ORs its comments name. */
+_Static_assert(FK_DEFAULT_HOST_CR0 == (FK_CR0_PE | FK_CR0_MP | FK_CR0_ET | FK_CR0_NE | FK_CR0_WP |
+                                       FK_CR0_AM | FK_CR0_PG),
+               "a typical host CR0");
+_Static_assert(FK_DEFAULT_HOST_CR4 == (FK_CR4_PAE | FK_CR4_PGE | FK_CR4_OSFXSR | FK_CR4_OSXMMEXCPT |
+                                       FK_CR4_UMIP | FK_CR4_FSGSBASE | FK_CR4_PCIDE | FK_CR4_OSXSAVE |
+                                       FK_CR4_SMEP | FK_CR4_SMAP | FK_CR4_PKE),
+               "a typical host CR4");
+_Static_assert(FK_RESET_CR0 == (FK_CR0_ET | FK_CR0_NW | FK_CR0_CD) && FK_RESET_CR4 == 0,
+               "CR0/CR4 after RESET");

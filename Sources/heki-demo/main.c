@@ -17,7 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "fake_kernel.h"
+#include "heki_kernel_model.h"
 #include "fake_vmm.h"
 
 #define STORM_VCPUS 4u
@@ -128,14 +128,14 @@ int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     char *error = NULL;
-    FhLibrary *lib = fh_library_open(path, HEKI_PLUGIN_ABI_VERSION, &error);
+    HsLibrary *lib = hs_library_open(path, HEKI_PLUGIN_ABI_VERSION, &error);
     if (!lib) {
         fprintf(stderr, "heki-demo: %s\n", error ? error : "cannot load the plugin");
-        fh_free_string(error);
+        hs_free_string(error);
         free(path);
         return 2;
     }
-    printf("loaded %s (ABI version %u)\n", fh_library_path(lib), fh_library_abi_version(lib));
+    printf("loaded %s (ABI version %u)\n", hs_library_path(lib), hs_library_abi_version(lib));
 
     FhVm *vm = fh_vm_new(lib, NULL);
     fh_vm_set_event_hook(vm, print_event, NULL);
@@ -149,7 +149,7 @@ int main(int argc, char **argv) {
     if (fh_vm_create_plugin(vm) != 0) {
         fprintf(stderr, "heki-demo: %s\n", fh_vm_last_error(vm));
         fh_vm_free(vm);
-        fh_library_close(lib);
+        hs_library_close(lib);
         free(path);
         return 2;
     }
@@ -157,7 +157,7 @@ int main(int argc, char **argv) {
     if (fh_vm_enable_caps(vm) != 0) {
         fprintf(stderr, "heki-demo: %s\n", fh_vm_last_error(vm));
         fh_vm_free(vm);
-        fh_library_close(lib);
+        hs_library_close(lib);
         free(path);
         return 2;
     }
@@ -249,7 +249,7 @@ int main(int argc, char **argv) {
 
     printf("\n%s\n", failures ? "heki-demo: SOME CHECKS FAILED" : "heki-demo: all checks hold");
     fh_vm_free(vm);
-    fh_library_close(lib);
+    hs_library_close(lib);
     free(path);
     return failures ? 1 : 0;
 }

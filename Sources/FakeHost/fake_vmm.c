@@ -4,7 +4,6 @@
 #define _GNU_SOURCE
 #include "fake_vmm.h"
 
-#include <dlfcn.h>
 #include <errno.h>
 #include <glib.h>
 #include <pthread.h>
@@ -16,123 +15,7 @@
 
 #include <linux/kvm.h>
 
-/* Each table entry has exactly the type the header declares. */
-#define FH_SAME_TYPE(fn, type) _Generic(&fn, type: 1, default: 0)
-_Static_assert(FH_SAME_TYPE(heki_plugin_abi_version, uint32_t (*)(void)), "abi_version");
-_Static_assert(FH_SAME_TYPE(heki_plugin_new, HekiPlugin *(*)(const HekiHost *, int,
-                                                             const char *const *, char **)),
-               "new");
-_Static_assert(FH_SAME_TYPE(heki_plugin_free, void (*)(HekiPlugin *)), "free");
-_Static_assert(FH_SAME_TYPE(heki_plugin_free_string, void (*)(char *)), "free_string");
-_Static_assert(FH_SAME_TYPE(heki_plugin_exit_number,
-                            uint32_t (*)(const HekiPlugin *, HekiExitKind)),
-               "exit_number");
-_Static_assert(FH_SAME_TYPE(heki_plugin_cap_number,
-                            uint32_t (*)(const HekiPlugin *, HekiExitKind)),
-               "cap_number");
-_Static_assert(FH_SAME_TYPE(heki_plugin_cap_mask, uint64_t (*)(const HekiPlugin *, HekiExitKind)),
-               "cap_mask");
-_Static_assert(FH_SAME_TYPE(heki_plugin_cap_result, int (*)(HekiPlugin *, HekiExitKind, int)),
-               "cap_result");
-_Static_assert(FH_SAME_TYPE(heki_plugin_enable_caps, int (*)(HekiPlugin *, char **)), "enable_caps");
-_Static_assert(FH_SAME_TYPE(heki_plugin_start, void (*)(HekiPlugin *)), "start");
-_Static_assert(FH_SAME_TYPE(heki_plugin_handle_exit,
-                            HekiVerdict (*)(HekiPlugin *, uint32_t, const struct kvm_run *)),
-               "handle_exit");
-_Static_assert(FH_SAME_TYPE(heki_plugin_query, char *(*)(HekiPlugin *)), "query");
-
-/* ---- library ----------------------------------------------------------- */
-
-struct FhLibrary {
-    void *handle;
-    char *path;
-    uint32_t abi_version;
-    FhPluginApi api;
-};
-
 void fh_free_string(char *string) { g_free(string); }
-
-static bool resolve(void *handle, const char *name, void **slot, const char *path, char **error) {
-    dlerror();
-    void *sym = dlsym(handle, name);
-    const char *err = dlerror();
-    if (err || !sym) {
-        if (error)
-            *error = g_strdup_printf("fake-vmm: %s: missing symbol %s (%s)", path, name,
-                                     err ? err : "NULL");
-        return false;
-    }
-    *slot = sym;
-    return true;
-}
-
-FhLibrary *fh_library_open(const char *path, uint32_t expected_abi_version, char **error) {
-    if (error)
-        *error = NULL;
-    if (!path) {
-        if (error)
-            *error = g_strdup("fake-vmm: no plugin path");
-        return NULL;
-    }
-    void *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!handle) {
-        const char *err = dlerror();
-        if (error)
-            *error = g_strdup_printf("fake-vmm: cannot load %s: %s", path, err ? err : "?");
-        return NULL;
-    }
-    FhLibrary *lib = g_new0(FhLibrary, 1);
-    lib->handle = handle;
-    lib->path = g_strdup(path);
-    FhPluginApi *a = &lib->api;
-    /* Object pointer -> function pointer: POSIX guarantees dlsym's result
-       converts; go through memcpy-free union-less casts via void **. */
-    struct {
-        const char *name;
-        void **slot;
-    } syms[] = {
-        {"heki_plugin_abi_version", (void **)&a->abi_version},
-        {"heki_plugin_new", (void **)&a->plugin_new},
-        {"heki_plugin_free", (void **)&a->plugin_free},
-        {"heki_plugin_free_string", (void **)&a->free_string},
-        {"heki_plugin_exit_number", (void **)&a->exit_number},
-        {"heki_plugin_cap_number", (void **)&a->cap_number},
-        {"heki_plugin_cap_mask", (void **)&a->cap_mask},
-        {"heki_plugin_cap_result", (void **)&a->cap_result},
-        {"heki_plugin_enable_caps", (void **)&a->enable_caps},
-        {"heki_plugin_start", (void **)&a->start},
-        {"heki_plugin_handle_exit", (void **)&a->handle_exit},
-        {"heki_plugin_query", (void **)&a->query},
-    };
-    for (size_t i = 0; i < G_N_ELEMENTS(syms); i++) {
-        if (!resolve(handle, syms[i].name, syms[i].slot, path, error)) {
-            fh_library_close(lib);
-            return NULL;
-        }
-    }
-    lib->abi_version = a->abi_version();
-    if (lib->abi_version != expected_abi_version) {
-        if (error)
-            *error = g_strdup_printf("fake-vmm: %s: ABI version %u, this host needs %u", path,
-                                     lib->abi_version, expected_abi_version);
-        fh_library_close(lib);
-        return NULL;
-    }
-    return lib;
-}
-
-void fh_library_close(FhLibrary *lib) {
-    if (!lib)
-        return;
-    if (lib->handle)
-        dlclose(lib->handle);
-    g_free(lib->path);
-    g_free(lib);
-}
-
-const FhPluginApi *fh_library_api(const FhLibrary *lib) { return &lib->api; }
-uint32_t fh_library_abi_version(const FhLibrary *lib) { return lib->abi_version; }
-const char *fh_library_path(const FhLibrary *lib) { return lib->path; }
 
 /* ---- VM ---------------------------------------------------------------- */
 
@@ -174,9 +57,8 @@ typedef struct {
 } LogLine;
 
 struct FhVm {
-    FhLibrary *lib;
-    const FhPluginApi *api;
-    FhPluginApi api_copy; /* the VM keeps working after fh_library_close (nodelete) */
+    const HsPluginApi *api;
+    HsPluginApi api_copy; /* the VM keeps working after hs_library_close (nodelete) */
     FkVm *kernel;
     GMainContext *context;
     pthread_t owner;
@@ -363,11 +245,10 @@ static void clear_log(gpointer p) {
     g_free(l->message);
 }
 
-FhVm *fh_vm_new(FhLibrary *lib, const FkProfile *kernel_profile) {
+FhVm *fh_vm_new(HsLibrary *lib, const FkProfile *kernel_profile) {
     FhVm *vm = g_new0(FhVm, 1);
-    vm->lib = lib;
     if (lib)
-        vm->api_copy = lib->api;
+        vm->api_copy = *hs_library_api(lib);
     vm->api = lib ? &vm->api_copy : NULL;
     vm->kernel = fk_vm_new(kernel_profile, FK_DEFAULT_HOST_CR0, FK_DEFAULT_HOST_CR4);
     vm->context = g_main_context_new();
@@ -430,7 +311,7 @@ void fh_vm_free(FhVm *vm) {
 
 FkVm *fh_vm_kernel(FhVm *vm) { return vm->kernel; }
 GMainContext *fh_vm_context(FhVm *vm) { return vm->context; }
-const FhPluginApi *fh_vm_api(FhVm *vm) { return vm->api; }
+const HsPluginApi *fh_vm_api(FhVm *vm) { return vm->api; }
 void fh_vm_set_host_size(FhVm *vm, uint32_t size) { vm->host_size = size; }
 void fh_vm_set_host_callbacks(FhVm *vm, bool with_log, bool with_event) {
     vm->with_log = with_log;

@@ -1,5 +1,5 @@
 /*
- * fake_kernel.h - a model of the kernel side of Heki (RFC v2 patch 03,
+ * heki_kernel_model.h - a model of the kernel side of Heki (RFC v2 patch 03,
  * "KVM: x86: Add notifications for Heki policy configuration and
  * violation"), for tests and for a user-space emulator in front of a real VMM.
  *
@@ -23,11 +23,13 @@
  * The types are opaque and the functions take plain C types, so the header
  * imports into Swift as is.
  */
-#ifndef HEKI_FAKE_KERNEL_H
-#define HEKI_FAKE_KERNEL_H
+#ifndef HEKI_KERNEL_MODEL_H
+#define HEKI_KERNEL_MODEL_H
 
 #include <stdbool.h>
 #include <stdint.h>
+
+#include "heki_x86.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -35,62 +37,7 @@ extern "C" {
 
 struct kvm_run;
 
-/* Control register bits (arch/x86/include/uapi/asm/processor-flags.h). */
-#define FK_CR0_PE (1ull << 0)
-#define FK_CR0_MP (1ull << 1)
-#define FK_CR0_EM (1ull << 2)
-#define FK_CR0_TS (1ull << 3)
-#define FK_CR0_ET (1ull << 4)
-#define FK_CR0_NE (1ull << 5)
-#define FK_CR0_WP (1ull << 16)
-#define FK_CR0_AM (1ull << 18)
-#define FK_CR0_NW (1ull << 29)
-#define FK_CR0_CD (1ull << 30)
-#define FK_CR0_PG (1ull << 31)
-
-#define FK_CR4_PAE (1ull << 5)
-#define FK_CR4_PGE (1ull << 7)
-#define FK_CR4_OSFXSR (1ull << 9)
-#define FK_CR4_OSXMMEXCPT (1ull << 10)
-#define FK_CR4_UMIP (1ull << 11)
-#define FK_CR4_FSGSBASE (1ull << 16)
-#define FK_CR4_PCIDE (1ull << 17)
-#define FK_CR4_OSXSAVE (1ull << 18)
-#define FK_CR4_SMEP (1ull << 20)
-#define FK_CR4_SMAP (1ull << 21)
-#define FK_CR4_PKE (1ull << 22)
-#define FK_CR4_CET (1ull << 23)
-#define FK_CR4_FRED (1ull << 32)
-
-/* The patch's heki_pinnable_cr4 (v2), and v3's (adds FRED). */
-#define FK_PINNABLE_CR4_V2 \
-    (FK_CR4_SMEP | FK_CR4_SMAP | FK_CR4_UMIP | FK_CR4_FSGSBASE | FK_CR4_CET)
-#define FK_PINNABLE_CR4_V3 (FK_PINNABLE_CR4_V2 | FK_CR4_FRED)
-
-/* A typical x86-64 Linux host: CR0 = PE|MP|ET|NE|WP|AM|PG; CR4 with SMEP,
-   SMAP, UMIP, FSGSBASE but without CET and FRED (so host masking shows). */
-#define FK_DEFAULT_HOST_CR0 0x80050033ull
-#define FK_DEFAULT_HOST_CR4                                                   \
-    (FK_CR4_PAE | FK_CR4_PGE | FK_CR4_OSFXSR | FK_CR4_OSXMMEXCPT |            \
-     FK_CR4_UMIP | FK_CR4_FSGSBASE | FK_CR4_PCIDE | FK_CR4_OSXSAVE |          \
-     FK_CR4_SMEP | FK_CR4_SMAP | FK_CR4_PKE)
-
-/* x86 state after RESET/INIT: CR0 = ET|NW|CD (0x60000010), CR4 = 0. */
-#define FK_RESET_CR0 0x60000010ull
-#define FK_RESET_CR4 0ull
-
-/* KVM_HEKI_EXIT_REASON_* (capability mask bits and payload `reason`). */
-#define FK_HEKI_EXIT_REASON_CR0 (1ull << 0)
-#define FK_HEKI_EXIT_REASON_CR4 (1ull << 1)
-#define FK_HEKI_EXIT_REASON_VALID_MASK \
-    (FK_HEKI_EXIT_REASON_CR0 | FK_HEKI_EXIT_REASON_CR4)
-
-/* The hypercall (include/uapi/linux/kvm_para.h of the series). */
-#define FK_KVM_HC_LOCK_CR_UPDATE 13
-#define FK_KVM_LOCK_CR_UPDATE_VERSION (1ull << 0)
 #define FK_HEKI_ABI_VERSION 1
-#define FK_KVM_EINVAL 22   /* KVM_EINVAL (= EINVAL) of <linux/kvm_para.h> */
-#define FK_KVM_ENOSYS 1000 /* KVM_ENOSYS: unknown hypercall number */
 #define FK_EINVAL 22       /* -EINVAL returned by the ioctls */
 #define FK_ENXIO 6         /* -ENXIO: KVM_ENABLE_CAP(237) without irqchip */
 #define FK_VMCALL_LENGTH 3 /* 0f 01 c1 */
@@ -272,15 +219,24 @@ FkPending fk_vcpu_complete(FkVcpu *vcpu);
    re-entering).  Pins are per VM and survive. */
 void fk_vcpu_reset(FkVcpu *vcpu);
 
-/* Helpers over a kvm_run buffer (memcpy, no alignment assumptions). */
+/* Helpers over a kvm_run buffer (memcpy, no alignment assumptions): the one
+   place on the host side that knows where exit_reason and the exit union
+   sit (the FK_KVM_RUN_* offsets, asserted against <linux/kvm.h>).  The
+   buffer needs FK_KVM_RUN_UNION_OFFSET + FK_HEKI_PAYLOAD_SIZE bytes. */
 uint32_t fk_run_exit_reason(const struct kvm_run *run);
 /* word 0 = reason, word 1 = cr_pinned / cr_value, words 2..7 = reserved. */
 uint64_t fk_run_payload_word(const struct kvm_run *run, unsigned index);
+void fk_run_set_exit_reason(struct kvm_run *run, uint32_t exit_reason);
+/* words NULL: a zero payload. */
 void fk_run_write_raw(struct kvm_run *run, uint32_t exit_reason,
                       const uint64_t words[FK_HEKI_PAYLOAD_WORDS]);
+/* A Heki exit as the kernel writes it: reason, cr_pinned / cr_value, the
+   reserved words zero. */
+void fk_run_write_exit(struct kvm_run *run, uint32_t exit_reason, uint64_t reason,
+                       uint64_t value);
 
 #ifdef __cplusplus
 }
 #endif
 
-#endif /* HEKI_FAKE_KERNEL_H */
+#endif /* HEKI_KERNEL_MODEL_H */

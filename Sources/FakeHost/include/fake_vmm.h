@@ -2,12 +2,12 @@
  * fake_vmm.h - the VMM side of the fake host: what a KVM VMM does with
  * heki-plugin, through the public header only.
  *
- *  - FhLibrary: dlopen(RTLD_NOW|RTLD_LOCAL) of the .so, every function of
- *    heki_plugin.h resolved into a typed table, ABI version checked.
+ *  - the library: loaded by HekiHostSupport (heki_host_support.h,
+ *    hs_library_open), whose typed table the VM copies.
  *  - FhVm: one VM.  Owns a private GMainContext (acquired by the creating
  *    thread for the VM's life: that thread is "the main loop thread"), the
  *    HekiHost whose callbacks record events and log lines, the kernel model
- *    (fake_kernel.h), and N vCPUs each with an mmap'ed struct kvm_run and a
+ *    (heki_kernel_model.h), and N vCPUs each with an mmap'ed struct kvm_run and a
  *    "guest program".  fh_vm_run() runs the vCPUs on threads, hands every
  *    exit to heki_plugin_handle_exit() and applies the verdict, while the
  *    calling thread iterates the context.
@@ -15,7 +15,7 @@
  * Swift-friendly: opaque pointers, plain C types, no variadics, no unions.
  * Call every fh_vm_* function on the thread that created the FhVm.
  * Strings returned as `char *` are freed with fh_free_string(); `const char *`
- * ones are owned by the FhVm / FhLibrary.
+ * ones are owned by the FhVm.
  */
 #ifndef HEKI_FAKE_VMM_H
 #define HEKI_FAKE_VMM_H
@@ -24,46 +24,14 @@
 #include <stdint.h>
 
 #include "../../../include/heki_plugin.h"
-#include "fake_kernel.h"
+#include "heki_host_support.h"
+#include "heki_kernel_model.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* ---- the library ------------------------------------------------------- */
-
-/* Every function of heki_plugin.h, typed from the header (fake_vmm.c checks
-   each type against the header's declaration at compile time). */
-typedef struct FhPluginApi {
-    uint32_t (*abi_version)(void);
-    HekiPlugin *(*plugin_new)(const HekiHost *host, int argc,
-                              const char *const *argv, char **error);
-    void (*plugin_free)(HekiPlugin *plugin);
-    void (*free_string)(char *string);
-    uint32_t (*exit_number)(const HekiPlugin *plugin, HekiExitKind kind);
-    uint32_t (*cap_number)(const HekiPlugin *plugin, HekiExitKind kind);
-    uint64_t (*cap_mask)(const HekiPlugin *plugin, HekiExitKind kind);
-    int (*cap_result)(HekiPlugin *plugin, HekiExitKind kind, int kvm_result);
-    int (*enable_caps)(HekiPlugin *plugin, char **error);
-    void (*start)(HekiPlugin *plugin);
-    HekiVerdict (*handle_exit)(HekiPlugin *plugin, uint32_t vcpu_index,
-                               const struct kvm_run *run);
-    char *(*query)(HekiPlugin *plugin);
-} FhPluginApi;
-
-typedef struct FhLibrary FhLibrary;
-
-/* Loads `path`.  Refuses (NULL, *error set) a missing/unloadable file, a
-   missing symbol (naming it), and a library whose heki_plugin_abi_version()
-   differs from `expected_abi_version` (pass HEKI_PLUGIN_ABI_VERSION). */
-FhLibrary *fh_library_open(const char *path, uint32_t expected_abi_version,
-                           char **error);
-/* dlclose()s the library. */
-void fh_library_close(FhLibrary *lib);
-const FhPluginApi *fh_library_api(const FhLibrary *lib);
-uint32_t fh_library_abi_version(const FhLibrary *lib);
-const char *fh_library_path(const FhLibrary *lib);
-
+/* Strings this header returns as `char *`. */
 void fh_free_string(char *string);
 
 /* ---- one VM ------------------------------------------------------------ */
@@ -83,15 +51,15 @@ typedef struct FhVm FhVm;
 
 /* A VM whose kernel side follows `kernel_profile` (NULL: v2) on a host with
    FK_DEFAULT_HOST_CR0/CR4.  The VM copies `lib`'s function table: it keeps
-   working after fh_library_close (the library is linked nodelete). */
-FhVm *fh_vm_new(FhLibrary *lib, const FkProfile *kernel_profile);
+   working after hs_library_close (the library is linked nodelete). */
+FhVm *fh_vm_new(HsLibrary *lib, const FkProfile *kernel_profile);
 /* Frees the plugin (if still there, on this thread), the vCPUs, the kernel
    model and the context. */
 void fh_vm_free(FhVm *vm);
 
 FkVm *fh_vm_kernel(FhVm *vm);
 GMainContext *fh_vm_context(FhVm *vm);
-const FhPluginApi *fh_vm_api(FhVm *vm);
+const HsPluginApi *fh_vm_api(FhVm *vm);
 
 /* The HekiHost handed to heki_plugin_new. */
 void fh_vm_set_host_size(FhVm *vm, uint32_t size); /* default sizeof(HekiHost) */
