@@ -415,6 +415,18 @@ int fh_vm_enable_caps(FhVm *vm) {
     return r;
 }
 
+int fh_vm_set_policy(FhVm *vm, int argc, const char *const *argv) {
+    if (!vm->plugin) {
+        set_error(vm, "fake-vmm: no plugin");
+        return -1;
+    }
+    char *error = NULL;
+    int r = vm->api->set_policy(vm->plugin, argc, argv, &error);
+    set_error(vm, error ? error : "");
+    vm->api->free_string(error);
+    return r;
+}
+
 int fh_vm_cap_kvm_result(FhVm *vm, HekiExitKind kind) {
     return (unsigned)kind < 2 ? vm->cap_kvm[kind] : FH_CAP_NOT_TRIED;
 }

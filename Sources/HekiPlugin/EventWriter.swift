@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CBridge
+import CHekiPlugin
 
 /// A byte buffer allocated once; appends never allocate. Main loop thread.
 /// Appends do not check the capacity one by one: the EventWriter checks

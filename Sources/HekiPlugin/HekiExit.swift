@@ -1,4 +1,5 @@
 import CBridge
+import CHekiPlugin
 
 /// One KVM_RUN exit, as the plugin sees it: decoding of the kvm_run union in
 /// one place. Like kvm-ioctls' `VcpuExit`, an exit that is not ours comes back
