@@ -33,7 +33,7 @@ private func arguments(_ argc: Int32, _ argv: UnsafePointer<UnsafePointer<CChar>
 }
 
 @c @implementation
-public func heki_plugin_abi_version() -> UInt32 { 1 }
+public func heki_plugin_abi_version() -> UInt32 { HEKI_PLUGIN_ABI_VERSION }
 
 @c @implementation
 public func heki_plugin_new(

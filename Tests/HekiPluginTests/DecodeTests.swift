@@ -38,7 +38,7 @@ import Testing
     @Test(arguments: [UInt64(0), 3, 4, 1 << 63, .max, 0x10])
     func reasonNotOneKnownBit(_ reason: UInt64) {
         #expect(decode(exit: 40, reason: reason, value: 0)
-            == .malformed(.denial, reason: reason, problem: .reasonNotOneKnownBit))
+            == .malformed(.denial, reason: reason, register: nil, problem: .reasonNotOneKnownBit))
     }
 
     /// Before the capability is enabled, or on a kernel without Heki, the
@@ -61,7 +61,7 @@ import Testing
 
     @Test func registerNotRequested() {
         #expect(decode(exit: 39, reason: 2, value: 0, granted: .cr0)
-            == .malformed(.configure, reason: 2, problem: .registerNotEnabled))
+            == .malformed(.configure, reason: 2, register: .cr4, problem: .registerNotEnabled))
         #expect(decode(exit: 39, reason: 1, value: 0, granted: .cr0) == .configure(.cr0, pinned: 0))
     }
 
