@@ -10,9 +10,12 @@
  *      Sources/HekiKernelModel/kernel_model.c -ldl
  *   ./a.out path/to/libHekiPlugin.so
  * Prints "event NAME JSON" lines and "load_plugin: ok"; exits 0 on success.
+ * With --close-first, the library's only handle is closed (dlclose) after
+ * the capabilities are enabled and before the plugin is used further.
  * (The exit offered before heki_plugin_enable_caps is not claimed, silently.)
  */
 #define _GNU_SOURCE
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,8 +43,9 @@ static void on_log(void *opaque, HekiLogLevel level, const char *message) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 2) {
-        fprintf(stderr, "usage: load_plugin PATH\n");
+    bool close_first = argc == 3 && strcmp(argv[2], "--close-first") == 0;
+    if (argc != 2 && !close_first) {
+        fprintf(stderr, "usage: load_plugin PATH [--close-first]\n");
         return 2;
     }
     char *load_error = NULL;
@@ -51,7 +55,9 @@ int main(int argc, char **argv) {
         hs_free_string(load_error);
         return 1;
     }
-    const HsPluginApi *api = hs_library_api(library);
+    /* A copy: --close-first frees the library's table. */
+    const HsPluginApi table = *hs_library_api(library);
+    const HsPluginApi *api = &table;
     FkProfile v2 = fk_profile(FK_PROFILE_V2);
     FkVm *kernel = fk_vm_new(&v2, FK_DEFAULT_HOST_CR0, FK_DEFAULT_HOST_CR4);
 
@@ -90,6 +96,12 @@ int main(int argc, char **argv) {
     if (api->exit_number(plugin, HEKI_EXIT_CONFIGURE) != v2.exit_configure) {
         fprintf(stderr, "load_plugin: the v2 kernel's configure exit is not claimed\n");
         failures++;
+    }
+    if (close_first) {
+        /* The only handle goes: the plugin must stay usable (the library
+           is linked nodelete; its Swift runtime cannot be unmapped). */
+        hs_library_close(library);
+        printf("library closed\n");
     }
     api->start(plugin);
     HekiVerdict verdict = api->handle_exit(plugin, 0, run);

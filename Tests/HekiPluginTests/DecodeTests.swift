@@ -18,7 +18,7 @@ import Testing
         return decodeExit(OpaquePointer(page), configure: claim(39), denial: claim(40))
     }
 
-    @Test func configureAndDenial() {
+    @Test func claimedExitsDecodeToTheirRegisterAndValue() {
         #expect(decode(exit: 39, reason: 1, value: CR0.wp.rawValue) == .configure(.cr0, pinned: CR0.wp.rawValue))
         #expect(decode(exit: 39, reason: 2, value: 0x300000) == .configure(.cr4, pinned: 0x300000))
         #expect(decode(exit: 40, reason: 2, value: 0x6f0) == .denial(.cr4, value: 0x6f0))
@@ -29,7 +29,7 @@ import Testing
         #expect(decode(exit: 40, reason: 2, value: 5, reserved: .max) == .denial(.cr4, value: 5))
     }
 
-    @Test func foreignExits() {
+    @Test func otherExitNumbersAreForeign() {
         for exit: UInt32 in [0, 2, 5, 38, 41, .max] {
             #expect(decode(exit: exit, reason: 1, value: 1) == .foreign)
         }
@@ -59,13 +59,13 @@ import Testing
         #expect(!Claim.none.isClaimed && Claim.none.exit == nil && !Claim.none.claims(0))
     }
 
-    @Test func registerNotRequested() {
+    @Test func aRegisterNotGrantedIsMalformed() {
         #expect(decode(exit: 39, reason: 2, value: 0, granted: .cr0)
             == .malformed(.configure, reason: 2, register: .cr4, problem: .registerNotEnabled))
         #expect(decode(exit: 39, reason: 1, value: 0, granted: .cr0) == .configure(.cr0, pinned: 0))
     }
 
-    @Test func bitNames() {
+    @Test func bitsAreNamedArchitecturallyAndUnnamedOnesByIndex() {
         #expect(CR0.names.names(of: 0x8001_0001) == ["pe", "wp", "pg"])
         #expect(CR4.names.names(of: CR4.smep.rawValue | CR4.lamSup.rawValue | CR4.fred.rawValue) == ["smep", "lam-sup", "fred"])
         #expect(CR4.names.names(of: 1 << 15 | 1 << 63) == ["bit15", "bit63"])

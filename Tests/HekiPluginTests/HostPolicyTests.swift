@@ -80,7 +80,7 @@ final class HostPolicyTests: XCTestCase {
         XCTAssertEqual(w.verdicts(verdictResume), 3)
     }
 
-    func testWeakPinning() throws {
+    func testMissingRequiredPinsGiveOnWeakPinningAndAnEvent() throws {
         let t = try TestVM.started(["require-cr4=smep+smap", "require-cr0=wp", "on-weak-pinning=pause",
                                     "vm-name=weak"])
         t.pin(cr: 0, GuestCR0.wp)   // cr0 requirements met
@@ -203,7 +203,7 @@ final class HostPolicyTests: XCTestCase {
         XCTAssertEqual(t.events("HEKI_CAPABILITY").first?.string("vm-name"), "a\"b\\c")
     }
 
-    func testMalformedPayloads() throws {
+    func testMalformedPayloadsAreNotClaimedAndAreReported() throws {
         let t = try TestVM.started(["denial-exits=cr0", "vm-name=mal"])
         let reasons: [UInt64] = [0, 3, 4, 1 << 63]
         for r in reasons {
@@ -301,7 +301,7 @@ final class HostPolicyTests: XCTestCase {
         }
     }
 
-    func testHekiHostSize() throws {
+    func testHekiHostSizeDecidesWhichFieldsAreRead() throws {
         let lib = try PluginLibrary.require()
         let small = TestVM(lib: lib)
         fh_vm_set_host_size(small.vm, 8)
@@ -353,7 +353,7 @@ final class HostPolicyTests: XCTestCase {
         XCTAssertTrue(strict.error.hasPrefix("heki-plugin: require-caps: on needs a host"), strict.error)
     }
 
-    func testWithoutCallbacks() throws {
+    func testAHostWithoutCallbacksStillGetsVerdicts() throws {
         let t = TestVM(lib: try PluginLibrary.require())
         fh_vm_set_host_callbacks(t.vm, false, false)
         XCTAssertTrue(t.create([]), t.error)

@@ -111,17 +111,28 @@ final class HostStormTests: XCTestCase {
         XCTAssertGreaterThan(t.count("HEKI_DENIAL"), 100, "more than any default window")
     }
 
+    /// Four vCPUs storm denials with on-denial=pause: each of them stops at
+    /// its next exit (at most one denial each, judged pause), none runs on
+    /// through its 100000 writes, and every denial is one event.
     func testStormWithPauseStopsEveryVcpu() throws {
         let t = try TestVM.started(["on-denial=pause", "rate-limit=0"], vcpus: 4)
         t.pin(0, cr: 0, GuestCR0.wp)
         XCTAssertEqual(t.run(), FH_STOP_NONE)
+        let before = (0..<UInt32(4)).map { fh_vm_vcpu_exits(t.vm, $0) }
         for i in 0..<UInt32(4) { t.write(i, cr: 0, 0, repeat: 100_000) }
         XCTAssertEqual(t.run(), verdictPause)
-        let paused = t.verdicts(verdictPause)
-        XCTAssertGreaterThanOrEqual(paused, 1)
-        XCTAssertLessThanOrEqual(paused, 4, "each vCPU stops at its next exit")
-        XCTAssertEqual(fk_vm_denial_exits(t.kernel), paused)
+        var denials: UInt64 = 0
+        for i in 0..<UInt32(4) {
+            let exits = fh_vm_vcpu_exits(t.vm, i) - before[Int(i)]
+            XCTAssertLessThanOrEqual(exits, 1, "vCPU \(i) stopped at its next exit")
+            XCTAssertEqual(fh_vm_vcpu_verdict_count(t.vm, i, verdictPause), exits, "vCPU \(i): its denial was judged pause")
+            XCTAssertLessThanOrEqual(fk_vcpu_gp_count(t.vcpu(i)), 1, "vCPU \(i) did not run on")
+            denials += exits
+        }
+        XCTAssertGreaterThanOrEqual(denials, 1)
+        XCTAssertEqual(t.verdicts(verdictPause), denials)
+        XCTAssertEqual(fk_vm_denial_exits(t.kernel), denials)
         t.freePlugin()
-        XCTAssertEqual(t.count("HEKI_DENIAL"), paused)
+        XCTAssertEqual(t.count("HEKI_DENIAL"), denials)
     }
 }
