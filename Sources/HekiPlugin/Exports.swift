@@ -62,14 +62,16 @@ public func heki_plugin_new(
     case let .success(strings): list = strings
     case let .failure(problem): return fail(problem.message)
     }
-    do {
-        let config = try Options.parse(list)
-        let plugin = try Plugin(host: hostCopy, hostCanCheck: hostCanCheck, config: config)
-        error?.pointee = nil
-        return OpaquePointer(Unmanaged.passRetained(plugin).toOpaque())
-    } catch let failure {
-        return fail(failure.message)
+    let plugin: Plugin
+    do throws(StartError) {
+        let config: Configuration
+        do throws(OptionError) { config = try Options.parse(list) } catch { throw StartError(error) }
+        plugin = try Plugin(host: hostCopy, hostCanCheck: hostCanCheck, config: config)
+    } catch {
+        return fail(error.message)
     }
+    error?.pointee = nil
+    return OpaquePointer(Unmanaged.passRetained(plugin).toOpaque())
 }
 
 @c @implementation

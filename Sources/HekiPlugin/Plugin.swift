@@ -52,9 +52,9 @@ final class Plugin {
 
     /// `hostCanCheck`: the host's struct has check_extension and enable_cap
     /// (its size covers them and both are set).
-    init(host: HekiHost, hostCanCheck: Bool, config: Configuration) throws(OptionError) {
+    init(host: HekiHost, hostCanCheck: Bool, config: Configuration) throws(StartError) {
         guard hostCanCheck || !config.requireCaps else {
-            throw OptionError("require-caps", "on needs a host that lets the plugin check the kernel (HekiHost.check_extension and enable_cap, heki-plugin 1.1)")
+            throw StartError("require-caps", "on needs a host that lets the plugin check the kernel (HekiHost.check_extension and enable_cap, heki-plugin 1.1)")
         }
         self.config = config
         policy = LivePolicy(config.policy)
@@ -63,7 +63,7 @@ final class Plugin {
         limiter = RateLimiter(limit: config.rateLimit)
         renderer = EventRenderer(config: config)
         // The audit file first: it needs no context, so failing leaves nothing to undo.
-        audit = try config.auditLogPath.map { path throws(OptionError) in try AuditLog(path: path) }
+        audit = try config.auditLogPath.map { path throws(StartError) in try AuditLog(path: path) }
         context = g_main_context_ref(host.context ?? g_main_context_default())
         do {
             source = try MainLoopSource(context: context, opaque: Unmanaged.passUnretained(self).toOpaque()) { opaque in
