@@ -115,9 +115,12 @@ final class EventRenderer {
                 appendVerdict(&data, event.verdict)
             }
         case let .weakPinning(event):
-            guard let vcpu = event.vcpu else { return deadlineData(event) }
-            bulkData(vcpu: vcpu, event.register) { data, register in
+            bulkData(vcpu: event.vcpu, event.register) { data, register in
                 weakFields(&data, event, register)
+                if event.vcpu == nil {  // the pin deadline's: no vCPU, the deadline instead
+                    data.append(",\"deadline-seconds\":")
+                    data.appendDecimal(UInt64(config.pinDeadline ?? 0))
+                }
                 appendVerdict(&data, event.verdict)
             }
         case let .malformedExit(event):
@@ -187,9 +190,10 @@ final class EventRenderer {
         object.add("required", config.requireCaps)
     }
 
-    /// `{"vm-name":...,"vcpu":N,"register":"crN"` + `fields` + `}`.
+    /// `{"vm-name":...,"vcpu":N,"register":"crN"` + `fields` + `}`; no
+    /// vcpu key when `vcpu` is nil.
     @inline(__always)
-    private func bulkData(vcpu: UInt32, _ register: ControlRegister,
+    private func bulkData(vcpu: UInt32?, _ register: ControlRegister,
                           _ fields: (inout ByteWriter, Int) -> Void) {
         let register = Int(register.rawValue)
         // A local copy: the count stays in a register instead of the object.
@@ -199,38 +203,18 @@ final class EventRenderer {
         data.append(byte: 0x7b)  // {
         if let vmNameField {
             data.append(vmNameField)
-            data.append(",\"vcpu\":")
-        } else {
-            data.append("\"vcpu\":")
+            data.append(byte: 0x2c)  // ,
         }
-        data.appendDecimal(UInt64(vcpu))
-        data.append(",\"register\":\"")
-        data.append(registerNames[register])
-        data.append(byte: 0x22)
-        fields(&data, register)
-        data.append(byte: 0x7d)  // }
-    }
-
-    /// A weak pinning the pin deadline found: no vCPU, the deadline instead.
-    private func deadlineData(_ event: WeakPinningEvent) -> UnsafePointer<CChar> {
-        let register = Int(event.register.rawValue)
-        var data = dataBuffer
-        data.reserve(maximumBulkBytes)
-        defer { dataBuffer = data }
-        data.append(byte: 0x7b)  // {
-        if let vmNameField {
-            data.append(vmNameField)
+        if let vcpu {
+            data.append("\"vcpu\":")
+            data.appendDecimal(UInt64(vcpu))
             data.append(byte: 0x2c)
         }
         data.append("\"register\":\"")
         data.append(registerNames[register])
         data.append(byte: 0x22)
-        weakFields(&data, event, register)
-        data.append(",\"deadline-seconds\":")
-        data.appendDecimal(UInt64(config.pinDeadline ?? 0))
-        appendVerdict(&data, event.verdict)
+        fields(&data, register)
         data.append(byte: 0x7d)  // }
-        return data.cString()
     }
 
     @inline(__always)
