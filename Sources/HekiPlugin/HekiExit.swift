@@ -1,7 +1,7 @@
 import CBridge
 
 /// One KVM_RUN exit, as the plugin sees it: decoding of the kvm_run union in
-/// one place. Like kvm-ioctls' `VcpuExit`, an exit that is not ours comes back
+/// one place (the payload: docs/HEKI-ABI.md, "The two exits"). Like kvm-ioctls' `VcpuExit`, an exit that is not ours comes back
 /// as `.foreign` for the host to handle.
 enum DecodedExit: Equatable {
     /// `KVM_EXIT_HEKI_CONFIGURE`: `pinned` are the bits this call pinned

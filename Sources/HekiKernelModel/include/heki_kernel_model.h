@@ -4,6 +4,8 @@
  * violation"), for tests and for a user-space emulator in front of a real VMM.
  *
  * Plain C11 + <linux/kvm.h> + stdatomic; no GLib, no plugin dependency.
+ * docs/HEKI-ABI.md summarises the interface; docs/DESIGN.md says who uses
+ * the model (the tests, the demo, the benchmarks, the fuzzers, the emulator).
  * What is modelled, per the patch:
  *   - KVM_CHECK_EXTENSION / KVM_ENABLE_CAP of KVM_CAP_HEKI_CONFIGURE/_DENIAL
  *     (kvm_vm_ioctl_check_extension, kvm_vm_ioctl_enable_cap), and of the
