@@ -139,7 +139,7 @@ struct ByteString {
     var cString: UnsafePointer<CChar> { UnsafeRawPointer(bytes).assumingMemoryBound(to: CChar.self) }
 }
 
-/// Owns the ByteStrings and tables an EventWriter makes at init.
+/// Owns the ByteStrings and tables the EventRenderer makes at init.
 final class ByteArena {
     private var blocks: [UnsafeMutableRawPointer] = []
 
