@@ -1,6 +1,7 @@
 // The C side of the contract: the public header compiles as C11 and C++17
 // with warnings as errors, and a plain C program (Tests/CProgram/load_plugin.c)
-// loads the .so, checks the version, creates a plugin and handles one exit.
+// loads the .so, checks the version, creates a plugin and handles one exit,
+// also after closing the library's only handle.
 import CHekiPlugin
 import FakeHost
 import Foundation
@@ -76,6 +77,23 @@ final class HostCTests: XCTestCase {
         // A wrong path fails cleanly.
         (status, output) = try runCommand([binary, scratch.appendingPathComponent("nope.so").path])
         XCTAssertEqual(status, 1, output)
+    }
+
+    /// A plugin outlives the only handle of its library: a fresh process
+    /// (load_plugin --close-first) loads the .so, makes a plugin, enables
+    /// its capabilities, dlcloses the library and then starts the plugin,
+    /// hands it an exit, queries and frees it. In this test process the
+    /// suite's shared handle would keep the library mapped whatever the
+    /// link flags: only a process of its own can see an unmapped plugin.
+    func testPluginOutlivesTheOnlyHandleOfItsLibrary() throws {
+        let path = try XCTUnwrap(PluginLibrary.path)
+        let binary = scratch.appendingPathComponent("load_plugin_close_first").path
+        let compile = try CHostProgram.compile("load_plugin", into: binary)
+        XCTAssertEqual(compile.status, 0, compile.output)
+        let (status, output) = try runCommand([binary, path, "--close-first"])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertTrue(output.contains("library closed\nverdict 0\n"), output)
+        XCTAssertTrue(output.contains("load_plugin: ok"), output)
     }
 
     func testDemoRunsAndItsChecksHold() throws {

@@ -144,28 +144,10 @@ final class HostFaultTests: XCTestCase {
 
     // MARK: Load, unload, load
 
-    /// A plugin outlives the only handle of its library: a fresh process
-    /// (load_plugin --close-first) loads the .so, makes a plugin, enables
-    /// its capabilities, dlcloses the library and then starts the plugin,
-    /// hands it an exit, queries and frees it. In this test process the
-    /// suite's shared handle would keep the library mapped whatever the
-    /// link flags: only a process of its own can see an unmapped plugin.
-    func testPluginOutlivesTheOnlyHandleOfItsLibrary() throws {
-        let path = try XCTUnwrap(PluginLibrary.path)
-        let binary = FileManager.default.temporaryDirectory.appendingPathComponent("heki-unload-\(getpid())").path
-        defer { try? FileManager.default.removeItem(atPath: binary) }
-        let compile = try CHostProgram.compile("load_plugin", into: binary)
-        XCTAssertEqual(compile.status, 0, compile.output)
-        let (status, output) = try runCommand([binary, path, "--close-first"])
-        XCTAssertEqual(status, 0, output)
-        XCTAssertTrue(output.contains("library closed\nverdict 0\n"), output)
-        XCTAssertTrue(output.contains("load_plugin: ok"), output)
-    }
-
     /// dlopen, use, dlclose, dlopen again (three times): each new handle
     /// makes working plugins, and one made through a closed handle keeps
     /// working (in this process the suite's handle keeps the library
-    /// mapped: testPluginOutlivesTheOnlyHandleOfItsLibrary checks the
+    /// mapped: HostCTests.testPluginOutlivesTheOnlyHandleOfItsLibrary checks the
     /// unmapping case).
     func testEachNewHandleMakesWorkingPlugins() throws {
         let path = try XCTUnwrap(PluginLibrary.path)
