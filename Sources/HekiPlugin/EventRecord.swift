@@ -24,12 +24,13 @@ enum EventKind: UInt8, CaseIterable, Sendable {
 }
 
 // The payloads, one per kind: what the decode and the policy found, typed,
-// carried unchanged to the renderer. Each is a few words and trivially
-// copyable, so a vCPU writes one into the queue without allocating.
+// carried unchanged to the renderer. Each is a few words and BitwiseCopyable
+// (the compiler checks it), so a vCPU writes one into the queue without
+// allocating or reference counting.
 
 /// HEKI_CONFIGURE: `bits` this call pinned (cr_pinned), `pinned` the
 /// register's pins after it.
-struct PinEvent: Sendable {
+struct PinEvent: Sendable, BitwiseCopyable {
     var vcpu: UInt32
     var register: ControlRegister
     var exit: UInt32
@@ -40,7 +41,7 @@ struct PinEvent: Sendable {
 
 /// HEKI_DENIAL: the whole `value` the guest tried to write, the pins it
 /// met, and the pinned bits it would have cleared.
-struct DenialEvent: Sendable {
+struct DenialEvent: Sendable, BitwiseCopyable {
     var vcpu: UInt32
     var register: ControlRegister
     var exit: UInt32
@@ -53,7 +54,7 @@ struct DenialEvent: Sendable {
 /// HEKI_WEAK_PINNING: bits required of `register` still missing, found at
 /// a pin or the first denial (on `vcpu`) or by the pin deadline (`vcpu`
 /// nil: the main loop's judgement, once per VM).
-struct WeakPinningEvent: Sendable {
+struct WeakPinningEvent: Sendable, BitwiseCopyable {
     var vcpu: UInt32?
     var register: ControlRegister
     var pinned: UInt64
@@ -64,7 +65,7 @@ struct WeakPinningEvent: Sendable {
 
 /// HEKI_MALFORMED_EXIT: a claimed exit number whose payload was not taken.
 /// `register` is the one `reason` names, when it names exactly one.
-struct MalformedExitEvent: Sendable {
+struct MalformedExitEvent: Sendable, BitwiseCopyable {
     var vcpu: UInt32
     var kind: ExitKind
     var exit: UInt32
@@ -74,7 +75,7 @@ struct MalformedExitEvent: Sendable {
 }
 
 /// HEKI_CAPABILITY for one KVM_ENABLE_CAP of a verified profile.
-struct CapabilityEvent: Sendable {
+struct CapabilityEvent: Sendable, BitwiseCopyable {
     var kind: ExitKind
     var capability: UInt32
     var mask: ExitReasonMask
@@ -84,12 +85,12 @@ struct CapabilityEvent: Sendable {
 
 /// HEKI_SUPPRESSED: `count` events of `coalesced` held back since the
 /// previous summary of that kind.
-struct SuppressedEvent: Sendable {
+struct SuppressedEvent: Sendable, BitwiseCopyable {
     var coalesced: EventKind
     var count: UInt64
 }
 
-enum EventPayload: Sendable {
+enum EventPayload: Sendable, BitwiseCopyable {
     case configure(PinEvent)
     case denial(DenialEvent)
     case weakPinning(WeakPinningEvent)
@@ -100,7 +101,7 @@ enum EventPayload: Sendable {
 
 /// One event as a vCPU (or the main loop) records it: its payload and the
 /// wall clock of the exit, microseconds since the epoch.
-struct EventRecord: Sendable {
+struct EventRecord: Sendable, BitwiseCopyable {
     var payload: EventPayload
     var timeMicros: Int64 = 0
 

@@ -51,3 +51,13 @@ import Testing
 private final class Tally: Sendable {
     let count = Atomic<Int>(0)
 }
+
+@Suite struct EventRecordTests {
+    /// What a vCPU writes into a queue cell: no reference (the type is
+    /// BitwiseCopyable, which the compiler checks), and one cache line at
+    /// most, whatever the kind.
+    @Test func aRecordIsPlainDataWithinOneCacheLine() {
+        #expect(_isPOD(EventRecord.self))
+        #expect(MemoryLayout<EventRecord>.size <= 64, "\(MemoryLayout<EventRecord>.size) bytes")
+    }
+}
