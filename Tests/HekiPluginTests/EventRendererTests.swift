@@ -9,6 +9,8 @@ import Testing
 /// byte writer, which agreed byte for byte). Every kind, both registers,
 /// every verdict, a range of values, four vm-names (plain, none, quotes and
 /// backslashes and non-ASCII, 1024 quote characters), require-caps off/on.
+/// The event bytes are part of the contract (README.md, "Events"): a change
+/// meant to alter them changes this file, line by line, in the same commit.
 @Suite struct EventRendererTests {
     static let vmNames: [String?] = [nil, "web1", "q\"b\\s/ é✓", String(repeating: "\"", count: 1024)]
     static let values: [UInt64] = [0, 1, 1 << 16, 0x80050033, 0x3706f0, 0x3706f0 & ~(1 << 20), 1 << 63, .max]
