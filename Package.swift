@@ -66,9 +66,16 @@ let package = Package(
             name: "heki-demo",
             dependencies: ["FakeHost"]
         ),
+        // Swift Testing: the plugin's own types, one suite per type, no host.
         .testTarget(
             name: "HekiPluginTests",
-            dependencies: ["HekiPlugin", "CHekiPlugin", "FakeHost", "HekiKernelModel", "HekiHostSupport"]
+            dependencies: ["HekiPlugin", "CHekiPlugin", "HekiKernelModel"]
+        ),
+        // XCTest: through the dlopen'ed .so and the public header only (the fake
+        // VMM, the kernel model, C programs, the library's shape).
+        .testTarget(
+            name: "HekiHostTests",
+            dependencies: ["CHekiPlugin", "FakeHost", "HekiKernelModel", "HekiHostSupport"]
         ),
     ]
 )

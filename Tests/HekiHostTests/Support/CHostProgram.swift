@@ -1,6 +1,6 @@
 import Foundation
 
-/// The package root: Tests/HekiPluginTests/Support/<this file> -> ../../..
+/// The package root: Tests/HekiHostTests/Support/<this file> -> ../../..
 let packageRoot = URL(fileURLWithPath: #filePath)
     .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     .deletingLastPathComponent()

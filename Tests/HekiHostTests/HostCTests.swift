@@ -8,7 +8,7 @@ import Foundation
 import XCTest
 
 final class HostCTests: XCTestCase {
-    /// The package root: Tests/HekiPluginTests/<this file> -> ../..
+    /// The package root: Tests/HekiHostTests/<this file> -> ../..
     let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().deletingLastPathComponent()
 
