@@ -29,39 +29,53 @@ let package = Package(
             pkgConfig: "glib-2.0",
             providers: [.apt(["libglib2.0-dev"])]
         ),
+        // The public header (include/heki_plugin.h) as one module: its types
+        // and constants belong to CHekiPlugin whoever includes it.
+        .target(name: "CHekiPlugin"),
         // The kvm_run payload view and the few C facilities Swift cannot reach.
-        .target(name: "CBridge", dependencies: ["CGLib"]),
+        .target(name: "CBridge", dependencies: ["CHekiPlugin", "CGLib"]),
         .target(
             name: "HekiPlugin",
-            dependencies: ["CBridge", "CGLib"]
+            dependencies: ["CBridge", "CHekiPlugin", "CGLib"]
         ),
         .target(
             name: "HekiPluginLink",
             exclude: ["exports.map"],
             linkerSettings: [.unsafeFlags(productLinkFlags)]
         ),
-        // The fake host: the patched kernel's side and a VMM that dlopens the .so.
+        // The kernel side of Heki, modelled in C (fk_*): what the tests, the
+        // demo, the benchmarks, the fuzzers and the QEMU emulator run against.
+        .target(name: "HekiKernelModel"),
+        // What every C host shares: the plugin loaded into a typed table. The
+        // malloc interposer (alloc_counter.c) is linked only by the C programs
+        // that count allocations, never into a Swift test runner.
+        .target(
+            name: "HekiHostSupport",
+            dependencies: ["CHekiPlugin"],
+            exclude: ["alloc_counter.c"],
+            linkerSettings: [.linkedLibrary("dl")]
+        ),
+        // The fake VMM (fh_*): a VM over the kernel model whose vCPU threads
+        // hand exits to the dlopen'ed plugin, as QEMU does.
         .target(
             name: "FakeHost",
-            dependencies: ["CGLib"],
-            path: "Tests/FakeHost",
-            linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]
+            dependencies: ["CGLib", "CHekiPlugin", "HekiKernelModel", "HekiHostSupport"],
+            linkerSettings: [.linkedLibrary("pthread")]
         ),
         .executableTarget(
             name: "heki-demo",
-            dependencies: ["FakeHost"],
-            path: "Tests/Demo"
+            dependencies: ["FakeHost"]
         ),
+        // Swift Testing: the plugin's own types, one suite per type, no host.
         .testTarget(
             name: "HekiPluginTests",
-            dependencies: ["HekiPlugin", "FakeHost"]
+            dependencies: ["HekiPlugin", "CHekiPlugin", "HekiKernelModel"]
         ),
-        // Its own module: it uses plugin types that carry C types, which in
-        // HekiPluginTests would hide the header's constants from the tests
-        // that see the header through FakeHost.
+        // XCTest: through the dlopen'ed .so and the public header only (the fake
+        // VMM, the kernel model, C programs, the library's shape).
         .testTarget(
-            name: "EventWriterTests",
-            dependencies: ["HekiPlugin"]
+            name: "HekiHostTests",
+            dependencies: ["CHekiPlugin", "FakeHost", "HekiKernelModel", "HekiHostSupport"]
         ),
     ]
 )
@@ -70,8 +84,9 @@ let package = Package(
 // their executables take main() from libFuzzer, which a plain `swift build`
 // (no -sanitize=fuzzer) cannot link.
 if Context.environment["HEKI_FUZZ"] != nil {
-    // The fuzz host answers KVM's questions from the kernel model (FakeHost).
-    package.targets.append(.target(name: "HekiFuzzSupport", dependencies: ["CGLib", "FakeHost"], path: "Fuzz/Support"))
+    // The fuzz host answers KVM's questions from the kernel model.
+    package.targets.append(.target(name: "HekiFuzzSupport", dependencies: ["CGLib", "CHekiPlugin", "HekiKernelModel"],
+                                   path: "Fuzz/Support"))
     for name in ["exit", "options", "api"] {
         package.targets.append(.executableTarget(
             name: "heki-fuzz-\(name)", dependencies: ["HekiPlugin", "HekiFuzzSupport"], path: "Fuzz/\(name)"))

@@ -26,7 +26,7 @@
 
 #include "bench.h"
 
-PluginApi plugin_api;
+HsPluginApi plugin_api;
 RefApi ref_api;
 
 /* ---- clocks -------------------------------------------------------------- */
@@ -43,35 +43,6 @@ uint64_t thread_cpu_ns(void) {
     return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
-/* ---- malloc interposition (exported with -rdynamic) ---------------------- */
-
-extern void *__libc_malloc(size_t);
-extern void *__libc_calloc(size_t, size_t);
-extern void *__libc_realloc(void *, size_t);
-extern void *__libc_memalign(size_t, size_t);
-extern void __libc_free(void *);
-
-static __thread int tl_counting;
-static __thread long tl_allocations;
-
-static inline void *counted(void *block) {
-    if (tl_counting) tl_allocations++;
-    return block;
-}
-void *malloc(size_t size) { return counted(__libc_malloc(size)); }
-void *calloc(size_t n, size_t size) { return counted(__libc_calloc(n, size)); }
-void *realloc(void *p, size_t size) { return counted(__libc_realloc(p, size)); }
-void free(void *p) { __libc_free(p); }
-int posix_memalign(void **out, size_t align, size_t size) {
-    *out = counted(__libc_memalign(align, size));
-    return *out ? 0 : ENOMEM;
-}
-void *aligned_alloc(size_t align, size_t size) { return counted(__libc_memalign(align, size)); }
-void *memalign(size_t align, size_t size) { return counted(__libc_memalign(align, size)); }
-
-void alloc_counting(int on) { tl_counting = on; }
-long alloc_count_thread(void) { return tl_allocations; }
-
 /* ---- statistics and results ---------------------------------------------- */
 
 static int compare_double(const void *a, const void *b) {
@@ -80,7 +51,7 @@ static int compare_double(const void *a, const void *b) {
 }
 
 Stat stat_of(const double *values, int n) {
-    double *sorted = __libc_malloc(sizeof(double) * (size_t)(n ? n : 1));
+    double *sorted = hs_uncounted_malloc(sizeof(double) * (size_t)(n ? n : 1));
     memcpy(sorted, values, sizeof(double) * (size_t)n);
     qsort(sorted, (size_t)n, sizeof(double), compare_double);
     Stat s = { 0, 0, 0, n };
@@ -89,7 +60,7 @@ Stat stat_of(const double *values, int n) {
         s.max = sorted[n - 1];
         s.median = n % 2 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
     }
-    __libc_free(sorted);
+    hs_uncounted_free(sorted);
     return s;
 }
 
@@ -142,33 +113,22 @@ static void *symbol(void *library, const char *name) {
 
 #define LOAD(api, lib, field, name) *(void **)(&(api).field) = symbol(lib, name)
 
-static void *open_library(const char *path) {
+static void load_plugin(const char *path) {
+    char *error = NULL;
+    HsLibrary *lib = hs_library_open(path, HEKI_PLUGIN_ABI_VERSION, &error);
+    if (!lib) {
+        fprintf(stderr, "heki-bench: %s\n", error ? error : "cannot load the plugin");
+        exit(2);
+    }
+    plugin_api = *hs_library_api(lib); /* the library stays loaded */
+}
+
+static void load_ref(const char *path) {
     void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!lib) {
         fprintf(stderr, "heki-bench: %s\n", dlerror());
         exit(2);
     }
-    return lib;
-}
-
-static void load_plugin(const char *path) {
-    void *lib = open_library(path);
-    LOAD(plugin_api, lib, abi_version, "heki_plugin_abi_version");
-    LOAD(plugin_api, lib, new_, "heki_plugin_new");
-    LOAD(plugin_api, lib, free_, "heki_plugin_free");
-    LOAD(plugin_api, lib, free_string, "heki_plugin_free_string");
-    LOAD(plugin_api, lib, exit_number, "heki_plugin_exit_number");
-    LOAD(plugin_api, lib, enable_caps, "heki_plugin_enable_caps");
-    LOAD(plugin_api, lib, handle_exit, "heki_plugin_handle_exit");
-    LOAD(plugin_api, lib, query, "heki_plugin_query");
-    if (plugin_api.abi_version() != HEKI_PLUGIN_ABI_VERSION) {
-        fprintf(stderr, "heki-bench: ABI version mismatch\n");
-        exit(2);
-    }
-}
-
-static void load_ref(const char *path) {
-    void *lib = open_library(path);
     LOAD(ref_api, lib, new_, "ref_new");
     LOAD(ref_api, lib, cap_result, "ref_cap_result");
     LOAD(ref_api, lib, handle_exit, "ref_handle_exit");
@@ -207,7 +167,7 @@ static HekiPlugin *make_plugin(GMainContext *context, int argc, const char *cons
     HekiHost host = { .size = sizeof host, .opaque = tally, .context = context, .event = event,
                       .check_extension = fk_host_check_extension, .enable_cap = fk_host_enable_cap };
     char *error = NULL;
-    HekiPlugin *p = plugin_api.new_(&host, argc, argv, &error);
+    HekiPlugin *p = plugin_api.plugin_new(&host, argc, argv, &error);
     if (!p) {
         fprintf(stderr, "heki-bench: heki_plugin_new: %s\n", error ? error : "?");
         exit(2);
@@ -220,8 +180,6 @@ static HekiPlugin *make_plugin(GMainContext *context, int argc, const char *cons
 
 /* ---- kvm_run payloads ---------------------------------------------------- */
 
-#define CR4_SMEP (1ull << 20)
-#define CR4_SMAP (1ull << 21)
 #define GUEST_CR4 0x3706f0ull /* a booted Linux's CR4, SMEP and SMAP set */
 #define EXIT_CONFIGURE 39     /* the v2 kernel's (make_plugin) */
 #define EXIT_DENIAL 40
@@ -229,11 +187,8 @@ static HekiPlugin *make_plugin(GMainContext *context, int argc, const char *cons
 static unsigned char *new_run(int denial) {
     unsigned char *run = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     uint32_t number = denial ? EXIT_DENIAL : EXIT_CONFIGURE;
-    uint64_t reason = 2; /* KVM_HEKI_EXIT_REASON_CR4 */
-    uint64_t value = denial ? GUEST_CR4 & ~CR4_SMEP : CR4_SMEP | CR4_SMAP;
-    memcpy(run + 8, &number, 4);
-    memcpy(run + 32, &reason, 8);
-    memcpy(run + 40, &value, 8);
+    uint64_t value = denial ? GUEST_CR4 & ~FK_CR4_SMEP : FK_CR4_SMEP | FK_CR4_SMAP;
+    fk_run_write_exit((struct kvm_run *)run, number, FK_HEKI_EXIT_REASON_CR4, value);
     return run;
 }
 
@@ -257,8 +212,8 @@ static void *hx_thread(void *arg) {
     unsigned char *run = new_run(t->denial);
     long sum = 0;
     pthread_barrier_wait(t->barrier);
-    long allocations0 = alloc_count_thread();
-    alloc_counting(1);
+    long allocations0 = hs_alloc_thread_count();
+    hs_alloc_count_on_thread(true);
     uint64_t c0 = thread_cpu_ns();
     if (t->use_ref) {
         for (long i = 0; i < t->calls; i++) sum += ref_api.handle_exit(t->ref, t->vcpu, run);
@@ -267,8 +222,8 @@ static void *hx_thread(void *arg) {
             sum += plugin_api.handle_exit(t->plugin, t->vcpu, (const struct kvm_run *)run);
     }
     uint64_t c1 = thread_cpu_ns();
-    alloc_counting(0);
-    t->allocations = alloc_count_thread() - allocations0;
+    hs_alloc_count_on_thread(false);
+    t->allocations = hs_alloc_thread_count() - allocations0;
     t->cpu_ns = c1 - c0;
     t->verdict_sum = sum;
     munmap(run, 4096);
@@ -338,7 +293,7 @@ static void bench_handle_exit(int repeats, long calls_per_thread) {
             result_add("exit", name, "ratio", stat_of(ratio, repeats), "target <= 1.3");
         }
     }
-    plugin_api.free_(plugin);
+    plugin_api.plugin_free(plugin);
     ref_api.free_(ref);
     g_main_context_unref(context);
 }
@@ -392,8 +347,8 @@ static void *producer_thread(void *arg) {
     Producer *p = arg;
     unsigned char *run = new_run(1);
     pthread_barrier_wait(p->barrier);
-    long allocations0 = alloc_count_thread();
-    alloc_counting(1);
+    long allocations0 = hs_alloc_thread_count();
+    hs_alloc_count_on_thread(true);
     if (p->stop) {
         long calls = 0;
         while (!atomic_load_explicit(p->stop, memory_order_relaxed)) {
@@ -411,8 +366,8 @@ static void *producer_thread(void *arg) {
     } else {
         for (long i = 0; i < p->calls; i++) plugin_api.handle_exit(p->plugin, p->vcpu, (const struct kvm_run *)run);
     }
-    alloc_counting(0);
-    p->allocations = alloc_count_thread() - allocations0;
+    hs_alloc_count_on_thread(false);
+    p->allocations = hs_alloc_thread_count() - allocations0;
     munmap(run, 4096);
     if (atomic_fetch_sub(p->running, 1) == 1) g_main_context_wakeup(p->context);
     return NULL;
@@ -474,7 +429,7 @@ static void bench_dispatch(int repeats, double seconds) {
             total_exit_calls += producers[i].calls;
             total_exit_allocations += producers[i].allocations;
         }
-        plugin_api.free_(plugin);
+        plugin_api.plugin_free(plugin);
         cpu_rate[r] = (double)delivered / ((double)(c1 - c0) / 1e9);
         consumer_ns[r] = (double)(c1 - c0) / (double)delivered;
         wall_rate[r] = (double)delivered / ((double)(w1 - w0) / 1e9);
@@ -540,12 +495,12 @@ static void bench_storm(int repeats, long total) {
         HekiPlugin *plugin = make_plugin(context, 1, options, on_event, &tally);
         pin_smep(plugin);
         while (g_main_context_iteration(context, FALSE)) {}
-        TimerProbe probe = { 0, __libc_malloc(sizeof(uint64_t) * 100000), 0, 100000 };
+        TimerProbe probe = { 0, hs_uncounted_malloc(sizeof(uint64_t) * 100000), 0, 100000 };
         GSource *timer = g_timeout_source_new(1);
         g_source_set_callback(timer, probe_tick, &probe, NULL);
         g_source_attach(timer, context);
         long capacity = 1000000, iterations = 0;
-        uint64_t *busy = __libc_malloc(sizeof(uint64_t) * (size_t)capacity);
+        uint64_t *busy = hs_uncounted_malloc(sizeof(uint64_t) * (size_t)capacity);
         long rss0 = rss_kib();
 
         pthread_t ids[THREADS];
@@ -577,7 +532,7 @@ static void bench_storm(int repeats, long total) {
         long rss1 = rss_kib();
         g_source_destroy(timer);
         g_source_unref(timer);
-        plugin_api.free_(plugin);
+        plugin_api.plugin_free(plugin);
         for (int i = 0; i < THREADS; i++) {
             total_exit_calls += producers[i].calls;
             total_exit_allocations += producers[i].allocations;
@@ -594,8 +549,8 @@ static void bench_storm(int repeats, long total) {
         max_iteration[r] = iterations ? (double)busy[iterations - 1] / 1e6 : 0;
         timer_p99[r] = probe.count ? (double)probe.lateness[(probe.count * 99) / 100] / 1e6 : 0;
         seconds[r] = (double)(w1 - w0) / 1e9;
-        __libc_free(busy);
-        __libc_free(probe.lateness);
+        hs_uncounted_free(busy);
+        hs_uncounted_free(probe.lateness);
         pthread_barrier_destroy(&barrier);
         g_main_context_release(context);
         g_main_context_pop_thread_default(context);
@@ -616,12 +571,10 @@ static void bench_storm(int repeats, long total) {
 
 static int load_sample(const char *path) {
     uint64_t t0 = now_ns();
-    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    HsLibrary *lib = hs_library_open(path, HEKI_PLUGIN_ABI_VERSION, NULL);
     if (!lib) return 2;
-    HekiPlugin *(*new_)(const HekiHost *, int, const char *const *, char **) = NULL;
-    void (*free_)(HekiPlugin *) = NULL;
-    *(void **)&new_ = dlsym(lib, "heki_plugin_new");
-    *(void **)&free_ = dlsym(lib, "heki_plugin_free");
+    HekiPlugin *(*new_)(const HekiHost *, int, const char *const *, char **) = hs_library_api(lib)->plugin_new;
+    void (*free_)(HekiPlugin *) = hs_library_api(lib)->plugin_free;
     uint64_t t1 = now_ns();
     GMainContext *context = g_main_context_new();
     HekiHost host = { .size = sizeof host, .context = context };
@@ -636,7 +589,7 @@ static int load_sample(const char *path) {
     plugin = new_(&host, 3, options, &error);
     free_(plugin);
     uint64_t t4 = now_ns();
-    dlclose(lib);
+    hs_library_close(lib);
     g_main_context_unref(context);
     printf("%llu %llu %llu %llu %llu\n", (unsigned long long)(t3 - t0), (unsigned long long)(t1 - t0),
            (unsigned long long)(t2 - t1), (unsigned long long)(t3 - t2), (unsigned long long)(t4 - t3));
@@ -701,7 +654,7 @@ static int count_sample(const char *which, int denial, long n) {
         pin_smep(plugin);
         counted_plugin(plugin, run, 1000); /* past the first window's 100 events */
         counted_plugin(plugin, run, n);
-        plugin_api.free_(plugin);
+        plugin_api.plugin_free(plugin);
         g_main_context_unref(context);
     } else {
         RefHandler *ref = ref_api.new_(EXIT_CONFIGURE, EXIT_DENIAL, 100);

@@ -1,7 +1,7 @@
 /*
  * The real-KVM share: a minimal KVM host (one VM, one vCPU, real mode) whose
  * guest loops on `out dx, al`.  Every KVM_EXIT_IO stands for one Heki exit:
- * the host lets the fake kernel model (Tests/FakeHost/fake_kernel.c) turn
+ * the host lets the fake kernel model (Sources/HekiKernelModel/kernel_model.c) turn
  * it into a KVM_EXIT_HEKI_DENIAL (or _CONFIGURE) in the real kvm_run page,
  * as the patched kernel would, hands it to heki_plugin_handle_exit, and
  * completes it the kernel's way before re-entering KVM_RUN.  The baseline is
@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 #include "bench.h"
-#include "fake_kernel.h"
+#include "heki_kernel_model.h"
 
 typedef struct {
     FkVm *fk_vm; /* first: the host's opaque for fk_host_* */
@@ -179,7 +179,7 @@ int kvm_bench(int repeats, long exits_per_block) {
     HekiHost host = { .size = sizeof host, .opaque = &h, .context = h.context, .event = on_event,
                       .check_extension = fk_host_check_extension, .enable_cap = fk_host_enable_cap };
     char *error = NULL;
-    h.plugin = plugin_api.new_(&host, 1, options, &error);
+    h.plugin = plugin_api.plugin_new(&host, 1, options, &error);
     if (!h.plugin) {
         fprintf(stderr, "heki-bench kvm: %s\n", error);
         exit(1);
@@ -223,7 +223,7 @@ int kvm_bench(int repeats, long exits_per_block) {
     g_main_loop_quit(h.loop);
     g_main_context_wakeup(h.context);
     pthread_join(thread, NULL);
-    plugin_api.free_(h.plugin);
+    plugin_api.plugin_free(h.plugin);
     g_main_loop_unref(h.loop);
     g_main_context_unref(h.context);
     fk_vcpu_free(h.fk_vcpu);

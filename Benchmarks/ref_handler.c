@@ -24,6 +24,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "cbridge.h" /* the plugin's own kvm_run reads */
 #include "ref_handler.h"
 
 enum { K_CONFIGURE, K_DENIAL, K_WEAK, K_MALFORMED, K_CAPABILITY, K_SUPPRESSED, K_COUNT };
@@ -131,14 +132,13 @@ static inline __attribute__((always_inline)) void record(RefHandler *h, RefRecor
 }
 
 int ref_handle_exit(RefHandler *h, uint32_t vcpu, const void *run) {
-    uint32_t number;
-    memcpy(&number, (const char *)run + 8, 4);
+    uint32_t number = cbridge_exit_reason(run);
     int kind;
     if (number == h->exit_configure) kind = K_CONFIGURE;
     else if (number == h->exit_denial) kind = K_DENIAL;
     else return V_NOT_HEKI;
-    uint64_t payload[2];
-    memcpy(payload, (const char *)run + 32, sizeof payload);
+    CBridgeHekiPayload view = cbridge_heki_payload(run);
+    uint64_t payload[2] = {view.reason, view.value};
     uint64_t grant = atomic_load_explicit(&h->grants[kind], memory_order_acquire);
     int reg = payload[0] == 1 ? 0 : payload[0] == 2 ? 1 : -1;
     if (grant == 0 || reg < 0 || !(grant & payload[0])) {

@@ -57,6 +57,8 @@ typedef struct {
 } Slot;
 
 static Slot slots[2];
+/* A heap block exactly as long as what the plugin may read: ASan sees the rest. */
+#define RUN_BYTES (FK_KVM_RUN_UNION_OFFSET + FK_HEKI_PAYLOAD_SIZE)
 static unsigned char *run;
 
 #define OPTIONS 4
@@ -85,7 +87,7 @@ static const struct {
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc, (void)argv;
     for (int i = 0; i < 2; i++) fz_host_init(&slots[i].host);
-    run = malloc(96);
+    run = malloc(RUN_BYTES);
     return 0;
 }
 
@@ -245,11 +247,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         case 5: case 6: {
             uint32_t vcpu = word(&c);
-            for (int i = 0; i < 96; i++) run[i] = byte(&c);
+            for (int i = 0; i < RUN_BYTES; i++) run[i] = byte(&c);
             bool aimed = (op & 15) == 6 && s->plugin;
             if (aimed) { /* at the profile's numbers, claimed or not */
                 uint32_t n = run[0] & 1 ? s->numbers.exit_denial : s->numbers.exit_configure;
-                memcpy(run + 8, &n, 4);
+                fk_run_set_exit_reason((struct kvm_run *)run, n);
             }
             HekiVerdict v = heki_plugin_handle_exit(s->plugin, vcpu, (const struct kvm_run *)run);
             if (v < HEKI_VERDICT_NOT_HEKI || v > HEKI_VERDICT_EXIT) fz_fail("verdict %d", (int)v);

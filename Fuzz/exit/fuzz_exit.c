@@ -44,7 +44,7 @@
 
 #include "fuzz_support.h"
 
-#define RUN_BYTES 96 /* through the end of the 64-byte Heki payload */
+#define RUN_BYTES (FK_KVM_RUN_UNION_OFFSET + FK_HEKI_PAYLOAD_SIZE) /* through the Heki payload */
 #define RECORD_BYTES 73
 
 static const char *const verdicts[] = {"resume", "pause", "poweroff", "reset", "exit"};
@@ -332,8 +332,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (!(op & 0x10)) vcpu &= 63;
         if ((op & 3) < 2) number = s->exit[op & 3];
         memset(run, 0xa5, RUN_BYTES); /* the fields around the ones the plugin reads */
-        memcpy(run + 8, &number, 4);
-        memcpy(run + 32, record + 9, 64);
+        uint64_t words[FK_HEKI_PAYLOAD_WORDS];
+        memcpy(words, record + 9, sizeof words);
+        fk_run_write_raw((struct kvm_run *)run, number, words);
         const struct kvm_run *view = (op & 0x20) ? NULL : (const struct kvm_run *)run;
         HekiVerdict verdict = heki_plugin_handle_exit(s->plugin, vcpu, view);
         if (verdict < HEKI_VERDICT_NOT_HEKI || verdict > HEKI_VERDICT_EXIT) fz_fail("verdict %d", (int)verdict);

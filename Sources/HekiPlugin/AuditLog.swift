@@ -15,27 +15,28 @@ final class AuditLog {
     private let descriptor: Int32
     private(set) var failing = false
 
-    init(path: String) throws(OptionError) {
+    init(path: String) throws(StartError) {
         self.path = path
         let flags = O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK
         let fd = open(path, flags, mode_t(0o600))
         guard fd >= 0 else {
             let reason = errno == ELOOP ? "is a symbolic link (refused)" : String(cString: strerror(errno))
-            throw OptionError("audit-log", "cannot open '\(Options.printable(path))': \(reason)")
+            throw StartError("audit-log", "cannot open '\(Options.printable(path))': \(reason)")
         }
         var status = stat()
         guard fstat(fd, &status) == 0,
               (status.st_mode & S_IFMT) == S_IFREG || (status.st_mode & S_IFMT) == S_IFCHR else {
             close(fd)
-            throw OptionError("audit-log", "'\(Options.printable(path))' is not a regular file")
+            throw StartError("audit-log", "'\(Options.printable(path))' is not a regular file")
         }
         descriptor = fd
     }
 
     deinit { close(descriptor) }
 
-    /// Appends one line. Returns the error text when this write starts a
-    /// run of failures, and "" when it ends one (for the log); nil otherwise.
+    /// Appends one line. `ok`: the whole line was written. `transition`:
+    /// the text to log when this write starts a run of failures or ends
+    /// one; nil otherwise.
     func append(time: Int64, event: String, data: String) -> (ok: Bool, transition: String?) {
         var line = "{\"time\":\"" + AuditLog.timestamp(time) + "\",\"event\":\"" + event + "\",\"data\":" + data + "}\n"
         let (error, fragment): (Int32, Int) = line.withUTF8 { bytes in

@@ -25,7 +25,7 @@ final class EventQueue: @unchecked Sendable {
         records = .allocate(capacity: size)
         for index in 0..<size {
             (sequences + index).initialize(to: Atomic(index))
-            (records + index).initialize(to: EventRecord(kind: .configure))
+            (records + index).initialize(to: EventRecord(payload: .suppressed(SuppressedEvent(coalesced: .configure, count: 0))))
         }
     }
 

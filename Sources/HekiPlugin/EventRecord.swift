@@ -1,4 +1,5 @@
-/// The kinds of event the plugin reports (README.md, "Events").
+/// The kinds of event a record carries (README.md, "Events"). The raw value
+/// indexes the per-kind state: rate windows, pending counts, counters.
 enum EventKind: UInt8, CaseIterable, Sendable {
     case configure = 0
     case denial = 1
@@ -19,34 +20,115 @@ enum EventKind: UInt8, CaseIterable, Sendable {
     }
 
     /// Kinds a guest can trigger at will: rate-limited and coalesced.
-    static let rateLimited: [EventKind] = [.configure, .denial, .weakPinning, .malformedExit]
     @inline(__always) var isRateLimited: Bool { rawValue <= EventKind.malformedExit.rawValue }
 }
 
-/// One event as a vCPU thread records it: fixed size and trivially copyable,
-/// so writing it into the queue allocates nothing. The main loop renders it.
-struct EventRecord: Sendable {
-    var kind: EventKind
-    /// ControlRegister raw value, or `noRegister`.
-    var register: UInt8 = EventRecord.noRegister
-    var verdict: Verdict = .resume
-    /// MalformedProblem raw value; ExitKind for capability events;
-    /// `atDeadline` for a weak pinning the pin deadline found (no vCPU).
-    var detail: UInt8 = 0
-    var vcpu: UInt32 = 0
-    /// KVM exit number; capability number for HEKI_CAPABILITY.
-    var number: UInt32 = 0
-    /// configure: cr_pinned; denial: cr_value; weak pinning: required;
-    /// malformed: payload reason; capability: mask asked.
-    var value: UInt64 = 0
-    /// The register's pins after (configure) or at (denial, weak) the exit.
-    var pinned: UInt64 = 0
-    /// denial: violated bits; weak pinning: missing bits; malformed: exit
-    /// kind index; capability: KVM's result as Int64 bits.
-    var extra: UInt64 = 0
-    /// Wall clock at the exit, microseconds since the epoch.
+// The payloads, one per kind: what the decode and the policy found, typed,
+// carried unchanged to the renderer. Each is a few words and BitwiseCopyable
+// (the compiler checks it), so a vCPU writes one into the queue without
+// allocating or reference counting.
+
+/// HEKI_CONFIGURE: `bits` this call pinned (cr_pinned), `pinned` the
+/// register's pins after it.
+struct PinEvent: Sendable, BitwiseCopyable {
+    var vcpu: UInt32
+    var register: ControlRegister
+    var exit: UInt32
+    var bits: UInt64
+    var pinned: UInt64
+    var verdict: Verdict
+}
+
+/// HEKI_DENIAL: the whole `value` the guest tried to write, the pins it
+/// met, and the pinned bits it would have cleared.
+struct DenialEvent: Sendable, BitwiseCopyable {
+    var vcpu: UInt32
+    var register: ControlRegister
+    var exit: UInt32
+    var value: UInt64
+    var pinned: UInt64
+    var violated: UInt64
+    var verdict: Verdict
+}
+
+/// HEKI_WEAK_PINNING: bits required of `register` still missing, found at
+/// a pin or the first denial (on `vcpu`) or by the pin deadline (`vcpu`
+/// nil: the main loop's judgement, once per VM).
+struct WeakPinningEvent: Sendable, BitwiseCopyable {
+    var vcpu: UInt32?
+    var register: ControlRegister
+    var pinned: UInt64
+    var required: UInt64
+    var missing: UInt64
+    var verdict: Verdict
+}
+
+/// HEKI_MALFORMED_EXIT: a claimed exit number whose payload was not taken.
+/// `register` is the one `reason` names, when it names exactly one.
+struct MalformedExitEvent: Sendable, BitwiseCopyable {
+    var vcpu: UInt32
+    var kind: ExitKind
+    var exit: UInt32
+    var reason: UInt64
+    var register: ControlRegister?
+    var problem: MalformedProblem
+}
+
+/// HEKI_CAPABILITY for one KVM_ENABLE_CAP of a verified profile.
+struct CapabilityEvent: Sendable, BitwiseCopyable {
+    var kind: ExitKind
+    var capability: UInt32
+    var mask: ExitReasonMask
+    /// What KVM_ENABLE_CAP returned: 0, or -errno.
+    var result: Int32
+}
+
+/// HEKI_SUPPRESSED: `count` events of `coalesced` held back since the
+/// previous summary of that kind.
+struct SuppressedEvent: Sendable, BitwiseCopyable {
+    var coalesced: EventKind
+    var count: UInt64
+}
+
+enum EventPayload: Sendable, BitwiseCopyable {
+    case configure(PinEvent)
+    case denial(DenialEvent)
+    case weakPinning(WeakPinningEvent)
+    case malformedExit(MalformedExitEvent)
+    case capability(CapabilityEvent)
+    case suppressed(SuppressedEvent)
+}
+
+/// One event as a vCPU (or the main loop) records it: its payload and the
+/// wall clock of the exit, microseconds since the epoch.
+struct EventRecord: Sendable, BitwiseCopyable {
+    var payload: EventPayload
     var timeMicros: Int64 = 0
 
-    static let noRegister: UInt8 = 0xff
-    static let atDeadline: UInt8 = 1
+    var kind: EventKind {
+        switch payload {
+        case .configure: .configure
+        case .denial: .denial
+        case .weakPinning: .weakPinning
+        case .malformedExit: .malformedExit
+        case .capability: .capability
+        case .suppressed: .suppressed
+        }
+    }
+}
+
+/// The events the main loop makes itself, outside the queue and the rate
+/// limit: each said once, in order, at the next dispatch.
+enum Announcement {
+    /// HEKI_CAPABILITY for the kernel check of heki_plugin_enable_caps.
+    case kernelCheck(KernelCheck, KernelAnswers)
+    /// HEKI_CAPABILITY for a heki-plugin 1.0 host, which cannot have the
+    /// kernel checked: nothing is enabled.
+    case hostCannotCheck
+    /// HEKI_POLICY for heki_plugin_set_policy: the keys whose value changed,
+    /// and the whole policy in force after it.
+    case policy(Policy, changed: [String])
+
+    /// Not an EventKind: never rate-limited or queued.
+    static let policyEventName = "HEKI_POLICY"
 }

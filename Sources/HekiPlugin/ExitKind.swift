@@ -1,4 +1,4 @@
-import CBridge
+import CHekiPlugin
 
 /// The two Heki exits; `HekiExitKind` in C. The raw value indexes the
 /// per-kind state (capability grants, results).

@@ -1,4 +1,4 @@
-import CBridge
+import CHekiPlugin
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -33,7 +33,7 @@ private func arguments(_ argc: Int32, _ argv: UnsafePointer<UnsafePointer<CChar>
 }
 
 @c @implementation
-public func heki_plugin_abi_version() -> UInt32 { 1 }
+public func heki_plugin_abi_version() -> UInt32 { HEKI_PLUGIN_ABI_VERSION }
 
 @c @implementation
 public func heki_plugin_new(
@@ -62,14 +62,16 @@ public func heki_plugin_new(
     case let .success(strings): list = strings
     case let .failure(problem): return fail(problem.message)
     }
-    do {
-        let config = try Options.parse(list)
-        let plugin = try Plugin(host: hostCopy, hostCanCheck: hostCanCheck, config: config)
-        error?.pointee = nil
-        return OpaquePointer(Unmanaged.passRetained(plugin).toOpaque())
-    } catch let failure {
-        return fail(failure.message)
+    let plugin: Plugin
+    do throws(StartError) {
+        let config: Configuration
+        do throws(OptionError) { config = try Options.parse(list) } catch { throw StartError(error) }
+        plugin = try Plugin(host: hostCopy, hostCanCheck: hostCanCheck, config: config)
+    } catch {
+        return fail(error.message)
     }
+    error?.pointee = nil
+    return OpaquePointer(Unmanaged.passRetained(plugin).toOpaque())
 }
 
 @c @implementation

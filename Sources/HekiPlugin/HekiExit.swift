@@ -1,7 +1,7 @@
 import CBridge
 
 /// One KVM_RUN exit, as the plugin sees it: decoding of the kvm_run union in
-/// one place. Like kvm-ioctls' `VcpuExit`, an exit that is not ours comes back
+/// one place (the payload: docs/HEKI-ABI.md, "The two exits"). Like kvm-ioctls' `VcpuExit`, an exit that is not ours comes back
 /// as `.foreign` for the host to handle.
 enum DecodedExit: Equatable {
     /// `KVM_EXIT_HEKI_CONFIGURE`: `pinned` are the bits this call pinned
@@ -11,7 +11,8 @@ enum DecodedExit: Equatable {
     /// write (`cr_value`).
     case denial(ControlRegister, value: UInt64)
     /// A claimed exit number whose payload is not valid: not taken.
-    case malformed(ExitKind, reason: UInt64, problem: MalformedProblem)
+    /// `register` is the one `reason` names, when it names exactly one.
+    case malformed(ExitKind, reason: UInt64, register: ControlRegister?, problem: MalformedProblem)
     /// Any exit number the plugin does not claim.
     case foreign
 }
@@ -28,31 +29,6 @@ enum MalformedProblem: UInt8, Sendable {
         case .reasonNotOneKnownBit: "reason-not-one-known-bit"
         case .registerNotEnabled: "register-not-enabled"
         }
-    }
-}
-
-/// One exit number the plugin claims: set once KVM enabled its capability.
-/// Packed in one word so a vCPU reads number and mask with one atomic load:
-/// the exit number in the high half, `claimedBit`, the granted mask.
-struct Claim: RawRepresentable, Equatable {
-    let rawValue: UInt64
-    private static let claimedBit: UInt64 = 1 << 31
-
-    /// Nothing claimed: every exit of this kind is the host's.
-    static let none = Claim(rawValue: 0)
-
-    init(rawValue: UInt64) { self.rawValue = rawValue }
-
-    init(exit: UInt32, granted: ExitReasonMask) {
-        rawValue = UInt64(exit) << 32 | Claim.claimedBit | (granted.rawValue & ExitReasonMask.all.rawValue)
-    }
-
-    var isClaimed: Bool { rawValue & Claim.claimedBit != 0 }
-    var exit: UInt32? { isClaimed ? UInt32(truncatingIfNeeded: rawValue >> 32) : nil }
-    var granted: ExitReasonMask { ExitReasonMask(rawValue: rawValue & ExitReasonMask.all.rawValue) }
-
-    @inline(__always) func claims(_ number: UInt32) -> Bool {
-        rawValue & Claim.claimedBit != 0 && UInt32(truncatingIfNeeded: rawValue >> 32) == number
     }
 }
 
@@ -76,10 +52,10 @@ func decodeExit(_ run: OpaquePointer, configure: Claim, denial: Claim) -> Decode
     }
     let payload = cbridge_heki_payload(run)
     guard let register = ControlRegister(reason: payload.reason) else {
-        return .malformed(kind, reason: payload.reason, problem: .reasonNotOneKnownBit)
+        return .malformed(kind, reason: payload.reason, register: nil, problem: .reasonNotOneKnownBit)
     }
     guard granted.contains(register) else {
-        return .malformed(kind, reason: payload.reason, problem: .registerNotEnabled)
+        return .malformed(kind, reason: payload.reason, register: register, problem: .registerNotEnabled)
     }
     return kind == .configure
         ? .configure(register, pinned: payload.value)

@@ -18,10 +18,10 @@ final class MainLoopSource {
 
     /// `dispatch(opaque)` runs each time the source fires.
     init(context: OpaquePointer, opaque: UnsafeMutableRawPointer,
-         dispatch: @convention(c) (UnsafeMutableRawPointer?) -> Int32) throws(OptionError) {
+         dispatch: @convention(c) (UnsafeMutableRawPointer?) -> Int32) throws(StartError) {
         let fd = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
         guard fd >= 0 else {
-            throw OptionError(message: "eventfd: \(String(cString: strerror(errno)))")
+            throw StartError(resource: "eventfd: \(String(cString: strerror(errno)))")
         }
         eventFD = fd
         self.context = context

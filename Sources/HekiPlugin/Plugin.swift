@@ -1,4 +1,4 @@
-import CBridge
+import CHekiPlugin
 import CGLib
 import Synchronization
 #if canImport(Glibc)
@@ -20,15 +20,11 @@ final class Plugin {
     let limiter: RateLimiter
     private let queue = EventQueue(capacity: Plugin.queueCapacity)
     private let renderer: EventRenderer
-    private let writer: EventWriter
     private let audit: AuditLog?
     private var source: MainLoopSource!
-    /// Per exit kind: the exit number claimed and the mask KVM granted
-    /// (`Claim`); none until heki_plugin_enable_caps enabled the capability.
-    private let claims: InlineArray<2, Atomic<UInt64>>
-    /// Per exit kind: what KVM_ENABLE_CAP returned; `notReported` before.
-    private let capResults: InlineArray<2, Atomic<Int64>>
-    static let notReported = Int64.min
+    /// Per exit kind: the exit claimed, the mask granted, KVM's result;
+    /// nothing claimed until heki_plugin_enable_caps enabled the capability.
+    private let claims = ExitClaims()
     /// The kernel check, written once by heki_plugin_enable_caps before
     /// `kernelChecked` is set; read from any thread after that.
     private var kernelReport: (answers: KernelAnswers, check: KernelCheck)? = nil
@@ -42,8 +38,9 @@ final class Plugin {
 
     // Main loop thread only.
     private var summaryDue: [UInt64?] = Array(repeating: nil, count: EventKind.allCases.count)
-    /// Events the main loop itself made (the kernel check), in order.
-    private var announcements: [RenderedEvent] = []
+    /// Events the main loop itself made (the kernel check, a policy
+    /// change), in order, with the wall clock they were made at.
+    private var announcements: [(event: Announcement, timeMicros: Int64)] = []
     /// Monotonic microseconds of the pin deadline; nil when none is running.
     private var deadlineDue: Int64? = nil
     private var started = false
@@ -55,9 +52,9 @@ final class Plugin {
 
     /// `hostCanCheck`: the host's struct has check_extension and enable_cap
     /// (its size covers them and both are set).
-    init(host: HekiHost, hostCanCheck: Bool, config: Configuration) throws(OptionError) {
+    init(host: HekiHost, hostCanCheck: Bool, config: Configuration) throws(StartError) {
         guard hostCanCheck || !config.requireCaps else {
-            throw OptionError("require-caps", "on needs a host that lets the plugin check the kernel (HekiHost.check_extension and enable_cap, heki-plugin 1.1)")
+            throw StartError("require-caps", "on needs a host that lets the plugin check the kernel (HekiHost.check_extension and enable_cap, heki-plugin 1.1)")
         }
         self.config = config
         policy = LivePolicy(config.policy)
@@ -65,11 +62,8 @@ final class Plugin {
         self.hostCanCheck = hostCanCheck
         limiter = RateLimiter(limit: config.rateLimit)
         renderer = EventRenderer(config: config)
-        writer = EventWriter(config: config)
-        claims = InlineArray { _ in Atomic(Claim.none.rawValue) }
-        capResults = InlineArray { _ in Atomic(Plugin.notReported) }
         // The audit file first: it needs no context, so failing leaves nothing to undo.
-        audit = try config.auditLogPath.map { path throws(OptionError) in try AuditLog(path: path) }
+        audit = try config.auditLogPath.map { path throws(StartError) in try AuditLog(path: path) }
         context = g_main_context_ref(host.context ?? g_main_context_default())
         do {
             source = try MainLoopSource(context: context, opaque: Unmanaged.passUnretained(self).toOpaque()) { opaque in
@@ -81,8 +75,7 @@ final class Plugin {
         }
         if !hostCanCheck {
             // Said once, at the first dispatch: nothing will be enabled.
-            announcements.append(renderer.renderHostCannotCheck())
-            source.wake()
+            announce(.hostCannotCheck)
         }
     }
 
@@ -93,32 +86,29 @@ final class Plugin {
     /// the export: one function, one prologue.
     @inline(__always)
     func handleExit(vcpu: UInt32, run: OpaquePointer) -> Verdict {
-        let configure = Claim(rawValue: claims[ExitKind.configure.rawValue].load(ordering: .acquiring))
-        let denial = Claim(rawValue: claims[ExitKind.denial.rawValue].load(ordering: .acquiring))
+        let configure = claims.claim(.configure)
+        let denial = claims.claim(.denial)
         switch decodeExit(run, configure: configure, denial: denial) {
         case .foreign:
             return .notHeki
-        case let .malformed(kind, reason, problem):
+        case let .malformed(kind, reason, register, problem):
             counters.malformedExits.wrappingAdd(1, ordering: .relaxed)
-            record(EventRecord(
-                kind: .malformedExit, register: ControlRegister(reason: reason)?.rawValue ?? EventRecord.noRegister,
-                verdict: .notHeki, detail: problem.rawValue, vcpu: vcpu,
-                number: (kind == .configure ? configure : denial).exit ?? 0,
-                value: reason, extra: UInt64(kind.rawValue)))
+            record(.malformedExit(MalformedExitEvent(
+                vcpu: vcpu, kind: kind, exit: (kind == .configure ? configure : denial).exit ?? 0,
+                reason: reason, register: register, problem: problem)))
             return .notHeki
         case let .configure(register, bits):
             let policy = self.policy.current()
             let pinned = ledger.pin(bits, on: register)
             counters.count(.configure, register)
             let (verdict, missing) = policy.judgePin(on: register, pinnedNow: pinned)
-            let number = configure.exit ?? 0
-            record(EventRecord(kind: .configure, register: register.rawValue, verdict: verdict, vcpu: vcpu,
-                               number: number, value: bits, pinned: pinned))
+            record(.configure(PinEvent(vcpu: vcpu, register: register, exit: configure.exit ?? 0, bits: bits,
+                                       pinned: pinned, verdict: verdict)))
             if missing != 0 {
                 counters.count(.weakPinning, register)
-                record(EventRecord(kind: .weakPinning, register: register.rawValue, verdict: verdict, vcpu: vcpu,
-                                   number: number, value: policy.required(register),
-                                   pinned: pinned, extra: missing))
+                record(.weakPinning(WeakPinningEvent(vcpu: vcpu, register: register, pinned: pinned,
+                                                     required: policy.required(register), missing: missing,
+                                                     verdict: verdict)))
             }
             return verdict
         case let .denial(register, value):
@@ -133,8 +123,8 @@ final class Plugin {
                 let weak = judgeBoot(vcpu: vcpu, exit: configure, policy: policy)
                 if verdict == .resume { verdict = weak }
             }
-            record(EventRecord(kind: .denial, register: register.rawValue, verdict: verdict, vcpu: vcpu,
-                               number: denial.exit ?? 0, value: value, pinned: pinned, extra: violated))
+            record(.denial(DenialEvent(vcpu: vcpu, register: register, exit: denial.exit ?? 0, value: value,
+                                       pinned: pinned, violated: violated, verdict: verdict)))
             return verdict
         }
     }
@@ -152,9 +142,8 @@ final class Plugin {
             guard required != 0, configure.granted.contains(register), ledger.pins(register) == 0 else { continue }
             verdict = policy.onWeakPinning
             counters.count(.weakPinning, register)
-            record(EventRecord(kind: .weakPinning, register: register.rawValue, verdict: verdict,
-                               detail: vcpu == nil ? EventRecord.atDeadline : 0, vcpu: vcpu ?? 0,
-                               number: configure.exit ?? 0, value: required, pinned: 0, extra: required))
+            record(.weakPinning(WeakPinningEvent(vcpu: vcpu, register: register, pinned: 0, required: required,
+                                                 missing: required, verdict: verdict)))
         }
         return verdict
     }
@@ -162,7 +151,8 @@ final class Plugin {
     /// Queues `record` for the main loop, or counts it for a summary when the
     /// rate limit or a full queue holds it back. Never blocks.
     @inline(__always)
-    private func record(_ record: EventRecord) {
+    private func record(_ payload: EventPayload) {
+        let record = EventRecord(payload: payload)
         if limiter.admit(record.kind) {
             // Stamped once a cell is reserved: a full queue costs no clock read.
             if queue.push(record, stampingTime: true) {
@@ -190,7 +180,7 @@ final class Plugin {
         let check = KernelCheck(config: config, answers: answers)
         kernelReport = (answers, check)
         kernelChecked.store(true, ordering: .releasing)
-        announce(renderer.renderKernelCheck(check, answers: answers))
+        announce(.kernelCheck(check, answers))
 
         guard case let .heki(_, numbers) = check else {
             return config.requireCaps
@@ -202,15 +192,12 @@ final class Plugin {
             guard mask != [] else { continue }  // configure-exits=none, denial-exits=none
             let cap = numbers.cap(kind)
             let result = enableCap(host.opaque, cap, mask.rawValue)
-            capResults[kind.rawValue].store(Int64(result), ordering: .relaxed)
-            if result == 0 {
-                claims[kind.rawValue].store(Claim(exit: numbers.exit(kind), granted: mask).rawValue, ordering: .releasing)
-            } else if config.requireCaps && failure == nil {
+            claims.record(kind, result: result, numbers: numbers, granted: mask)
+            if result != 0 && config.requireCaps && failure == nil {
                 failure = "heki-plugin: require-caps=on: KVM refused capability \(cap) (heki \(kind.name), mask \(mask.spelling)): \(errorName(result))"
             }
             counters.capabilityReports.wrappingAdd(1, ordering: .relaxed)
-            record(EventRecord(kind: .capability, detail: UInt8(kind.rawValue), number: cap,
-                               value: mask.rawValue, extra: UInt64(bitPattern: Int64(result))))
+            record(.capability(CapabilityEvent(kind: kind, capability: cap, mask: mask, result: result)))
         }
         return failure
     }
@@ -221,9 +208,7 @@ final class Plugin {
     }
 
     @inline(__always)
-    func claim(_ kind: ExitKind) -> Claim {
-        Claim(rawValue: claims[kind.rawValue].load(ordering: .acquiring))
-    }
+    func claim(_ kind: ExitKind) -> Claim { claims.claim(kind) }
 
     /// The kernel check's answers and outcome; nil before it ran.
     var kernel: (answers: KernelAnswers, check: KernelCheck)? {
@@ -236,10 +221,7 @@ final class Plugin {
         return nil
     }
 
-    func capResult(_ kind: ExitKind) -> Int64? {
-        let result = capResults[kind.rawValue].load(ordering: .relaxed)
-        return result == Plugin.notReported ? nil : result
-    }
+    func capResult(_ kind: ExitKind) -> Int64? { claims.result(kind) }
 
     /// heki_plugin_start: the guest runs; the pin deadline starts.
     func start() {
@@ -264,12 +246,12 @@ final class Plugin {
             return error.message
         }
         policy.replace(with: new)
-        announce(renderer.renderPolicy(new, changed: old.changedKeys(to: new)))
+        announce(.policy(new, changed: old.changedKeys(to: new)))
         return nil
     }
 
-    private func announce(_ event: RenderedEvent) {
-        announcements.append(event)
+    private func announce(_ event: Announcement) {
+        announcements.append((event, Int64(g_get_real_time())))
         source.wake()
     }
 
@@ -303,15 +285,17 @@ final class Plugin {
         if let applyVerdict = host.apply_verdict {
             applyVerdict(host.opaque, verdict.cValue)
         } else {
-            log(HEKI_LOG_ERROR, "heki: " + renderer.subjectPrefix
-                + "verdict \(verdict.name) not applied: the host has no apply_verdict")
+            log(HEKI_LOG_ERROR, renderer.vmLine("verdict \(verdict.name) not applied: the host has no apply_verdict"))
         }
     }
 
     private func deliverAnnouncements() {
         let pending = announcements
         announcements.removeAll()
-        for event in pending { deliver(event) }
+        for (event, time) in pending {
+            deliver(name: renderer.name(event), data: renderer.data(event), level: renderer.level(event),
+                    time: time) { renderer.message(event) }
+        }
     }
 
     /// Delivers what is queued. From a dispatch, at most one queue's worth:
@@ -342,8 +326,8 @@ final class Plugin {
                 let count = limiter.takePending(kind)
                 guard count > 0 else { continue }
                 counters.addSummarised(kind, count)
-                deliver(renderer.render(EventRecord(kind: .suppressed, detail: kind.rawValue, value: count,
-                                                    timeMicros: Int64(g_get_real_time()))))
+                deliver(EventRecord(payload: .suppressed(SuppressedEvent(coalesced: kind, count: count)),
+                                    timeMicros: Int64(g_get_real_time())))
             } else {
                 next = min(next ?? .max, due)
             }
@@ -351,22 +335,10 @@ final class Plugin {
         return next.map { Int64($0) * 1_000_000 + 1_000 }
     }
 
-    /// Renders one queued record and hands it to every sink. The kinds a
-    /// guest can cause in bulk go through the EventWriter's reused buffers.
+    /// Renders one record and hands it to every sink.
     private func deliver(_ record: EventRecord) {
-        guard EventWriter.handles(record) else { return deliver(renderer.render(record)) }
-        deliver(name: writer.eventNames[Int(record.kind.rawValue)].cString, data: writer.renderData(record),
-                level: record.kind == .configure ? HEKI_LOG_INFO : HEKI_LOG_WARNING, time: record.timeMicros) { writer.renderMessage(record) }
-    }
-
-    private func deliver(_ event: RenderedEvent) {
-        event.name.withCString { name in
-            event.data.withCString { data in
-                event.message.withCString { message in
-                    deliver(name: name, data: data, level: event.level, time: event.timeMicros) { message }
-                }
-            }
-        }
+        deliver(name: renderer.name(record), data: renderer.data(record), level: renderer.level(record),
+                time: record.timeMicros) { renderer.message(record) }
     }
 
     /// Hands one event to every sink: the host's event callback, the audit

@@ -2,7 +2,8 @@
 /// capabilities different numbers, and upstream gave those numbers to other
 /// features since (cap 237 is KVM_CAP_X86_APIC_BUS_CYCLES_NS, exit 39
 /// KVM_EXIT_MEMORY_FAULT), so numbers are configuration, never constants,
-/// and a profile is used only on a kernel that answers like it.
+/// and a profile is used only on a kernel that answers like it
+/// (docs/HEKI-ABI.md, "The numbers changed").
 struct Profile: Sendable, Equatable {
     let name: String
     let numbers: HekiNumbers

@@ -1,10 +1,12 @@
+import CHekiPlugin
+
 /// heki_plugin_query: a JSON snapshot of profile, numbers, policy, pins and
 /// counters. Reads only atomics and the immutable configuration, so any
 /// thread may ask.
 extension Plugin {
     func queryJSON() -> String {
         var root = JSONObject()
-        root.add("abi-version", UInt64(1))
+        root.add("abi-version", UInt64(HEKI_PLUGIN_ABI_VERSION))
         let kernel = self.kernel
         root.add("abi", config.abiName)
         root.add("profile", kernel?.check.profile?.name)

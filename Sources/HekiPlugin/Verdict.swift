@@ -1,4 +1,4 @@
-import CBridge
+import CHekiPlugin
 
 /// What the host does with the VM after a Heki exit; `HekiVerdict` in C.
 enum Verdict: Int32, CaseIterable, Sendable {

@@ -1,24 +1,29 @@
 /*
- * load_plugin.c - a plain C host for libHekiPlugin.so: dlopen, check the ABI
- * version, create a plugin whose host answers KVM's questions like a Heki v2
- * kernel (heki_v2_kernel.h), let it check the kernel and enable its
- * capabilities, start the guest, hand it one exit, free it.
- * Built and run by HostCTests.swift:
- *   cc -std=c11 -Wall -Wextra -Werror -I include Tests/CProgram/load_plugin.c -ldl
+ * load_plugin.c - a plain C host for libHekiPlugin.so: load it (dlopen, ABI
+ * version checked: HekiHostSupport's loader), create a plugin whose host
+ * answers KVM's questions from the kernel model (a Heki v2 kernel), let it
+ * check the kernel and enable its capabilities, start the guest, hand it
+ * one exit, free it.  Built and run by HostCTests.swift (CHostProgram):
+ *   cc -std=c11 -Wall -Wextra -Werror -I Sources/HekiHostSupport/include
+ *      -I Sources/HekiKernelModel/include Tests/CProgram/load_plugin.c
+ *      Sources/HekiHostSupport/plugin_loader.c
+ *      Sources/HekiKernelModel/kernel_model.c -ldl
  *   ./a.out path/to/libHekiPlugin.so
  * Prints "event NAME JSON" lines and "load_plugin: ok"; exits 0 on success.
+ * With --close-first, the library's only handle is closed (dlclose) after
+ * the capabilities are enabled and before the plugin is used further.
  * (The exit offered before heki_plugin_enable_caps is not claimed, silently.)
  */
 #define _GNU_SOURCE
-#include <dlfcn.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <linux/kvm.h>
 
-#include "heki_plugin.h"
-#include "heki_v2_kernel.h"
+#include "heki_host_support.h"
+#include "heki_kernel_model.h"
 
 static int events, configure_events, capability_events;
 
@@ -37,48 +42,24 @@ static void on_log(void *opaque, HekiLogLevel level, const char *message) {
     printf("log %d %s\n", (int)level, message);
 }
 
-#define RESOLVE(handle, var, name)                                          \
-    do {                                                                    \
-        *(void **)(&var) = dlsym(handle, name);                             \
-        if (!var) {                                                         \
-            fprintf(stderr, "load_plugin: missing %s\n", name);             \
-            return 1;                                                       \
-        }                                                                   \
-    } while (0)
-
 int main(int argc, char **argv) {
-    if (argc != 2) {
-        fprintf(stderr, "usage: load_plugin PATH\n");
+    bool close_first = argc == 3 && strcmp(argv[2], "--close-first") == 0;
+    if (argc != 2 && !close_first) {
+        fprintf(stderr, "usage: load_plugin PATH [--close-first]\n");
         return 2;
     }
-    void *handle = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
-    if (!handle) {
-        fprintf(stderr, "load_plugin: %s\n", dlerror());
+    char *load_error = NULL;
+    HsLibrary *library = hs_library_open(argv[1], HEKI_PLUGIN_ABI_VERSION, &load_error);
+    if (!library) {
+        fprintf(stderr, "load_plugin: %s\n", load_error ? load_error : "cannot load");
+        hs_free_string(load_error);
         return 1;
     }
-    uint32_t (*abi_version)(void);
-    HekiPlugin *(*plugin_new)(const HekiHost *, int, const char *const *, char **);
-    void (*plugin_free)(HekiPlugin *);
-    void (*free_string)(char *);
-    uint32_t (*exit_number)(const HekiPlugin *, HekiExitKind);
-    int (*enable_caps)(HekiPlugin *, char **);
-    void (*start)(HekiPlugin *);
-    HekiVerdict (*handle_exit)(HekiPlugin *, uint32_t, const struct kvm_run *);
-    char *(*query)(HekiPlugin *);
-    RESOLVE(handle, abi_version, "heki_plugin_abi_version");
-    RESOLVE(handle, plugin_new, "heki_plugin_new");
-    RESOLVE(handle, plugin_free, "heki_plugin_free");
-    RESOLVE(handle, free_string, "heki_plugin_free_string");
-    RESOLVE(handle, exit_number, "heki_plugin_exit_number");
-    RESOLVE(handle, enable_caps, "heki_plugin_enable_caps");
-    RESOLVE(handle, start, "heki_plugin_start");
-    RESOLVE(handle, handle_exit, "heki_plugin_handle_exit");
-    RESOLVE(handle, query, "heki_plugin_query");
-    if (abi_version() != HEKI_PLUGIN_ABI_VERSION) {
-        fprintf(stderr, "load_plugin: ABI version %u, expected %u\n", abi_version(),
-                HEKI_PLUGIN_ABI_VERSION);
-        return 1;
-    }
+    /* A copy: --close-first frees the library's table. */
+    const HsPluginApi table = *hs_library_api(library);
+    const HsPluginApi *api = &table;
+    FkProfile v2 = fk_profile(FK_PROFILE_V2);
+    FkVm *kernel = fk_vm_new(&v2, FK_DEFAULT_HOST_CR0, FK_DEFAULT_HOST_CR4);
 
     HekiHost host;
     memset(&host, 0, sizeof host);
@@ -86,49 +67,55 @@ int main(int argc, char **argv) {
     host.context = NULL; /* the default context */
     host.log = on_log;
     host.event = on_event;
-    host.check_extension = v2_kernel_check_extension;
-    host.enable_cap = v2_kernel_enable_cap;
+    host.opaque = &kernel; /* fk_host_*: the opaque points at the FkVm * */
+    host.check_extension = fk_host_check_extension;
+    host.enable_cap = fk_host_enable_cap;
     const char *const options[] = {"vm-name=cprog", "on-denial=pause"};
     char *error = NULL;
-    HekiPlugin *plugin = plugin_new(&host, 2, options, &error);
+    HekiPlugin *plugin = api->plugin_new(&host, 2, options, &error);
     if (!plugin) {
         fprintf(stderr, "load_plugin: %s\n", error ? error : "heki_plugin_new failed");
-        free_string(error);
+        api->free_string(error);
         return 1;
     }
 
     struct kvm_run *run = calloc(1, sizeof *run);
     if (!run)
         return 1;
-    uint64_t payload[8] = {1 /* KVM_HEKI_EXIT_REASON_CR0 */, 1u << 16 /* WP */};
-    run->exit_reason = 39; /* KVM_EXIT_HEKI_CONFIGURE of v2 */
-    memcpy(run->padding, payload, sizeof payload);
+    fk_run_write_exit(run, v2.exit_configure, FK_HEKI_EXIT_REASON_CR0, FK_CR0_WP);
     int failures = 0;
-    if (exit_number(plugin, HEKI_EXIT_CONFIGURE) != 0 || handle_exit(plugin, 0, run) != HEKI_VERDICT_NOT_HEKI) {
+    if (api->exit_number(plugin, HEKI_EXIT_CONFIGURE) != 0 || api->handle_exit(plugin, 0, run) != HEKI_VERDICT_NOT_HEKI) {
         fprintf(stderr, "load_plugin: claimed an exit before its capability\n");
         failures++;
     }
-    if (enable_caps(plugin, &error) != 0) {
+    if (api->enable_caps(plugin, &error) != 0) {
         fprintf(stderr, "load_plugin: heki_plugin_enable_caps: %s\n", error ? error : "failed");
-        free_string(error);
+        api->free_string(error);
         failures++;
     }
-    if (exit_number(plugin, HEKI_EXIT_CONFIGURE) != 39) {
+    if (api->exit_number(plugin, HEKI_EXIT_CONFIGURE) != v2.exit_configure) {
         fprintf(stderr, "load_plugin: the v2 kernel's configure exit is not claimed\n");
         failures++;
     }
-    start(plugin);
-    HekiVerdict verdict = handle_exit(plugin, 0, run);
+    if (close_first) {
+        /* The only handle goes: the plugin must stay usable (the library
+           is linked nodelete; its Swift runtime cannot be unmapped). */
+        hs_library_close(library);
+        printf("library closed\n");
+    }
+    api->start(plugin);
+    HekiVerdict verdict = api->handle_exit(plugin, 0, run);
     printf("verdict %d\n", (int)verdict);
     if (verdict != HEKI_VERDICT_RESUME)
         failures++;
-    char *q = query(plugin);
+    char *q = api->query(plugin);
     printf("query %s\n", q ? q : "(null)");
     if (!q || !strstr(q, "\"vm-name\":\"cprog\""))
         failures++;
-    free_string(q);
-    plugin_free(plugin); /* delivers HEKI_CAPABILITY and HEKI_CONFIGURE here */
+    api->free_string(q);
+    api->plugin_free(plugin); /* delivers HEKI_CAPABILITY and HEKI_CONFIGURE here */
     free(run);
+    fk_vm_free(kernel);
     /* HEKI_CAPABILITY: the kernel check, then each KVM_ENABLE_CAP. */
     if (configure_events != 1 || capability_events != 3) {
         fprintf(stderr, "load_plugin: %d HEKI_CONFIGURE, %d HEKI_CAPABILITY events (of %d)\n",

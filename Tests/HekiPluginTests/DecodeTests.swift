@@ -1,25 +1,24 @@
+import HekiKernelModel
 import Testing
 @testable import HekiPlugin
 
 /// The kvm_run view and the decoding of Heki exits, on a real
 /// struct-kvm_run-sized buffer.
 @Suite struct DecodeTests {
-    /// A zeroed kvm_run-sized page with `exitReason` at offset 8 and the
-    /// payload words at offset 32.
+    /// A zeroed kvm_run-sized page with the exit written as the kernel
+    /// model writes one (exit_reason, the payload words).
     private func decode(exit: UInt32, reason: UInt64, value: UInt64,
                         granted: ExitReasonMask? = .all, reserved: UInt64 = 0) -> DecodedExit {
         let page = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
         defer { page.deallocate() }
         page.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
-        page.storeBytes(of: exit, toByteOffset: 8, as: UInt32.self)
-        page.storeBytes(of: reason, toByteOffset: 32, as: UInt64.self)
-        page.storeBytes(of: value, toByteOffset: 40, as: UInt64.self)
-        for word in 0..<6 { page.storeBytes(of: reserved, toByteOffset: 48 + 8 * word, as: UInt64.self) }
+        var words = [reason, value] + Array(repeating: reserved, count: 6)
+        fk_run_write_raw(OpaquePointer(page), exit, &words)
         let claim = { (exit: UInt32) in granted.map { Claim(exit: exit, granted: $0) } ?? .none }
         return decodeExit(OpaquePointer(page), configure: claim(39), denial: claim(40))
     }
 
-    @Test func configureAndDenial() {
+    @Test func claimedExitsDecodeToTheirRegisterAndValue() {
         #expect(decode(exit: 39, reason: 1, value: CR0.wp.rawValue) == .configure(.cr0, pinned: CR0.wp.rawValue))
         #expect(decode(exit: 39, reason: 2, value: 0x300000) == .configure(.cr4, pinned: 0x300000))
         #expect(decode(exit: 40, reason: 2, value: 0x6f0) == .denial(.cr4, value: 0x6f0))
@@ -30,7 +29,7 @@ import Testing
         #expect(decode(exit: 40, reason: 2, value: 5, reserved: .max) == .denial(.cr4, value: 5))
     }
 
-    @Test func foreignExits() {
+    @Test func otherExitNumbersAreForeign() {
         for exit: UInt32 in [0, 2, 5, 38, 41, .max] {
             #expect(decode(exit: exit, reason: 1, value: 1) == .foreign)
         }
@@ -39,7 +38,7 @@ import Testing
     @Test(arguments: [UInt64(0), 3, 4, 1 << 63, .max, 0x10])
     func reasonNotOneKnownBit(_ reason: UInt64) {
         #expect(decode(exit: 40, reason: reason, value: 0)
-            == .malformed(.denial, reason: reason, problem: .reasonNotOneKnownBit))
+            == .malformed(.denial, reason: reason, register: nil, problem: .reasonNotOneKnownBit))
     }
 
     /// Before the capability is enabled, or on a kernel without Heki, the
@@ -60,13 +59,13 @@ import Testing
         #expect(!Claim.none.isClaimed && Claim.none.exit == nil && !Claim.none.claims(0))
     }
 
-    @Test func registerNotRequested() {
+    @Test func aRegisterNotGrantedIsMalformed() {
         #expect(decode(exit: 39, reason: 2, value: 0, granted: .cr0)
-            == .malformed(.configure, reason: 2, problem: .registerNotEnabled))
+            == .malformed(.configure, reason: 2, register: .cr4, problem: .registerNotEnabled))
         #expect(decode(exit: 39, reason: 1, value: 0, granted: .cr0) == .configure(.cr0, pinned: 0))
     }
 
-    @Test func bitNames() {
+    @Test func bitsAreNamedArchitecturallyAndUnnamedOnesByIndex() {
         #expect(CR0.names.names(of: 0x8001_0001) == ["pe", "wp", "pg"])
         #expect(CR4.names.names(of: CR4.smep.rawValue | CR4.lamSup.rawValue | CR4.fred.rawValue) == ["smep", "lam-sup", "fred"])
         #expect(CR4.names.names(of: 1 << 15 | 1 << 63) == ["bit15", "bit63"])

@@ -16,7 +16,7 @@ import Testing
         }
     }
 
-    @Test func defaults() throws {
+    @Test func omittedKeysTakeTheDocumentedDefaults() throws {
         let config = try parse()
         #expect(config.abi == nil && config.abiName == "auto", "the kernel's answers pick the profile")
         #expect(!config.overridesCaps)
@@ -71,7 +71,7 @@ import Testing
         #expect(error("abi=v3", "cap-denial=236")?.contains("cap-denial") == true)
     }
 
-    @Test func pinDeadline() throws {
+    @Test func pinDeadlineIsOffOrSecondsFromOneToADay() throws {
         #expect(try parse("pin-deadline=1").pinDeadline == 1)
         #expect(try parse("pin-deadline=86400").pinDeadline == 86_400)
         #expect(try parse("pin-deadline=off").pinDeadline == nil)
@@ -88,7 +88,7 @@ import Testing
         #expect(try parse("require-cr4=fred").policy.requireCR4 == CR4.fred.rawValue)
     }
 
-    @Test func exitMasks() throws {
+    @Test func exitMasksNameRegistersJoinedByPlus() throws {
         #expect(try parse("configure-exits=cr0").configureExits == .cr0)
         #expect(try parse("configure-exits=cr4").configureExits == .cr4)
         #expect(try parse("denial-exits=cr4+cr0").denialExits == .all)
@@ -98,7 +98,7 @@ import Testing
         }
     }
 
-    @Test func verdictOptions() throws {
+    @Test func everyVerdictKeyTakesEveryChoosableVerdict() throws {
         for verdict in Verdict.choosable {
             let config = try parse("on-denial=\(verdict.name)", "on-weak-pinning=\(verdict.name)")
             #expect(config.policy.onDenial == verdict && config.policy.onWeakPinning == verdict)
@@ -112,7 +112,7 @@ import Testing
         }
     }
 
-    @Test func requiredPins() throws {
+    @Test func requiredPinsAreBitNamesTheProfileCanPin() throws {
         #expect(try parse("require-cr0=wp").policy.requireCR0 == CR0.wp.rawValue)
         #expect(try parse("require-cr0=wp+pg").policy.requireCR0 == (CR0.wp.rawValue | CR0.pg.rawValue))
         #expect(try parse("require-cr4=smep+smap+umip").policy.requireCR4 == ([CR4.smep, .smap, .umip] as CR4).rawValue)
@@ -125,7 +125,7 @@ import Testing
         #expect(error("require-cr0=wp+")?.contains("''") == true)
     }
 
-    @Test func textOptions() throws {
+    @Test func textOptionsAreBoundedAndPrintable() throws {
         #expect(try parse("vm-name=guest \"one\"").vmName == "guest \"one\"")
         #expect(try parse("vm-name=a=b").vmName == "a=b")
         #expect(error("vm-name=bad\u{1b}[31m")?.contains("control character") == true)
@@ -134,20 +134,20 @@ import Testing
         #expect(error("audit-log=")?.contains("expects a file path") == true)
     }
 
-    @Test func rateLimit() throws {
+    @Test func rateLimitIsZeroToOneMillion() throws {
         #expect(try parse("rate-limit=0").rateLimit == 0)
         #expect(try parse("rate-limit=1000000").rateLimit == 1_000_000)
         #expect(error("rate-limit=1000001")?.contains("out of range") == true)
         #expect(error("rate-limit=-3")?.contains("rate-limit") == true)
     }
 
-    @Test func booleans() throws {
+    @Test func booleansAcceptOnOffYesNoTrueFalse() throws {
         for yes in ["on", "yes", "true"] { #expect(try parse("require-caps=\(yes)").requireCaps) }
         for no in ["off", "no", "false"] { #expect(try !parse("require-caps=\(no)").requireCaps) }
         #expect(error("require-caps=1") == "heki-plugin: require-caps: '1' is not one of on, off, yes, no, true, false")
     }
 
-    @Test func malformedArguments() {
+    @Test func argumentsThatAreNotKeyValueAreRefused() {
         #expect(error("on-denial")?.contains("is not key=value") == true)
         #expect(error("colour=blue")?.hasPrefix("heki-plugin: unknown option 'colour'; keys: abi, ") == true)
         #expect(error("on-denial=pause", "on-denial=resume") == "heki-plugin: on-denial: given twice")

@@ -3,7 +3,7 @@
  *
  * The emulator plays the Heki-patched kernel in front of the real /dev/kvm
  * (see ../PROTOCOL.md).  The kernel's rules live in the shared model
- * (Tests/FakeHost/fake_kernel.c); these files only move state between the
+ * (Sources/HekiKernelModel/kernel_model.c); these files only move state between the
  * real KVM vCPU and the model.
  */
 #ifndef HEKI_EMU_H
@@ -15,12 +15,9 @@
 
 #include <linux/kvm.h>
 
-#include "fake_kernel.h"
+#include "emu_protocol.h"
+#include "heki_kernel_model.h"
 
-#define EMU_PORT 0xe5           /* outb %al, $0xe5 */
-#define EMU_OP_WRITE_CR0 0x100  /* rax: mov %rbx, %cr0 */
-#define EMU_OP_WRITE_CR4 0x104  /* rax: mov %rbx, %cr4 */
-#define EMU_HYPERCALL_LIMIT 0x100 /* rax below: a hypercall number */
 
 /* ---- configuration (emu_config.c), read once by the constructor ------- */
 typedef struct {

@@ -17,7 +17,7 @@
 #define SEL_CODE 0x08
 #define SEL_DATA 0x10
 
-#define PORT_HEKI 0xe5  /* the emulator's port */
+#include "emu_protocol.h" /* EMU_PORT, the emulator's port */
 #define PORT_READY 0xf1 /* the guest waits for a command */
 #define PORT_PLAIN 0xf2 /* an unrelated port: the baseline exit */
 #define PORT_BAD 0xf3   /* an exception the test did not expect */

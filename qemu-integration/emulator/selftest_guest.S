@@ -30,7 +30,7 @@ next:
 do_op:
     call load_regs
 guest_op_out:
-    outb %al, $PORT_HEKI
+    outb %al, $EMU_PORT
     movl %eax, MB_RES_EAX(%ebp)
     jmp next
 
@@ -38,7 +38,7 @@ do_repeat:
     movl MB_COUNT(%ebp), %esi
 1:  call load_regs
 guest_rep_out:
-    outb %al, $PORT_HEKI
+    outb %al, $EMU_PORT
     decl %esi
     jnz 1b
     movl %eax, MB_RES_EAX(%ebp)
@@ -53,13 +53,13 @@ do_plain:
 
 do_in:
     call load_regs
-    inb $PORT_HEKI, %al
+    inb $EMU_PORT, %al
     movl %eax, MB_RES_EAX(%ebp)
     jmp next
 
 do_outw:
     call load_regs
-    outw %ax, $PORT_HEKI
+    outw %ax, $EMU_PORT
     movl %eax, MB_RES_EAX(%ebp)
     jmp next
 

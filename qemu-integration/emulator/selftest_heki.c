@@ -87,19 +87,19 @@ static void check_extension(Vm *vm, const char *which) {
 static void check_rejected_pins(Cpu *c) {
     static const struct { uint32_t cr, pin, flags; const char *what; } bad[] = {
         {0, 0, 0, "pin 0"},
-        {3, CR0_WP, 0, "register 3"},
-        {0, CR0_PE, 0, "CR0 pin without WP"},
-        {0, CR0_WP, 2, "unknown flags"},
-        {0, CR0_WP, LOCK_CR_VERSION, "version flag with a pin"},
-        {4, CR4_PKE, 0, "CR4 bit that is not pinnable"},
+        {3, FK_CR0_WP, 0, "register 3"},
+        {0, FK_CR0_PE, 0, "CR0 pin without WP"},
+        {0, FK_CR0_WP, 2, "unknown flags"},
+        {0, FK_CR0_WP, FK_KVM_LOCK_CR_UPDATE_VERSION, "version flag with a pin"},
+        {4, FK_CR4_PKE, 0, "CR4 bit that is not pinnable"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        OpResult r = guest_op(c, HC_LOCK_CR, bad[i].cr, bad[i].pin, bad[i].flags);
-        CHECK(r.eax == RAX_EINVAL, "%s: rax %#x, want -22", bad[i].what, r.eax);
+        OpResult r = guest_op(c, FK_KVM_HC_LOCK_CR_UPDATE, bad[i].cr, bad[i].pin, bad[i].flags);
+        CHECK(r.eax == FK_KVM_EINVAL_NEG32, "%s: rax %#x, want -22", bad[i].what, r.eax);
         CHECK(r.ex.configure + r.ex.denial + r.ex.passthrough == 0, "%s: no exit", bad[i].what);
         struct kvm_regs regs;
         get_regs(c, &regs); /* still the result: the guest only stored eax */
-        CHECK_EQ(regs.rax, RAX_EINVAL, "a 32-bit caller's result has its upper half zero");
+        CHECK_EQ(regs.rax, FK_KVM_EINVAL_NEG32, "a 32-bit caller's result has its upper half zero");
     }
     vm_info(c->vm);
     CHECK_EQ(c->vm->info.pinned_cr0 | c->vm->info.pinned_cr4, 0, "nothing pinned by rejected pins");
@@ -113,7 +113,7 @@ static void check_payload(const OpResult *r, uint32_t exit_number, uint32_t cr,
     snprintf(what, sizeof what, "%s: exit number", kind);
     CHECK_EQ(r->ex.last_reason, exit_number, what);
     snprintf(what, sizeof what, "%s: payload reason", kind);
-    CHECK_EQ(r->ex.payload[0], cr == 0 ? REASON_CR0 : REASON_CR4, what);
+    CHECK_EQ(r->ex.payload[0], cr == 0 ? FK_HEKI_EXIT_REASON_CR0 : FK_HEKI_EXIT_REASON_CR4, what);
     snprintf(what, sizeof what, "%s: payload word 1 (cr_pinned after host "
              "masking, or the attempted cr_value)", kind);
     CHECK_EQ(r->ex.payload[1], word1, what);
@@ -128,7 +128,7 @@ static void check_payload(const OpResult *r, uint32_t exit_number, uint32_t cr,
 uint64_t check_pin(Cpu *c, uint32_t cr, uint32_t pin, bool exits) {
     const HekiEmuVmInfo *in = &c->vm->info;
     uint64_t want = cr == 0 ? pin : (pin & in->pinnable_cr4 & in->host_cr4); /* heki_lock_cr */
-    OpResult r = guest_op(c, HC_LOCK_CR, cr, pin, 0);
+    OpResult r = guest_op(c, FK_KVM_HC_LOCK_CR_UPDATE, cr, pin, 0);
     CHECK_EQ(r.eax, 0, "pin: rax after the call");
     if (exits) {
         CHECK_EQ(r.ex.configure, 1, "pin: configure exits");
@@ -142,10 +142,10 @@ uint64_t check_pin(Cpu *c, uint32_t cr, uint32_t pin, bool exits) {
 }
 
 static void check_allowed_write(Cpu *c, int cr, uint64_t value) {
-    OpResult r = guest_op(c, cr == 0 ? OP_CR0 : OP_CR4, (uint32_t)value, 0, 0);
+    OpResult r = guest_op(c, cr == 0 ? EMU_OP_WRITE_CR0 : EMU_OP_WRITE_CR4, (uint32_t)value, 0, 0);
     CHECK_EQ(r.ex.configure + r.ex.denial + r.ex.passthrough, 0, "allowed write: no exit");
     CHECK_EQ(r.gp, 0, "allowed write: no #GP");
-    CHECK_EQ(r.eax, cr == 0 ? OP_CR0 : OP_CR4, "allowed write: rax unchanged");
+    CHECK_EQ(r.eax, cr == 0 ? EMU_OP_WRITE_CR0 : EMU_OP_WRITE_CR4, "allowed write: rax unchanged");
     CHECK_EQ(sreg_cr(c, cr), value, cr == 0 ? "allowed write: CR0 applied" : "allowed write: CR4 applied");
 }
 
@@ -154,7 +154,7 @@ static void check_denied_write(Cpu *c, int cr, uint64_t value, bool exits) {
     const HekiEmuVmInfo *in = &c->vm->info;
     uint64_t before = sreg_cr(c, cr);
     uint64_t denials0 = in->denials;
-    OpResult r = guest_op(c, cr == 0 ? OP_CR0 : OP_CR4, (uint32_t)value, 0, 0);
+    OpResult r = guest_op(c, cr == 0 ? EMU_OP_WRITE_CR0 : EMU_OP_WRITE_CR4, (uint32_t)value, 0, 0);
     if (exits) {
         CHECK_EQ(r.ex.denial, 1, "denial: exits");
         check_payload(&r, in->exit_denial, cr, value, "denial");
@@ -186,22 +186,22 @@ static void heki_sequence(Vm *vm, Cpu *c, bool caps) {
         CHECK_EQ(vm->info.denial_mask, 3, "denial mask in the model");
     }
     cpu_start(c);
-    OpResult r = guest_op(c, HC_LOCK_CR, 0, 0, LOCK_CR_VERSION);
+    OpResult r = guest_op(c, FK_KVM_HC_LOCK_CR_UPDATE, 0, 0, FK_KVM_LOCK_CR_UPDATE_VERSION);
     CHECK_EQ(r.eax, 1, "version query");
     CHECK_EQ(r.ex.configure + r.ex.denial, 0, "version query: no exit");
     r = guest_op(c, 12, 0, 0, 0);
-    CHECK_EQ(r.eax, RAX_ENOSYS, "unknown hypercall number");
+    CHECK_EQ(r.eax, FK_KVM_ENOSYS_NEG32, "unknown hypercall number");
 
     check_rejected_pins(c);
-    check_pin(c, 0, CR0_WP, caps);
-    uint64_t cr4_pinned = check_pin(c, 4, CR4_SMEP | CR4_SMAP, caps);
+    check_pin(c, 0, FK_CR0_WP, caps);
+    uint64_t cr4_pinned = check_pin(c, 4, FK_CR4_SMEP | FK_CR4_SMAP, caps);
 
     uint64_t cr0 = sreg_cr(c, 0), cr4 = sreg_cr(c, 4);
-    check_allowed_write(c, 0, cr0 | CR0_AM);
-    check_allowed_write(c, 4, cr4 | CR4_OSFXSR);
-    cr0 |= CR0_AM;
-    cr4 |= CR4_OSFXSR;
-    check_denied_write(c, 0, cr0 & ~CR0_WP, caps);
+    check_allowed_write(c, 0, cr0 | FK_CR0_AM);
+    check_allowed_write(c, 4, cr4 | FK_CR4_OSFXSR);
+    cr0 |= FK_CR0_AM;
+    cr4 |= FK_CR4_OSFXSR;
+    check_denied_write(c, 0, cr0 & ~FK_CR0_WP, caps);
     if (CHECK(cr4_pinned != 0, "a CR4 bit is pinned (host CR4 %#llx)", (unsigned long long)vm->info.host_cr4))
         check_denied_write(c, 4, cr4 & ~cr4_pinned, caps);
 
@@ -245,12 +245,12 @@ void scenario_off(void) {
     enable_cap(vm->fd, vm->info.cap_denial, 3, &err);
     CHECK_EQ(err, EINVAL, "ENABLE_CAP(denial) without Heki");
     cpu_start(c);
-    OpResult r = guest_op(c, HC_LOCK_CR, 0, 0, LOCK_CR_VERSION);
-    CHECK_EQ(r.eax, RAX_ENOSYS, "version query without Heki");
-    r = guest_op(c, HC_LOCK_CR, 0, CR0_WP, 0);
-    CHECK_EQ(r.eax, RAX_ENOSYS, "pin without Heki");
+    OpResult r = guest_op(c, FK_KVM_HC_LOCK_CR_UPDATE, 0, 0, FK_KVM_LOCK_CR_UPDATE_VERSION);
+    CHECK_EQ(r.eax, FK_KVM_ENOSYS_NEG32, "version query without Heki");
+    r = guest_op(c, FK_KVM_HC_LOCK_CR_UPDATE, 0, FK_CR0_WP, 0);
+    CHECK_EQ(r.eax, FK_KVM_ENOSYS_NEG32, "pin without Heki");
     uint64_t cr0 = sreg_cr(c, 0);
-    check_allowed_write(c, 0, cr0 & ~CR0_WP); /* nothing is pinned */
+    check_allowed_write(c, 0, cr0 & ~FK_CR0_WP); /* nothing is pinned */
     vm_info(vm);
     CHECK_EQ(vm->info.pinned_cr0 | vm->info.pinned_cr4, 0, "no pin without Heki");
     CHECK_EQ(vm->info.configure_exits + vm->info.denial_exits + vm->info.denials, 0, "no exit, no denial");
@@ -268,9 +268,9 @@ void scenario_immediate(void) {
 
     /* A pending configure exit. */
     MB(c, MB_CMD) = CMD_OP;
-    MB(c, MB_RAX) = HC_LOCK_CR;
+    MB(c, MB_RAX) = FK_KVM_HC_LOCK_CR_UPDATE;
     MB(c, MB_RBX) = 0;
-    MB(c, MB_RCX) = CR0_WP;
+    MB(c, MB_RCX) = FK_CR0_WP;
     MB(c, MB_RDX) = 0;
     CHECK(ioctl(c->fd, KVM_RUN, 0) == 0, "run to the pin");
     CHECK_EQ(c->run->exit_reason, vm->info.exit_configure, "configure exit");
@@ -290,8 +290,8 @@ void scenario_immediate(void) {
     /* A pending denial. */
     uint32_t gp0 = MB(c, MB_GP_COUNT);
     MB(c, MB_CMD) = CMD_OP;
-    MB(c, MB_RAX) = OP_CR0;
-    MB(c, MB_RBX) = (uint32_t)(sreg_cr(c, 0) & ~CR0_WP);
+    MB(c, MB_RAX) = EMU_OP_WRITE_CR0;
+    MB(c, MB_RBX) = (uint32_t)(sreg_cr(c, 0) & ~FK_CR0_WP);
     CHECK(ioctl(c->fd, KVM_RUN, 0) == 0, "run to the denied write");
     CHECK_EQ(c->run->exit_reason, vm->info.exit_denial, "denial exit");
     c->run->immediate_exit = 1;
@@ -328,33 +328,33 @@ void scenario_hostile(void) {
     Cpu *c = cpu_new(vm, 0, BOOT_CR0, BOOT_CR4);
     cpu_start(c);
 
-    OpResult r = guest_cmd(c, CMD_IN, HC_LOCK_CR, 0, CR0_WP, 0, 0);
+    OpResult r = guest_cmd(c, CMD_IN, FK_KVM_HC_LOCK_CR_UPDATE, 0, FK_CR0_WP, 0, 0);
     CHECK(r.ex.passthrough == 1 && r.ex.io.io.direction == KVM_EXIT_IO_IN, "IN on 0xe5 left to the VMM");
-    r = guest_cmd(c, CMD_OUTW, HC_LOCK_CR, 0, CR0_WP, 0, 0);
+    r = guest_cmd(c, CMD_OUTW, FK_KVM_HC_LOCK_CR_UPDATE, 0, FK_CR0_WP, 0, 0);
     CHECK(r.ex.passthrough == 1 && r.ex.io.io.size == 2, "outw on 0xe5 left to the VMM");
     r = guest_op(c, 0x105, 0, 0, 0);
     CHECK(r.ex.passthrough == 1 && r.eax == 0x105, "unknown operation left to the VMM, rax kept");
     r = guest_op(c, 0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff);
     CHECK(r.ex.passthrough == 1, "operation 0xffffffff left to the VMM");
-    r = guest_op(c, HC_LOCK_CR, 0xffffffff, 0xffffffff, 0);
-    CHECK_EQ(r.eax, RAX_EINVAL, "pin of register 0xffffffff");
-    r = guest_op(c, HC_LOCK_CR, 4, 0xffffffff, 0);
-    CHECK_EQ(r.eax, RAX_EINVAL, "CR4 pin of every bit");
+    r = guest_op(c, FK_KVM_HC_LOCK_CR_UPDATE, 0xffffffff, 0xffffffff, 0);
+    CHECK_EQ(r.eax, FK_KVM_EINVAL_NEG32, "pin of register 0xffffffff");
+    r = guest_op(c, FK_KVM_HC_LOCK_CR_UPDATE, 4, 0xffffffff, 0);
+    CHECK_EQ(r.eax, FK_KVM_EINVAL_NEG32, "CR4 pin of every bit");
     vm_info(vm);
     CHECK_EQ(vm->info.pinned_cr0 | vm->info.pinned_cr4, 0, "still nothing pinned");
 
     /* Values the CPU refuses: not pinned, but KVM says no -> #GP, CR kept. */
     uint64_t cr0 = sreg_cr(c, 0), cr4 = sreg_cr(c, 4);
-    r = guest_op(c, OP_CR0, CR0_PG | CR0_ET, 0, 0); /* PG without PE */
+    r = guest_op(c, EMU_OP_WRITE_CR0, FK_CR0_PG | FK_CR0_ET, 0, 0); /* PG without PE */
     CHECK(r.gp == 1 && r.gp_err == 0 && r.gp_eip == SYM_guest_op_out, "CR0 PG without PE: #GP(0) at the OUT");
     CHECK_EQ(sreg_cr(c, 0), cr0, "CR0 kept");
-    r = guest_op(c, OP_CR4, 0xffffffff, 0, 0);
+    r = guest_op(c, EMU_OP_WRITE_CR4, 0xffffffff, 0, 0);
     CHECK(r.gp == 1 && r.gp_err == 0, "CR4 with reserved bits: #GP(0)");
     CHECK_EQ(sreg_cr(c, 4), cr4, "CR4 kept");
     CHECK_EQ(MB(c, MB_GP_BAD), 0, "every #GP at the OUT");
 
     /* fd reuse: a new VM on a closed VM's fd number starts clean. */
-    check_pin(c, 0, CR0_WP, false);
+    check_pin(c, 0, FK_CR0_WP, false);
     int old_vm = vm->fd, old_cpu = c->fd;
     close(c->fd);
     CHECK(vcpu_info_fn(old_cpu, &(HekiEmuVcpuInfo){0}) == -1, "closed vCPU fd forgotten");
@@ -367,7 +367,7 @@ void scenario_hostile(void) {
     CHECK_EQ(c2->fd, old_cpu, "the kernel reused the vCPU fd number");
     cpu_start(c2);
     uint64_t cr0b = sreg_cr(c2, 0);
-    check_allowed_write(c2, 0, cr0b & ~CR0_WP); /* the old VM's pin is not here */
+    check_allowed_write(c2, 0, cr0b & ~FK_CR0_WP); /* the old VM's pin is not here */
     /* dup2 over a tracked fd forgets it. */
     int spare = open("/dev/null", O_RDONLY);
     Vm *vm3 = vm_new(true);

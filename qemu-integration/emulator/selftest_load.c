@@ -29,7 +29,7 @@ typedef struct {
 static void *storm_thread(void *p) {
     StormArg *a = p;
     double t0 = now_us();
-    a->res = guest_cmd(a->c, CMD_REPEAT, OP_CR0, a->bad_cr0, 0, 0, a->count);
+    a->res = guest_cmd(a->c, CMD_REPEAT, EMU_OP_WRITE_CR0, a->bad_cr0, 0, 0, a->count);
     a->us = now_us() - t0;
     return NULL;
 }
@@ -47,11 +47,11 @@ void scenario_storm(void) {
         cpus[i] = cpu_new(vm, i, BOOT_CR0, BOOT_CR4);
         cpu_start(cpus[i]);
     }
-    check_pin(cpus[0], 0, CR0_WP, true);
+    check_pin(cpus[0], 0, FK_CR0_WP, true);
     StormArg args[STORM_THREADS];
     pthread_t th[STORM_THREADS];
     for (int i = 0; i < STORM_THREADS; i++) {
-        args[i] = (StormArg){.c = cpus[i], .count = STORM_COUNT, .bad_cr0 = BOOT_CR0 & ~CR0_WP};
+        args[i] = (StormArg){.c = cpus[i], .count = STORM_COUNT, .bad_cr0 = BOOT_CR0 & ~FK_CR0_WP};
         pthread_create(&th[i], NULL, storm_thread, &args[i]);
     }
     unsigned exits = 0, gps = 0;
@@ -122,8 +122,8 @@ void scenario_kick(void) {
     cpu_start(c);
     uint32_t cr0 = (uint32_t)sreg_cr(c, 0);
     MB(c, MB_CMD) = CMD_REPEAT;
-    MB(c, MB_RAX) = OP_CR0;
-    MB(c, MB_RBX) = cr0 ^ CR0_AM; /* allowed: nothing pinned */
+    MB(c, MB_RAX) = EMU_OP_WRITE_CR0;
+    MB(c, MB_RBX) = cr0 ^ FK_CR0_AM; /* allowed: nothing pinned */
     MB(c, MB_COUNT) = 1000000;
     kick_run = c->run;
     struct sigaction sa = {.sa_handler = on_kick};
@@ -179,14 +179,14 @@ void scenario_bench(void) {
     OpResult r;
     double plain = bench(c, CMD_PLAIN, 0, 0, 0, 0, &n, &r);
     CHECK_EQ(n, BENCH_COUNT, "bench: plain exits");
-    double version = bench(c, CMD_REPEAT, HC_LOCK_CR, 0, 0, LOCK_CR_VERSION, &n, &r);
+    double version = bench(c, CMD_REPEAT, FK_KVM_HC_LOCK_CR_UPDATE, 0, 0, FK_KVM_LOCK_CR_UPDATE_VERSION, &n, &r);
     CHECK(n == 0 && r.eax == 1, "bench: version queries stay in the emulator");
     uint32_t cr0 = (uint32_t)sreg_cr(c, 0);
-    double write_ok = bench(c, CMD_REPEAT, OP_CR0, cr0 ^ CR0_AM, 0, 0, &n, &r);
+    double write_ok = bench(c, CMD_REPEAT, EMU_OP_WRITE_CR0, cr0 ^ FK_CR0_AM, 0, 0, &n, &r);
     CHECK(n == 0 && r.gp == 0, "bench: allowed CR writes stay in the emulator");
-    double configure = bench(c, CMD_REPEAT, HC_LOCK_CR, 0, CR0_WP, 0, &n, &r);
+    double configure = bench(c, CMD_REPEAT, FK_KVM_HC_LOCK_CR_UPDATE, 0, FK_CR0_WP, 0, &n, &r);
     CHECK(n == BENCH_COUNT && r.ex.configure == BENCH_COUNT, "bench: one configure exit per pin");
-    double denial = bench(c, CMD_REPEAT, OP_CR0, cr0 & ~CR0_WP, 0, 0, &n, &r);
+    double denial = bench(c, CMD_REPEAT, EMU_OP_WRITE_CR0, cr0 & ~FK_CR0_WP, 0, 0, &n, &r);
     CHECK(n == BENCH_COUNT && r.gp == BENCH_COUNT, "bench: one denial exit and #GP per write");
     struct kvm_regs regs;
     double t0 = now_us();

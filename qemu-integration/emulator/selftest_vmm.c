@@ -182,7 +182,7 @@ int run_until_ready(Cpu *c, Exits *ex) {
                 ex->plain++;
                 continue;
             }
-            if (port == PORT_HEKI) {
+            if (port == EMU_PORT) {
                 ex->passthrough++;
                 ex->io = *run;
                 continue;

@@ -11,28 +11,12 @@
 #include <stdint.h>
 
 #include "heki_kvm_emu.h"
+#include "emu_protocol.h"
+#include "heki_x86.h"
 #include "selftest.h"
 
-#define CR0_PE (1u << 0)
-#define CR0_ET (1u << 4)
-#define CR0_NE (1u << 5)
-#define CR0_WP (1u << 16)
-#define CR0_AM (1u << 18)
-#define CR0_PG (1u << 31)
-#define CR4_OSFXSR (1u << 9)
-#define CR4_SMEP (1u << 20)
-#define CR4_SMAP (1u << 21)
-#define CR4_PKE (1u << 22)
-#define HC_LOCK_CR 13
-#define LOCK_CR_VERSION 1
-#define OP_CR0 0x100
-#define OP_CR4 0x104
-#define RAX_EINVAL 0xffffffeaU /* -22 as the 32-bit guest reads it */
-#define RAX_ENOSYS 0xfffffc18U /* -1000 */
-#define REASON_CR0 1
-#define REASON_CR4 2
-#define BOOT_CR0 (CR0_PE | CR0_ET | CR0_NE | CR0_WP)
-#define BOOT_CR4 (CR4_SMEP | CR4_SMAP)
+#define BOOT_CR0 (FK_CR0_PE | FK_CR0_ET | FK_CR0_NE | FK_CR0_WP)
+#define BOOT_CR4 (FK_CR4_SMEP | FK_CR4_SMAP)
 
 /* ---- checks ---- */
 extern const char *scenario; /* named in every failure */

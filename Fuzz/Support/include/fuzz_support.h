@@ -2,7 +2,7 @@
  * fuzz_support.h - what the libFuzzer targets of heki-plugin share: a host
  * whose callbacks check every event and log line the plugin produces and
  * answer KVM_CHECK_EXTENSION / KVM_ENABLE_CAP from the kernel model
- * (fake_kernel.h: a Heki v2 or v3 kernel, or a stock one), checking how the
+ * (heki_kernel_model.h: a Heki v2 or v3 kernel, or a stock one), checking how the
  * plugin asks; and a JSON validator (the oracle for "guest bytes never
  * break the JSON").
  *
@@ -17,7 +17,7 @@
 #include <glib.h>
 
 #include "../../../include/heki_plugin.h"
-#include "fake_kernel.h"
+#include "heki_kernel_model.h"
 
 /* Event kinds, in the order of the plugin's EventKind, then HEKI_POLICY
    (made on the main loop by heki_plugin_set_policy, never coalesced). */

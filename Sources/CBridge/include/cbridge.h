@@ -8,7 +8,8 @@
 
 #include <stdint.h>
 #include <string.h>
-#include "../../../include/heki_plugin.h"
+
+struct kvm_run; /* <linux/kvm.h>; the public header is CHekiPlugin's alone */
 
 /* struct kvm_run: __u32 exit_reason at 8; the exit union at 32. */
 #define CBRIDGE_KVM_RUN_EXIT_REASON_OFFSET 8

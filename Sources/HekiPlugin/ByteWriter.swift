@@ -1,0 +1,216 @@
+/// The byte buffers the event renderer writes into, and the byte strings
+/// and tables it makes once at init.
+
+/// A reused byte buffer; appends never allocate. Main loop thread.
+/// Appends do not check the capacity one by one: the renderer reserves,
+/// once per event, room for the largest event of its kind (`reserve`),
+/// which grows the buffer only when an event's text (a kernel check, a
+/// policy) could outgrow it.
+struct ByteWriter {
+    private(set) var base: UnsafeMutablePointer<UInt8>
+    private(set) var capacity: Int
+    var count = 0
+
+    init(capacity: Int) {
+        self.capacity = capacity
+        base = .allocate(capacity: capacity)
+    }
+
+    func deallocate() { base.deallocate() }
+
+    @inline(__always) mutating func reset() { count = 0 }
+
+    /// Room for `bytes` more (and the NUL of `cString`).
+    @inline(__always) mutating func reserve(_ bytes: Int) {
+        if count + bytes + 1 > capacity { grow(to: count + bytes + 1) }
+    }
+
+    @inline(never) private mutating func grow(to needed: Int) {
+        var size = capacity * 2
+        while size < needed { size *= 2 }
+        let bigger = UnsafeMutablePointer<UInt8>.allocate(capacity: size)
+        bigger.update(from: base, count: count)
+        base.deallocate()
+        base = bigger
+        capacity = size
+    }
+
+    /// Short fragments (keys, names) are copied with at most two pairs of
+    /// overlapping loads and stores, never reading past `bytes + length`.
+    @inline(__always) mutating func append(_ bytes: UnsafePointer<UInt8>, _ length: Int) {
+        let source = UnsafeRawPointer(bytes)
+        let target = UnsafeMutableRawPointer(base + count)
+        if length >= 8 && length <= 16 {
+            let head = source.loadUnaligned(as: UInt64.self)
+            let tail = source.loadUnaligned(fromByteOffset: length - 8, as: UInt64.self)
+            target.storeBytes(of: head, as: UInt64.self)
+            target.storeBytes(of: tail, toByteOffset: length - 8, as: UInt64.self)
+        } else if length >= 4 && length < 8 {
+            let head = source.loadUnaligned(as: UInt32.self)
+            let tail = source.loadUnaligned(fromByteOffset: length - 4, as: UInt32.self)
+            target.storeBytes(of: head, as: UInt32.self)
+            target.storeBytes(of: tail, toByteOffset: length - 4, as: UInt32.self)
+        } else if length < 4 {
+            var index = 0
+            while index < length {
+                base[count + index] = bytes[index]
+                index += 1
+            }
+        } else {
+            target.copyMemory(from: source, byteCount: length)
+        }
+        count += length
+    }
+
+    @inline(__always) mutating func append(_ text: StaticString) {
+        append(text.utf8Start, text.utf8CodeUnitCount)
+    }
+
+    @inline(__always) mutating func append(_ text: ByteString) { append(text.bytes, text.count) }
+
+    @inline(__always) mutating func append(byte: UInt8) {
+        base[count] = byte
+        count += 1
+    }
+
+    mutating func appendDecimal(_ value: UInt64) {
+        var digits = 1
+        var rest = value / 10
+        while rest != 0 {
+            digits += 1
+            rest /= 10
+        }
+        rest = value
+        var index = count + digits
+        repeat {
+            index -= 1
+            base[index] = UInt8(truncatingIfNeeded: rest % 10) &+ 0x30
+            rest /= 10
+        } while rest != 0
+        count += digits
+    }
+
+    /// A signed decimal: String(value).
+    mutating func appendDecimal(signed value: Int64) {
+        if value < 0 { append(byte: 0x2d) }
+        appendDecimal(value.magnitude)
+    }
+
+    /// A String's UTF-8 as is (text already safe where it goes: a log line
+    /// of printable text, JSON from JSONObject). Reserves room itself.
+    mutating func append(text: String) {
+        var copy = text
+        copy.withUTF8 { utf8 in
+            reserve(utf8.count)
+            if let source = utf8.baseAddress { append(source, utf8.count) }
+        }
+    }
+
+    /// "0x" and lower-case hex digits, no padding: String(value, radix: 16).
+    mutating func appendHex(_ value: UInt64) {
+        base[count] = 0x30
+        base[count + 1] = 0x78
+        let digits = value == 0 ? 1 : (67 - value.leadingZeroBitCount) / 4
+        var rest = value
+        var index = count + 2 + digits
+        repeat {
+            index -= 1
+            let nibble = UInt8(truncatingIfNeeded: rest) & 0xf
+            base[index] = nibble &+ (nibble < 10 ? 0x30 : 0x57)
+            rest >>= 4
+        } while index > count + 2
+        count += 2 + digits
+    }
+
+    /// NUL-terminates and returns the start, as a C string.
+    @inline(__always) mutating func cString() -> UnsafePointer<CChar> {
+        base[count] = 0
+        return UnsafeRawPointer(base).assumingMemoryBound(to: CChar.self)
+    }
+}
+
+/// Bytes made once from a String (names, escaped fragments), NUL-terminated,
+/// owned by a ByteArena. A plain pointer and count: using one costs no
+/// reference counting.
+struct ByteString {
+    let bytes: UnsafePointer<UInt8>
+    let count: Int
+
+    var cString: UnsafePointer<CChar> { UnsafeRawPointer(bytes).assumingMemoryBound(to: CChar.self) }
+}
+
+/// Owns the ByteStrings and tables the EventRenderer makes at init.
+final class ByteArena {
+    private var blocks: [UnsafeMutableRawPointer] = []
+
+    func string(_ string: String) -> ByteString {
+        var copy = string
+        return copy.withUTF8 { utf8 in
+            let block = UnsafeMutablePointer<UInt8>.allocate(capacity: utf8.count + 1)
+            if let source = utf8.baseAddress { block.update(from: source, count: utf8.count) }
+            block[utf8.count] = 0
+            blocks.append(UnsafeMutableRawPointer(block))
+            return ByteString(bytes: UnsafePointer(block), count: utf8.count)
+        }
+    }
+
+    func table<T>(_ elements: [T]) -> UnsafeBufferPointer<T> {
+        let block = UnsafeMutableBufferPointer<T>.allocate(capacity: max(elements.count, 1))
+        _ = block.initialize(from: elements)
+        blocks.append(UnsafeMutableRawPointer(block.baseAddress!))
+        return UnsafeBufferPointer(rebasing: block[0..<elements.count])
+    }
+
+    deinit { for block in blocks { block.deallocate() } }
+}
+
+/// A register's bit names as bytes, in BitNames' order: the named bits in
+/// table order, then the unnamed ones as "bit<N>", ascending.
+struct BitNameBytes {
+    private let tableBits: UnsafeBufferPointer<UInt64>
+    private let tableNames: UnsafeBufferPointer<ByteString>
+    private let namedMask: UInt64
+    /// By bit index: the name ("bit<N>" when unnamed).
+    private let byBit: UnsafeBufferPointer<ByteString>
+    /// The table lists single bits in ascending order (CR0's and CR4's do):
+    /// then the named bits come out by walking the set bits of the value.
+    private let ascending: Bool
+
+    init(_ names: BitNames, arena: ByteArena) {
+        tableBits = arena.table(names.table.map(\.bit))
+        tableNames = arena.table(names.table.map { arena.string($0.name) })
+        namedMask = names.table.reduce(0) { $0 | $1.bit }
+        byBit = arena.table((0..<64).map { index in
+            arena.string(names.table.first { $0.bit == 1 << UInt64(index) }?.name ?? "bit\(index)")
+        })
+        ascending = names.table.allSatisfy { $0.bit.nonzeroBitCount == 1 }
+            && zip(names.table, names.table.dropFirst()).allSatisfy { $0.bit < $1.bit }
+    }
+
+    /// Calls `body` with each name of `value`, in BitNames.names(of:) order.
+    @inline(__always)
+    func forEachName(of value: UInt64, _ body: (ByteString) -> Void) {
+        var named = value & namedMask
+        if ascending {
+            while named != 0 {
+                body(byBit[named.trailingZeroBitCount])
+                named &= named - 1
+            }
+        } else {
+            var index = 0
+            while named != 0 && index < tableBits.count {
+                let bit = tableBits[index]
+                if named & bit != 0 {
+                    body(tableNames[index])
+                    named &= ~bit
+                }
+                index += 1
+            }
+        }
+        var rest = value & ~namedMask
+        while rest != 0 {
+            body(byBit[rest.trailingZeroBitCount])
+            rest &= rest - 1
+        }
+    }
+}

@@ -1,0 +1,367 @@
+import CGLib
+import CHekiPlugin
+
+/// Renders every event the plugin reports (README.md, "Events"): its name,
+/// its JSON data, its log level and its log line, into two reused byte
+/// buffers. The kinds a guest can cause in bulk (configure, denial, weak
+/// pinning) are written field by field from bytes made once at init; the
+/// rare ones (malformed exits, capabilities, summaries, the main loop's
+/// announcements) through JSONObject into the same buffers. The log line is
+/// made only when asked (the host may have no log callback).
+/// Main loop thread only; a result is valid until the next render.
+final class EventRenderer {
+    private let config: Configuration
+    private var dataBuffer = ByteWriter(capacity: EventRenderer.bufferSize)
+    private var lineBuffer = ByteWriter(capacity: EventRenderer.bufferSize)
+    private let arena = ByteArena()
+    /// "vm NAME" (printable), or nil without vm-name: the one spelling of
+    /// the subject of every log line.
+    let vmLabel: String?
+    /// `"vm-name":"..."` (escaped), or nil.
+    private let vmNameField: ByteString?
+    /// "heki: vm NAME vcpu " / "heki: vcpu ": a line about one vCPU.
+    private let vcpuSubject: ByteString
+    /// "heki: vm NAME: " / "heki: ": a line about the VM.
+    private let vmSubject: ByteString
+    private let registerNames: UnsafeBufferPointer<ByteString>
+    private let bitNames: UnsafeBufferPointer<BitNameBytes>
+    private let verdictNames: UnsafeBufferPointer<ByteString>  // by Verdict.rawValue + 1
+    private let eventNames: UnsafeBufferPointer<ByteString>    // by EventKind.rawValue
+    private let policyEventName: ByteString
+
+    static let bufferSize = 32 * 1024
+    /// The largest data or log line of a bulk kind: the vm-name fragments,
+    /// three lists of at most 64 names (each quoted, with a comma), three
+    /// hex values and a fixed part well under 512 bytes.
+    private let maximumBulkBytes: Int
+
+    init(config: Configuration) {
+        self.config = config
+        let arena = self.arena
+        vmLabel = config.vmName.map { "vm \(Options.printable($0))" }
+        vmNameField = config.vmName.map { name in
+            var field = ""
+            JSONObject.quote("vm-name", into: &field)
+            field += ":"
+            JSONObject.quote(name, into: &field)
+            return arena.string(field)
+        }
+        vcpuSubject = arena.string("heki: " + (vmLabel.map { $0 + " " } ?? "") + "vcpu ")
+        vmSubject = arena.string("heki: " + (vmLabel.map { $0 + ": " } ?? ""))
+        registerNames = arena.table(ControlRegister.allCases.map { arena.string($0.name) })
+        bitNames = arena.table(ControlRegister.allCases.map { BitNameBytes($0.bitNames, arena: arena) })
+        verdictNames = arena.table(Verdict.allCases.sorted { $0.rawValue < $1.rawValue }.map { arena.string($0.name) })
+        eventNames = arena.table(EventKind.allCases.map { arena.string($0.eventName) })
+        policyEventName = arena.string(Announcement.policyEventName)
+        let longestName = ControlRegister.allCases.flatMap { register in
+            (0..<64).map { register.bitNames.names(of: 1 << UInt64($0)).first?.utf8.count ?? 0 }
+        }.max() ?? 0
+        maximumBulkBytes = (vmNameField?.count ?? 0) + vcpuSubject.count + 3 * 64 * (longestName + 3) + 512
+    }
+
+    deinit {
+        dataBuffer.deallocate()
+        lineBuffer.deallocate()
+    }
+
+    /// A line about the VM, for the plugin's own log lines: "heki: vm NAME: " + text.
+    func vmLine(_ text: String) -> String { "heki: " + (vmLabel.map { $0 + ": " } ?? "") + text }
+
+    // MARK: Name and level
+
+    func name(_ record: EventRecord) -> UnsafePointer<CChar> { eventNames[Int(record.kind.rawValue)].cString }
+
+    func name(_ announcement: Announcement) -> UnsafePointer<CChar> {
+        if case .policy = announcement { return policyEventName.cString }
+        return eventNames[Int(EventKind.capability.rawValue)].cString
+    }
+
+    /// The log level of every event: what a guest does is info when
+    /// allowed, a warning when refused or suspicious; what the VMM cannot
+    /// have is an error when require-caps=on makes it fatal.
+    func level(_ record: EventRecord) -> HekiLogLevel {
+        switch record.payload {
+        case .configure: HEKI_LOG_INFO
+        case .denial, .weakPinning, .malformedExit, .suppressed: HEKI_LOG_WARNING
+        case let .capability(event): event.result == 0 ? HEKI_LOG_INFO : failureLevel
+        }
+    }
+
+    func level(_ announcement: Announcement) -> HekiLogLevel {
+        switch announcement {
+        case let .kernelCheck(check, _): check.profile != nil ? HEKI_LOG_INFO : failureLevel
+        case .hostCannotCheck: HEKI_LOG_WARNING
+        case .policy: HEKI_LOG_INFO
+        }
+    }
+
+    private var failureLevel: HekiLogLevel { config.requireCaps ? HEKI_LOG_ERROR : HEKI_LOG_WARNING }
+
+    // MARK: Data
+
+    /// The JSON data of `record`, NUL-terminated.
+    func data(_ record: EventRecord) -> UnsafePointer<CChar> {
+        dataBuffer.reset()
+        switch record.payload {
+        case let .configure(event):
+            bulkData(vcpu: event.vcpu, event.register) { data, register in
+                exitFields(&data, event.exit, value: event.bits, pinned: event.pinned, register)
+                appendVerdict(&data, event.verdict)
+            }
+        case let .denial(event):
+            bulkData(vcpu: event.vcpu, event.register) { data, register in
+                exitFields(&data, event.exit, value: event.value, pinned: event.pinned, register)
+                bits(&data, ",\"violated\":\"", ",\"violated-bits\":[", event.violated, register)
+                appendVerdict(&data, event.verdict)
+            }
+        case let .weakPinning(event):
+            bulkData(vcpu: event.vcpu, event.register) { data, register in
+                weakFields(&data, event, register)
+                if event.vcpu == nil {  // the pin deadline's: no vCPU, the deadline instead
+                    data.append(",\"deadline-seconds\":")
+                    data.appendDecimal(UInt64(config.pinDeadline ?? 0))
+                }
+                appendVerdict(&data, event.verdict)
+            }
+        case let .malformedExit(event):
+            var object = vmObject()
+            object.add("vcpu", event.vcpu)
+            if let register = event.register { object.add("register", register.name) }
+            object.add("exit-reason", event.exit)
+            object.add("reason", hex: event.reason)
+            object.add("problem", event.problem.name)
+            object.add("kind", event.kind.name)
+            object.add("verdict", Verdict.notHeki.name)
+            dataBuffer.append(text: object.rendered)
+        case let .capability(event):
+            var object = vmObject()
+            object.add("kind", event.kind.name)
+            object.add("capability", event.capability)
+            object.add("mask", hex: event.mask.rawValue)
+            object.add("mask-bits", ControlRegister.allCases.filter { event.mask.contains($0) }.map(\.name))
+            object.add("result", Int64(event.result))
+            object.add("enabled", event.result == 0)
+            object.add("required", config.requireCaps)
+            dataBuffer.append(text: object.rendered)
+        case let .suppressed(event):
+            var object = vmObject()
+            object.add("event", event.coalesced.eventName)
+            object.add("count", event.count)
+            dataBuffer.append(text: object.rendered)
+        }
+        return dataBuffer.cString()
+    }
+
+    func data(_ announcement: Announcement) -> UnsafePointer<CChar> {
+        dataBuffer.reset()
+        var object = vmObject()
+        switch announcement {
+        case let .kernelCheck(check, answers):
+            kernelFields(&object, status: check.status, profile: check.profile, answers: answers)
+        case .hostCannotCheck:
+            kernelFields(&object, status: "host-cannot-check", profile: nil, answers: nil)
+        case let .policy(policy, changed):
+            object.add("changed", changed)
+            object.add("on-denial", policy.onDenial.name)
+            object.add("on-denial-cr0", policy.onDenial(.cr0).name)
+            object.add("on-denial-cr4", policy.onDenial(.cr4).name)
+            object.add("on-weak-pinning", policy.onWeakPinning.name)
+            for register in ControlRegister.allCases {
+                let bits = policy.required(register)
+                object.add("require-" + register.name, hex: bits)
+                object.add("require-" + register.name + "-bits", register.bitNames.names(of: bits))
+            }
+        }
+        dataBuffer.append(text: object.rendered)
+        return dataBuffer.cString()
+    }
+
+    private func vmObject() -> JSONObject {
+        var object = JSONObject()
+        if let name = config.vmName { object.add("vm-name", name) }
+        return object
+    }
+
+    private func kernelFields(_ object: inout JSONObject, status: String, profile: Profile?, answers: KernelAnswers?) {
+        object.add("abi", config.abiName)
+        object.add("status", status)
+        object.add("profile", profile?.name)
+        if let answers { object.add("answers", answers.json) }
+        object.add("required", config.requireCaps)
+    }
+
+    /// `{"vm-name":...,"vcpu":N,"register":"crN"` + `fields` + `}`; no
+    /// vcpu key when `vcpu` is nil.
+    @inline(__always)
+    private func bulkData(vcpu: UInt32?, _ register: ControlRegister,
+                          _ fields: (inout ByteWriter, Int) -> Void) {
+        let register = Int(register.rawValue)
+        // A local copy: the count stays in a register instead of the object.
+        var data = dataBuffer
+        data.reserve(maximumBulkBytes)
+        defer { dataBuffer = data }
+        data.append(byte: 0x7b)  // {
+        if let vmNameField {
+            data.append(vmNameField)
+            data.append(byte: 0x2c)  // ,
+        }
+        if let vcpu {
+            data.append("\"vcpu\":")
+            data.appendDecimal(UInt64(vcpu))
+            data.append(byte: 0x2c)
+        }
+        data.append("\"register\":\"")
+        data.append(registerNames[register])
+        data.append(byte: 0x22)
+        fields(&data, register)
+        data.append(byte: 0x7d)  // }
+    }
+
+    @inline(__always)
+    private func exitFields(_ data: inout ByteWriter, _ exit: UInt32, value: UInt64, pinned: UInt64, _ register: Int) {
+        data.append(",\"exit-reason\":")
+        data.appendDecimal(UInt64(exit))
+        bits(&data, ",\"value\":\"", ",\"value-bits\":[", value, register)
+        bits(&data, ",\"pinned\":\"", ",\"pinned-bits\":[", pinned, register)
+    }
+
+    @inline(__always)
+    private func weakFields(_ data: inout ByteWriter, _ event: WeakPinningEvent, _ register: Int) {
+        bits(&data, ",\"pinned\":\"", ",\"pinned-bits\":[", event.pinned, register)
+        bits(&data, ",\"required\":\"", ",\"required-bits\":[", event.required, register)
+        bits(&data, ",\"missing\":\"", ",\"missing-bits\":[", event.missing, register)
+    }
+
+    @inline(__always)
+    private func appendVerdict(_ data: inout ByteWriter, _ verdict: Verdict) {
+        data.append(",\"verdict\":\"")
+        data.append(verdictNames[Int(verdict.rawValue) + 1])
+        data.append(byte: 0x22)
+    }
+
+    /// `key"0x..."` then `listKey"name",...]`.
+    @inline(__always)
+    private func bits(_ data: inout ByteWriter, _ key: StaticString, _ listKey: StaticString, _ value: UInt64,
+                      _ register: Int) {
+        data.append(key)
+        data.appendHex(value)
+        data.append(byte: 0x22)
+        data.append(listKey)
+        var first = true
+        bitNames[register].forEachName(of: value) { name in
+            if !first { data.append(byte: 0x2c) }
+            first = false
+            data.append(byte: 0x22)
+            data.append(name)
+            data.append(byte: 0x22)
+        }
+        data.append(byte: 0x5d)  // ]
+    }
+
+    // MARK: Log lines
+
+    /// The log line of `record`, NUL-terminated.
+    func message(_ record: EventRecord) -> UnsafePointer<CChar> {
+        var message = lineBuffer
+        message.reset()
+        message.reserve(maximumBulkBytes)
+        defer { lineBuffer = message }
+        switch record.payload {
+        case let .configure(event):
+            appendVCPU(&message, event.vcpu)
+            message.append(": guest pinned ")
+            message.append(registerNames[Int(event.register.rawValue)])
+            message.append(byte: 0x20)
+            names(&message, event.bits, event.register)
+            message.append(" (pinned now ")
+            names(&message, event.pinned, event.register)
+            message.append("), verdict ")
+            message.append(verdictNames[Int(event.verdict.rawValue) + 1])
+        case let .denial(event):
+            appendVCPU(&message, event.vcpu)
+            message.append(": KVM denied a ")
+            message.append(registerNames[Int(event.register.rawValue)])
+            message.append(" write of ")
+            message.appendHex(event.value)
+            message.append(" clearing ")
+            names(&message, event.violated, event.register)
+            message.append(", verdict ")
+            message.append(verdictNames[Int(event.verdict.rawValue) + 1])
+        case let .weakPinning(event):
+            if let vcpu = event.vcpu {
+                appendVCPU(&message, vcpu)
+                message.append(": weak pinning of ")
+            } else {
+                message.append(vmSubject)
+                message.append("weak pinning of ")
+            }
+            message.append(registerNames[Int(event.register.rawValue)])
+            message.append(": ")
+            names(&message, event.missing, event.register)
+            message.append(" required but not pinned")
+            if event.vcpu == nil {
+                message.append(byte: 0x20)
+                message.appendDecimal(UInt64(config.pinDeadline ?? 0))
+                message.append(" s after start")
+            }
+            message.append(", verdict ")
+            message.append(verdictNames[Int(event.verdict.rawValue) + 1])
+        case let .malformedExit(event):
+            appendVCPU(&message, event.vcpu)
+            message.append(text: ": exit \(event.exit) (heki \(event.kind.name)) not claimed: \(event.problem.name), reason ")
+            message.appendHex(event.reason)
+        case let .capability(event):
+            message.append(vmSubject)
+            message.append(text: "KVM_ENABLE_CAP \(event.capability) (heki \(event.kind.name), mask \(event.mask.spelling)) "
+                + (event.result == 0 ? "enabled" : "refused (\(event.result)); heki \(event.kind.name) exits will not be claimed"))
+        case let .suppressed(event):
+            message.append(vmSubject)
+            message.append(text: "\(event.count) \(event.coalesced.eventName) events coalesced (rate limit \(config.rateLimit)/s)")
+        }
+        return message.cString()
+    }
+
+    func message(_ announcement: Announcement) -> UnsafePointer<CChar> {
+        var message = lineBuffer
+        message.reset()
+        message.reserve(vmSubject.count)
+        defer { lineBuffer = message }
+        message.append(vmSubject)
+        switch announcement {
+        case let .kernelCheck(check, answers):
+            message.append(text: check.describe(config: config, answers: answers))
+        case .hostCannotCheck:
+            message.append(text: "the host gives no KVM_CHECK_EXTENSION answers (HekiHost.check_extension, "
+                + "heki-plugin 1.1): nothing enabled, no exit claimed")
+        case let .policy(policy, changed):
+            message.append(text: "policy " + (changed.isEmpty ? "set, unchanged" : "changed: " + changed.joined(separator: ", "))
+                + "; now on-denial \(policy.onDenial.name), on-denial-cr0 \(policy.onDenial(.cr0).name), "
+                + "on-denial-cr4 \(policy.onDenial(.cr4).name), on-weak-pinning \(policy.onWeakPinning.name), "
+                + ControlRegister.allCases.map { register in
+                    let names = register.bitNames.names(of: policy.required(register))
+                    return "require-\(register.name) " + (names.isEmpty ? "none" : names.joined(separator: "+"))
+                }.joined(separator: ", "))
+        }
+        return message.cString()
+    }
+
+    @inline(__always)
+    private func appendVCPU(_ message: inout ByteWriter, _ vcpu: UInt32) {
+        message.append(vcpuSubject)
+        message.appendDecimal(UInt64(vcpu))
+    }
+
+    /// "none", or the names joined by "+".
+    private func names(_ message: inout ByteWriter, _ value: UInt64, _ register: ControlRegister) {
+        if value == 0 {
+            message.append("none")
+            return
+        }
+        var first = true
+        bitNames[Int(register.rawValue)].forEachName(of: value) { name in
+            if !first { message.append(byte: 0x2b) }
+            first = false
+            message.append(name)
+        }
+    }
+}
