@@ -170,6 +170,19 @@ class Verdicts(unittest.TestCase):
         names = run.qmp.names()
         self.assertLess(names.index("GUEST_PANICKED"), names.index("SHUTDOWN"))
 
+    def test_poweroff_under_no_shutdown_waits_for_management(self):
+        # libvirt runs QEMU with -no-shutdown (-action shutdown=pause): the
+        # shutdown a verdict requests leaves QEMU for libvirt to decide.
+        run = self.run_vm(heki={"on-denial": "poweroff"}, scenario="pin-deny",
+                          extra_args=["-no-shutdown"])
+        run.start()
+        shutdown = run.qmp.wait_event(lambda e: e["event"] == "SHUTDOWN")
+        self.assertEqual(shutdown["data"], {"guest": True, "reason": "guest-panic"})
+        self.assertEqual(run.status(), "shutdown")
+        self.assertEqual([p["action"] for p in panics(run)], ["poweroff"])
+        self.assertIsNone(run.process.poll())
+        self.assertEqual(run.quit(), 0)
+
     def test_reset_reboots_and_pins_survive(self):
         run = self.run_vm(heki={"on-denial": "reset"}, scenario="pin-deny")
         run.start()
