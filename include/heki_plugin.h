@@ -1,4 +1,6 @@
 /*
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
  * heki_plugin.h - the C ABI of heki-plugin, the VMM side of Linux Heki.
  *
  * A KVM-based VMM loads libHekiPlugin.so (g_module_open or dlopen), checks
@@ -8,7 +10,8 @@
  * guest first runs, and offers KVM_RUN exits to heki_plugin_handle_exit().
  * The plugin returns a verdict at once and reports what happened as events
  * on the VMM's GLib main loop.  This header is the whole contract: it needs
- * only <stdint.h>, and it compiles as C11 and as C++.
+ * only <stdint.h>, and it compiles as C11 and as C++ (which, as for QEMU's
+ * qemu-plugin.h, includes it inside extern "C" { }).
  *
  * The kernel is not trusted to be a Heki kernel.  The exit and capability
  * numbers of the Heki RFC series changed between its versions and mean
@@ -22,9 +25,9 @@
  *  - heki_plugin_handle_exit() may be called from any number of vCPU threads
  *    at once.  It never blocks, never allocates and never calls the host.
  *  - Everything else (new, free, enable_caps, start, set_policy, cap_result,
- *    query, the number getters) is called from the thread that runs HekiHost.context
- *    (the "main loop thread"), or before that loop runs.  The getters and
- *    query are also safe from any thread.
+ *    query, the number getters) is called from the thread that runs
+ *    HekiHost.context (the "main loop thread"), or before that loop runs.
+ *    The getters and query are also safe from any thread.
  *  - HekiHost.log, HekiHost.event and HekiHost.apply_verdict are called only
  *    on the thread that runs HekiHost.context: from the plugin's GSource, or
  *    from heki_plugin_free().  HekiHost.check_extension and
@@ -43,21 +46,19 @@
 
 #include <stdint.h>
 
-#ifdef __cplusplus
-extern "C" {
-#endif
-
-/** The ABI this header describes.  A host refuses a library whose
- *  heki_plugin_abi_version() differs from the value it was compiled with. */
+/*
+ * The ABI this header describes.  A host refuses a library whose
+ * heki_plugin_abi_version() differs from the value it was compiled with.
+ */
 #define HEKI_PLUGIN_ABI_VERSION 1u
 
 struct kvm_run;                               /* <linux/kvm.h> */
 typedef struct _GMainContext GMainContext;    /* <glib.h>, same typedef */
 
-/** Opaque: one per VM. */
+/* Opaque: one per VM. */
 typedef struct HekiPlugin HekiPlugin;
 
-/** Severity of a HekiHost.log message. */
+/* Severity of a HekiHost.log message. */
 typedef enum {
     HEKI_LOG_ERROR,
     HEKI_LOG_WARNING,
@@ -65,17 +66,17 @@ typedef enum {
     HEKI_LOG_DEBUG
 } HekiLogLevel;
 
-/** What the host does after a KVM_RUN exit. */
+/* What the host does after a KVM_RUN exit. */
 typedef enum {
-    HEKI_VERDICT_NOT_HEKI = -1, /**< not a (valid) Heki exit: the host handles it */
-    HEKI_VERDICT_RESUME = 0,    /**< re-enter KVM_RUN; KVM completes the exit */
-    HEKI_VERDICT_PAUSE,         /**< stop the VM, keep it for inspection */
-    HEKI_VERDICT_POWEROFF,      /**< orderly power-off */
-    HEKI_VERDICT_RESET,         /**< system reset */
-    HEKI_VERDICT_EXIT           /**< terminate the VMM with a failure status */
+    HEKI_VERDICT_NOT_HEKI = -1, /* not a (valid) Heki exit: the host's */
+    HEKI_VERDICT_RESUME = 0,    /* re-enter KVM_RUN; KVM completes the exit */
+    HEKI_VERDICT_PAUSE,         /* stop the VM, keep it for inspection */
+    HEKI_VERDICT_POWEROFF,      /* orderly power-off */
+    HEKI_VERDICT_RESET,         /* system reset */
+    HEKI_VERDICT_EXIT           /* terminate the VMM with a failure status */
 } HekiVerdict;
 
-/**
+/*
  * What the host gives the plugin.  The plugin copies the struct in
  * heki_plugin_new(); the host keeps `opaque` and `context` alive until
  * heki_plugin_free() returns.
@@ -87,71 +88,90 @@ typedef enum {
  * HEKI_HOST_SIZE_1_1 adds check_extension, enable_cap and apply_verdict.
  */
 typedef struct HekiHost {
-    /** sizeof(HekiHost) as the host was built.  Less than
-     *  HEKI_HOST_SIZE_1_0 is refused; a larger value than this header's is
-     *  accepted and the fields this version does not know are ignored. */
+    /*
+     * sizeof(HekiHost) as the host was built.  Less than
+     * HEKI_HOST_SIZE_1_0 is refused; a larger value than this header's is
+     * accepted and the fields this version does not know are ignored.
+     */
     uint32_t size;
-    /** Passed back unchanged to log and event. */
+    /* Passed back unchanged to log and event. */
     void *opaque;
-    /** The context whose loop dispatches events.  NULL: the global default
-     *  context (g_main_context_default()).  The plugin takes a reference. */
+    /*
+     * The context whose loop dispatches events.  NULL: the global default
+     * context (g_main_context_default()).  The plugin takes a reference.
+     */
     GMainContext *context;
-    /** Optional (NULL: no log).  `message` is a NUL-terminated UTF-8 line
-     *  without a newline, owned by the plugin and valid during the call. */
+    /*
+     * Optional (NULL: no log).  `message` is a NUL-terminated UTF-8 line
+     * without a newline, owned by the plugin and valid during the call.
+     */
     void (*log)(void *opaque, HekiLogLevel level, const char *message);
-    /** Optional (NULL: events go only to the audit log and counters).
-     *  `name` is one of the HEKI_* event names documented in README.md;
-     *  `data_json` is one line of compact JSON with kebab-case keys.  Both
-     *  are owned by the plugin and valid during the call. */
+    /*
+     * Optional (NULL: events go only to the audit log and counters).
+     * `name` is one of the HEKI_* event names documented in README.md;
+     * `data_json` is one line of compact JSON with kebab-case keys.  Both
+     * are owned by the plugin and valid during the call.
+     */
     void (*event)(void *opaque, const char *name, const char *data_json);
 
     /* ---- heki-plugin 1.1: present when size >= HEKI_HOST_SIZE_1_1 ---- */
 
-    /** KVM_CHECK_EXTENSION(cap) on the VM file descriptor (or /dev/kvm when
-     *  the VM has none for it): the answer (>= 0), or -errno.  Needed by
-     *  heki_plugin_enable_caps(), which is the only caller. */
+    /*
+     * KVM_CHECK_EXTENSION(cap) on the VM file descriptor (or /dev/kvm when
+     * the VM has none for it): the answer (>= 0), or -errno.  Needed by
+     * heki_plugin_enable_caps(), which is the only caller.
+     */
     int (*check_extension)(void *opaque, uint32_t cap);
-    /** KVM_ENABLE_CAP(cap, args[0] = mask) on the VM file descriptor: 0, or
-     *  -errno.  Needed by heki_plugin_enable_caps(), the only caller; it is
-     *  called only for a capability whose check_extension answer proved it a
-     *  Heki capability. */
+    /*
+     * KVM_ENABLE_CAP(cap, args[0] = mask) on the VM file descriptor: 0, or
+     * -errno.  Needed by heki_plugin_enable_caps(), the only caller; it is
+     * called only for a capability whose check_extension answer proved it a
+     * Heki capability.
+     */
     int (*enable_cap)(void *opaque, uint32_t cap, uint64_t mask);
-    /** Optional (NULL: such a verdict is reported and logged as not
-     *  applied).  Applies a verdict the plugin reached outside
-     *  heki_plugin_handle_exit(): the pin deadline (pin-deadline=) found
-     *  required pins missing and on-weak-pinning says PAUSE, POWEROFF, RESET
-     *  or EXIT.  Never called with RESUME or NOT_HEKI.  Main loop thread. */
+    /*
+     * Optional (NULL: such a verdict is reported and logged as not
+     * applied).  Applies a verdict the plugin reached outside
+     * heki_plugin_handle_exit(): the pin deadline (pin-deadline=) found
+     * required pins missing and on-weak-pinning says PAUSE, POWEROFF, RESET
+     * or EXIT.  Never called with RESUME or NOT_HEKI.  Main loop thread.
+     */
     void (*apply_verdict)(void *opaque, HekiVerdict verdict);
 } HekiHost;
 
-/** sizeof(HekiHost) of heki-plugin 1.0's header (size..event) and of this
- *  one, on LP64 targets. */
+/*
+ * sizeof(HekiHost) of heki-plugin 1.0's header (size..event) and of this
+ * one, on LP64 targets.
+ */
 #define HEKI_HOST_SIZE_1_0 40u
 #define HEKI_HOST_SIZE_1_1 64u
 
-/** The ABI version of the loaded library (HEKI_PLUGIN_ABI_VERSION as it was
- *  built).  Safe from any thread, before anything else. */
+/*
+ * The ABI version of the loaded library (HEKI_PLUGIN_ABI_VERSION as it was
+ * built).  Safe from any thread, before anything else.
+ */
 uint32_t heki_plugin_abi_version(void);
 
-/**
+/*
  * Creates the plugin of one VM.
  *
  * @host   the host's callbacks and context (copied; see HekiHost).
  * @argc, @argv  options as "key=value" strings, as QEMU's -plugin passes
- *         them (argv may be NULL when argc is 0).  The strings are copied.
+ *        them (argv may be NULL when argc is 0).  The strings are copied.
  * @error  optional.  On failure *error receives a message naming the key and
- *         the values it accepts, to be freed with heki_plugin_free_string().
+ *        the values it accepts, to be freed with heki_plugin_free_string().
  *
  * Returns the plugin, or NULL on failure (a bad or unknown option, a bad
  * HekiHost, an audit log that cannot be opened, require-caps=on from a host
- * of HEKI_HOST_SIZE_1_0, which cannot have the kernel checked).  Opens the audit log and
- * attaches a GSource to the context; never calls log or event itself.
+ * of HEKI_HOST_SIZE_1_0, which cannot have the kernel checked).  Opens the
+ * audit log and attaches a GSource to the context; never calls log or event
+ * itself.
  * Call from the main loop thread (or before the loop runs).
  */
 HekiPlugin *heki_plugin_new(const HekiHost *host, int argc,
                             const char *const *argv, char **error);
 
-/**
+/*
  * Destroys the plugin.  Call on the main loop thread, after every vCPU has
  * stopped calling heki_plugin_handle_exit().  Before it returns, every event
  * still queued is delivered (event, audit log, log) and every coalesced count
@@ -163,51 +183,59 @@ HekiPlugin *heki_plugin_new(const HekiHost *host, int argc,
  */
 void heki_plugin_free(HekiPlugin *plugin);
 
-/** Frees a string returned by this library (error messages, query results).
- *  NULL is ignored. */
+/*
+ * Frees a string returned by this library (error messages, query results).
+ * NULL is ignored.
+ */
 void heki_plugin_free_string(char *string);
 
-/** The two Heki exits. */
+/* The two Heki exits. */
 typedef enum {
-    HEKI_EXIT_CONFIGURE = 0, /**< KVM_EXIT_HEKI_CONFIGURE: the guest pinned bits */
-    HEKI_EXIT_DENIAL = 1     /**< KVM_EXIT_HEKI_DENIAL: KVM refused a CR write */
+    HEKI_EXIT_CONFIGURE = 0, /* KVM_EXIT_HEKI_CONFIGURE: the guest pinned */
+    HEKI_EXIT_DENIAL = 1     /* KVM_EXIT_HEKI_DENIAL: a CR write refused */
 } HekiExitKind;
 
-/** The KVM_EXIT_* number the plugin claims for `kind`: the verified
- *  profile's (v2: 39/40, v3: 40/41, or the exit-* overrides) once its
- *  capability was enabled, else 0 (nothing claimed).  Any thread.  An
- *  unknown kind returns 0. */
+/*
+ * The KVM_EXIT_* number the plugin claims for `kind`: the verified
+ * profile's (v2: 39/40, v3: 40/41, or the exit-* overrides) once its
+ * capability was enabled, else 0 (nothing claimed).  Any thread.  An
+ * unknown kind returns 0.
+ */
 uint32_t heki_plugin_exit_number(const HekiPlugin *plugin, HekiExitKind kind);
 
-/** The KVM_CAP_* number of `kind` in the profile heki_plugin_enable_caps()
- *  verified (v2: 235/236, v3: 236/237, or the cap-* overrides); 0 before
- *  that, and when the kernel is not a Heki kernel of the asked profile.
- *  Any thread.  An unknown kind returns 0. */
+/*
+ * The KVM_CAP_* number of `kind` in the profile heki_plugin_enable_caps()
+ * verified (v2: 235/236, v3: 236/237, or the cap-* overrides); 0 before
+ * that, and when the kernel is not a Heki kernel of the asked profile.
+ * Any thread.  An unknown kind returns 0.
+ */
 uint32_t heki_plugin_cap_number(const HekiPlugin *plugin, HekiExitKind kind);
 
-/** The mask of KVM_ENABLE_CAP's args[0] for `kind` (KVM_HEKI_EXIT_REASON_CR0
- *  = 1, _CR4 = 2, from configure-exits and denial-exits) once
- *  heki_plugin_enable_caps() verified the kernel; 0 otherwise.  For an ABI
- *  1.0 host, which enables the capabilities itself when this is not 0, it
- *  is therefore always 0: without KVM_CHECK_EXTENSION's answers no number
- *  is safe to enable.  Any thread. */
+/*
+ * The mask of KVM_ENABLE_CAP's args[0] for `kind` (KVM_HEKI_EXIT_REASON_CR0
+ * = 1, _CR4 = 2, from configure-exits and denial-exits) once
+ * heki_plugin_enable_caps() verified the kernel; 0 otherwise.  For an ABI
+ * 1.0 host, which enables the capabilities itself when this is not 0, it
+ * is therefore always 0: without KVM_CHECK_EXTENSION's answers no number
+ * is safe to enable.  Any thread.
+ */
 uint64_t heki_plugin_cap_mask(const HekiPlugin *plugin, HekiExitKind kind);
 
-/**
+/*
  * Checks the kernel and enables the Heki capabilities, driving the host's
  * check_extension and enable_cap.  Call once, on the main loop thread, after
  * the VM (and its in-kernel irqchip) exists and before any vCPU runs.
  *
  * 1. KVM_CHECK_EXTENSION of 235, 236 and 237 (and of cap-* overrides).  A
- *    Heki capability answers the valid reason mask (3), with or without
- *    CONFIG_HEKI.  The kernel is
- *      Heki v2  when 235 = 3, 236 = 3 and 237 != 3 (v2 has no 237);
- *      Heki v3  when 236 = 3, 237 = 3 and 235 answers a VM-type mask with
- *               KVM_X86_DEFAULT_VM (bit 0) set (v3's 235 is VM_TYPES);
- *      not Heki otherwise (a stock kernel answers 235 = VM_TYPES,
- *               236 = PRE_FAULT_MEMORY, 237 = X86_APIC_BUS_CYCLES_NS).
- *    abi=auto takes the kernel's profile; abi=v2/v3 must match it; with
- *    cap-* overrides both capabilities must answer 3.
+ *   Heki capability answers the valid reason mask (3), with or without
+ *   CONFIG_HEKI.  The kernel is
+ *     Heki v2  when 235 = 3, 236 = 3 and 237 != 3 (v2 has no 237);
+ *     Heki v3  when 236 = 3, 237 = 3 and 235 answers a VM-type mask with
+ *              KVM_X86_DEFAULT_VM (bit 0) set (v3's 235 is VM_TYPES);
+ *     not Heki otherwise (a stock kernel answers 235 = VM_TYPES,
+ *              236 = PRE_FAULT_MEMORY, 237 = X86_APIC_BUS_CYCLES_NS).
+ *   abi=auto takes the kernel's profile; abi=v2/v3 must match it; with
+ *   cap-* overrides both capabilities must answer 3.
  * 2. Only then KVM_ENABLE_CAP of each capability whose mask is not 0.
  *
  * Anything else enables nothing and claims no exit number: the host keeps
@@ -222,7 +250,7 @@ uint64_t heki_plugin_cap_mask(const HekiPlugin *plugin, HekiExitKind kind);
  */
 int heki_plugin_enable_caps(HekiPlugin *plugin, char **error);
 
-/**
+/*
  * The guest starts to run (QEMU: the first change to the running state).
  * Starts the pin deadline: when require-cr0/require-cr4 name bits and
  * pin-deadline=SECONDS (default 60) passes with a register whose configure
@@ -233,7 +261,7 @@ int heki_plugin_enable_caps(HekiPlugin *plugin, char **error);
  */
 void heki_plugin_start(HekiPlugin *plugin);
 
-/**
+/*
  * Changes the policy while the VM runs (QEMU: qom-set of a heki policy
  * property).  `argv` holds "key=value" strings as for heki_plugin_new(), with
  * only the policy keys: on-denial, on-denial-cr0, on-denial-cr4,
@@ -253,7 +281,7 @@ void heki_plugin_start(HekiPlugin *plugin);
 int heki_plugin_set_policy(HekiPlugin *plugin, int argc,
                            const char *const *argv, char **error);
 
-/**
+/*
  * ABI 1.0's capability report, kept so 1.0 hosts link and run: they call it
  * only after enabling a capability whose heki_plugin_cap_mask() was not 0,
  * which heki_plugin_enable_caps() now does by itself.  Changes nothing.
@@ -263,7 +291,7 @@ int heki_plugin_set_policy(HekiPlugin *plugin, int argc,
 int heki_plugin_cap_result(HekiPlugin *plugin, HekiExitKind kind,
                            int kvm_result);
 
-/**
+/*
  * Offers one KVM_RUN exit of vCPU `vcpu_index` to the plugin.
  *
  * `run` is the vCPU's mmap'ed kvm_run; the plugin reads exit_reason and,
@@ -284,7 +312,7 @@ int heki_plugin_cap_result(HekiPlugin *plugin, HekiExitKind kind,
 HekiVerdict heki_plugin_handle_exit(HekiPlugin *plugin, uint32_t vcpu_index,
                                     const struct kvm_run *run);
 
-/**
+/*
  * A JSON snapshot of the plugin: the abi asked, the kernel's answers and the
  * profile verified (or why none), exit and capability numbers, masks asked
  * and granted, policy, pins per register (hex and bit names), counters per
@@ -292,9 +320,5 @@ HekiVerdict heki_plugin_handle_exit(HekiPlugin *plugin, uint32_t vcpu_index,
  * heki_plugin_free_string().  Any thread.  NULL plugin: NULL.
  */
 char *heki_plugin_query(HekiPlugin *plugin);
-
-#ifdef __cplusplus
-}
-#endif
 
 #endif /* HEKI_PLUGIN_H */

@@ -49,18 +49,32 @@ final class HostCTests: XCTestCase {
         (status, output) = try runCommand(["c++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-fsyntax-only",
                                    "-x", "c++", header])
         XCTAssertEqual(status, 0, output)
+        // C++ includes it inside extern "C", as QEMU's qemu-plugin.h asks
+        // (the header has no __cplusplus guard: QEMU's checkpatch refuses
+        // one); linked against the .so, the names must resolve unmangled.
+        guard let plugin = PluginLibrary.path else { throw missing("no plugin") }
         let cxx = scratch.appendingPathComponent("h.cc")
         try """
+        extern "C" {
         #include "heki_plugin.h"
+        }
         #include <glib.h>
+        #include <cstdio>
         static_assert(HEKI_PLUGIN_ABI_VERSION == 1u, "abi");
         extern "C" void f(HekiHost *h) { h->context = g_main_context_default(); }
+        int main() { std::printf("%u", heki_plugin_abi_version()); return 0; }
         """.write(to: cxx, atomically: true, encoding: .utf8)
-        let (_, glib) = try runCommand(["pkg-config", "--cflags", "glib-2.0"])
+        let (_, glib) = try runCommand(["pkg-config", "--cflags", "--libs", "glib-2.0"])
         let glibFlags = glib.split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init)
-        (status, output) = try runCommand(["c++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-fsyntax-only",
-                                   "-I", root.appendingPathComponent("include").path] + glibFlags + [cxx.path])
-        XCTAssertEqual(status, 0, "the GMainContext typedef agrees with glib's: \(output)")
+        let program = scratch.appendingPathComponent("h-cxx").path
+        (status, output) = try runCommand(["c++", "-std=c++17", "-Wall", "-Wextra", "-Werror",
+                                   "-I", root.appendingPathComponent("include").path, cxx.path, plugin,
+                                   "-Wl,-rpath," + URL(fileURLWithPath: plugin).deletingLastPathComponent().path,
+                                   "-o", program] + glibFlags)
+        XCTAssertEqual(status, 0, "the GMainContext typedef agrees with glib's, the names link: \(output)")
+        (status, output) = try runCommand([program])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertEqual(output, "1", "a C++ program calls heki_plugin_abi_version()")
     }
 
     func testPlainCProgramLoadsThePlugin() throws {

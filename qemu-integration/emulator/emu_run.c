@@ -2,7 +2,7 @@
  * emu_run.c - KVM_RUN as the Heki-patched kernel would run it.
  *
  * The guest's `outb %al, $0xe5` reaches us as a KVM_EXIT_IO.  Its registers
- * name an operation (PROTOCOL.md); the model decides (fake_kernel.c) and we
+ * name an operation (PROTOCOL.md); the model decides (kernel_model.c) and we
  * carry the decision back into the real vCPU:
  *   FK_OK   - in-kernel result: rax or the CR is set, back into KVM_RUN;
  *   FK_GP   - #GP(0) at the OUT, back into KVM_RUN;

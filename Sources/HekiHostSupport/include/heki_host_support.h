@@ -1,7 +1,7 @@
 /*
  * heki_host_support.h - what every C host of this project does the same
  * way: load libHekiPlugin.so into a table of the header's functions.
- * Used by the fake VMM (Tests/FakeHost), heki-demo, heki-bench and the C
+ * Used by the fake VMM (Sources/FakeHost), heki-demo, heki-bench and the C
  * programs the tests compile (Tests/CProgram).  The allocation counter is
  * its own header (heki_alloc_counter.h): it replaces malloc, so only a
  * program that asks for it links it.  kvm_run is written by the kernel
