@@ -9,12 +9,19 @@ import Synchronization
 /// by one policy, and a writer stopped halfway delays no reader.
 final class LivePolicy: Sendable {
     private let generation = Atomic<UInt64>(0)
-    /// Slot s holds words 3s..3s+2: the verdicts, require-cr0, require-cr4.
-    private let words: InlineArray<6, Atomic<UInt64>>
+    /// The two slots: the verdicts, require-cr0, require-cr4 of each. Named
+    /// atomics rather than an array: no bounds checks on the exit path.
+    private let verdicts0: Atomic<UInt64>, requireCR0_0: Atomic<UInt64>, requireCR4_0: Atomic<UInt64>
+    private let verdicts1: Atomic<UInt64>, requireCR0_1: Atomic<UInt64>, requireCR4_1: Atomic<UInt64>
 
     init(_ policy: Policy) {
-        let packed = LivePolicy.pack(policy)
-        words = InlineArray { index in Atomic(packed[index % 3]) }
+        let words = policy.words
+        verdicts0 = Atomic(words.0)
+        requireCR0_0 = Atomic(words.1)
+        requireCR4_0 = Atomic(words.2)
+        verdicts1 = Atomic(words.0)
+        requireCR0_1 = Atomic(words.1)
+        requireCR4_1 = Atomic(words.2)
     }
 
     /// The policy an exit is judged by. Any thread. `midway` runs between
@@ -24,15 +31,22 @@ final class LivePolicy: Sendable {
     func current(midway: () -> Void = {}) -> Policy {
         while true {
             let seen = generation.load(ordering: .acquiring)
-            let base = Int(seen & 1) * 3
-            let verdicts = words[base].load(ordering: .relaxed)
-            midway()
-            let requireCR0 = words[base + 1].load(ordering: .relaxed)
-            let requireCR4 = words[base + 2].load(ordering: .relaxed)
+            let verdicts: UInt64, requireCR0: UInt64, requireCR4: UInt64
+            if seen & 1 == 0 {
+                verdicts = verdicts0.load(ordering: .relaxed)
+                midway()
+                requireCR0 = requireCR0_0.load(ordering: .relaxed)
+                requireCR4 = requireCR4_0.load(ordering: .relaxed)
+            } else {
+                verdicts = verdicts1.load(ordering: .relaxed)
+                midway()
+                requireCR0 = requireCR0_1.load(ordering: .relaxed)
+                requireCR4 = requireCR4_1.load(ordering: .relaxed)
+            }
             // Orders the three loads before the generation's second read.
             atomicMemoryFence(ordering: .acquiring)
             if generation.load(ordering: .relaxed) == seen {
-                return LivePolicy.unpack(verdicts, requireCR0, requireCR4)
+                return Policy(words: (verdicts, requireCR0, requireCR4))
             }
         }
     }
@@ -40,32 +54,19 @@ final class LivePolicy: Sendable {
     /// Publishes `policy`. Main loop thread only (one writer).
     func replace(with policy: Policy) {
         let next = generation.load(ordering: .relaxed) &+ 1
-        let base = Int(next & 1) * 3
+        let words = policy.words
         // Readers of the slot overwritten here saw the generation move when
         // it was last published; this fence makes that visible first.
         atomicMemoryFence(ordering: .releasing)
-        for (index, word) in LivePolicy.pack(policy).enumerated() {
-            words[base + index].store(word, ordering: .relaxed)
+        if next & 1 == 0 {
+            verdicts0.store(words.0, ordering: .relaxed)
+            requireCR0_0.store(words.1, ordering: .relaxed)
+            requireCR4_0.store(words.2, ordering: .relaxed)
+        } else {
+            verdicts1.store(words.0, ordering: .relaxed)
+            requireCR0_1.store(words.1, ordering: .relaxed)
+            requireCR4_1.store(words.2, ordering: .relaxed)
         }
         generation.store(next, ordering: .releasing)
-    }
-
-    /// A verdict per byte, its raw value + 1: on-denial, on-denial-cr0,
-    /// on-denial-cr4, on-weak-pinning; 0 for an override not given.
-    private static func pack(_ policy: Policy) -> [UInt64] {
-        func byte(_ verdict: Verdict?) -> UInt64 { verdict.map { UInt64(UInt8(truncatingIfNeeded: $0.rawValue + 1)) } ?? 0 }
-        let verdicts = byte(policy.onDenial) | byte(policy.onDenialCR0) << 8
-            | byte(policy.onDenialCR4) << 16 | byte(policy.onWeakPinning) << 24
-        return [verdicts, policy.requireCR0, policy.requireCR4]
-    }
-
-    @inline(__always)
-    private static func unpack(_ verdicts: UInt64, _ requireCR0: UInt64, _ requireCR4: UInt64) -> Policy {
-        @inline(__always) func verdict(_ shift: UInt64) -> Verdict? {
-            let byte = Int32((verdicts >> shift) & 0xff)
-            return byte == 0 ? nil : Verdict(rawValue: byte - 1)
-        }
-        return Policy(onDenial: verdict(0) ?? .resume, onDenialCR0: verdict(8), onDenialCR4: verdict(16),
-                      onWeakPinning: verdict(24) ?? .resume, requireCR0: requireCR0, requireCR4: requireCR4)
     }
 }

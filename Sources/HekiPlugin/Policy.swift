@@ -3,13 +3,60 @@
 /// goes out. Started from the VMM's options; heki_plugin_set_policy may
 /// replace it while the VM runs (LivePolicy).
 struct Policy: Sendable, Equatable {
-    var onDenial: Verdict = .resume
-    /// on-denial-cr0, on-denial-cr4 when given; nil follows on-denial.
-    var onDenialCR0: Verdict? = nil
-    var onDenialCR4: Verdict? = nil
-    var onWeakPinning: Verdict = .resume
+    /// A byte per verdict, its raw value + 1 (0: an override not given):
+    /// on-denial, on-denial-cr0, on-denial-cr4, on-weak-pinning, then the
+    /// denial verdict in force for cr0 and for cr4, resolved when set, so
+    /// that an exit reads one byte. Three plain words: LivePolicy publishes
+    /// them as they are.
+    private var verdicts: UInt64 = 0
     var requireCR0: UInt64 = 0
     var requireCR4: UInt64 = 0
+
+    init(onDenial: Verdict = .resume, onDenialCR0: Verdict? = nil, onDenialCR4: Verdict? = nil,
+         onWeakPinning: Verdict = .resume, requireCR0: UInt64 = 0, requireCR4: UInt64 = 0) {
+        self.onDenial = onDenial
+        self.onDenialCR0 = onDenialCR0
+        self.onDenialCR4 = onDenialCR4
+        self.onWeakPinning = onWeakPinning
+        self.requireCR0 = requireCR0
+        self.requireCR4 = requireCR4
+    }
+
+    /// The words LivePolicy keeps, and back.
+    var words: (UInt64, UInt64, UInt64) { (verdicts, requireCR0, requireCR4) }
+    init(words: (UInt64, UInt64, UInt64)) { (verdicts, requireCR0, requireCR4) = words }
+
+    var onDenial: Verdict {
+        get { verdict(at: 0) ?? .resume }
+        set { setVerdict(newValue, at: 0) }
+    }
+    /// on-denial-cr0, on-denial-cr4 when given; nil follows on-denial.
+    var onDenialCR0: Verdict? {
+        get { verdict(at: 1) }
+        set { setVerdict(newValue, at: 1) }
+    }
+    var onDenialCR4: Verdict? {
+        get { verdict(at: 2) }
+        set { setVerdict(newValue, at: 2) }
+    }
+    var onWeakPinning: Verdict {
+        get { verdict(at: 3) ?? .resume }
+        set { setVerdict(newValue, at: 3) }
+    }
+
+    @inline(__always) private func verdict(at byte: UInt64) -> Verdict? {
+        let stored = Int32(truncatingIfNeeded: (verdicts >> (byte * 8)) & 0xff)
+        return stored == 0 ? nil : Verdict(rawValue: stored - 1)
+    }
+
+    private mutating func setVerdict(_ verdict: Verdict?, at byte: UInt64) {
+        func stored(_ verdict: Verdict?) -> UInt64 { verdict.map { UInt64(UInt8(truncatingIfNeeded: $0.rawValue + 1)) } ?? 0 }
+        verdicts = verdicts & ~(0xff << (byte * 8)) | stored(verdict) << (byte * 8)
+        // The verdicts in force per register (bytes 4 and 5).
+        let base = verdicts & 0xff
+        let cr0 = (verdicts >> 8) & 0xff, cr4 = (verdicts >> 16) & 0xff
+        verdicts = verdicts & 0xffff_ffff | (cr0 != 0 ? cr0 : base) << 32 | (cr4 != 0 ? cr4 : base) << 40
+    }
 
     /// The keys heki_plugin_set_policy accepts: the ones this type holds.
     static let keys = ["on-denial", "on-denial-cr0", "on-denial-cr4", "on-weak-pinning", "require-cr0", "require-cr4"]
@@ -21,7 +68,7 @@ struct Policy: Sendable, Equatable {
 
     /// on-denial-crN when given, else on-denial.
     @inline(__always) func onDenial(_ register: ControlRegister) -> Verdict {
-        (register == .cr0 ? onDenialCR0 : onDenialCR4) ?? onDenial
+        verdict(at: register == .cr0 ? 4 : 5) ?? .resume
     }
 
     /// A pin: resume, unless bits required of that register are still not
