@@ -24,15 +24,15 @@
  * Threads, in one place:
  *  - heki_plugin_handle_exit() may be called from any number of vCPU threads
  *    at once.  It never blocks, never allocates and never calls the host.
- *  - Everything else (new, free, enable_caps, start, set_policy, cap_result,
- *    query, the number getters) is called from the thread that runs
- *    HekiHost.context (the "main loop thread"), or before that loop runs.
- *    The getters and query are also safe from any thread.
+ *  - Everything else (new, free, enable_caps, start, set_policy, flush,
+ *    cap_result, query, the number getters) is called from the thread that
+ *    runs HekiHost.context (the "main loop thread"), or before that loop
+ *    runs.  The getters and query are also safe from any thread.
  *  - HekiHost.log, HekiHost.event and HekiHost.apply_verdict are called only
- *    on the thread that runs HekiHost.context: from the plugin's GSource, or
- *    from heki_plugin_free().  HekiHost.check_extension and
- *    HekiHost.enable_cap are called only from inside
- *    heki_plugin_enable_caps(), on its caller's thread.
+ *    on the thread that runs HekiHost.context: from the plugin's GSource,
+ *    from heki_plugin_flush() or from heki_plugin_free().
+ *    HekiHost.check_extension and HekiHost.enable_cap are called only from
+ *    inside heki_plugin_enable_caps(), on its caller's thread.
  *
  * The library carries the Swift runtime and is linked "nodelete": dlclose()
  * and g_module_close() leave it mapped, so loading it again is cheap and
@@ -280,6 +280,17 @@ void heki_plugin_start(HekiPlugin *plugin);
  */
 int heki_plugin_set_policy(HekiPlugin *plugin, int argc,
                            const char *const *argv, char **error);
+
+/*
+ * Delivers now, on the calling thread (the main loop thread), every event
+ * the vCPUs have queued so far, as the plugin's own dispatch would (event,
+ * audit log, log).  A host calls it before it reports what a verdict did
+ * (QEMU: before GUEST_PANICKED), so that the event that explains a verdict
+ * comes first, and is not lost if the VMM ends at once.  Coalesced counts
+ * still go out as HEKI_SUPPRESSED when their window ends.  Called from
+ * inside one of the plugin's callbacks, it does nothing.  NULL is ignored.
+ */
+void heki_plugin_flush(HekiPlugin *plugin);
 
 /*
  * ABI 1.0's capability report, kept so 1.0 hosts link and run: they call it

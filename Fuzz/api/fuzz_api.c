@@ -280,6 +280,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             if (s->plugin) heki_plugin_start(s->plugin); /* NULL: not in the contract */
             break;
         case 13: set_policy(s, &c); break;
+        case 14: heki_plugin_flush(s->plugin); break; /* NULL is ignored */
         default: break;
         }
     }

@@ -415,6 +415,10 @@ int fh_vm_enable_caps(FhVm *vm) {
     return r;
 }
 
+void fh_vm_flush(FhVm *vm) {
+    if (vm->plugin) vm->api->flush(vm->plugin);
+}
+
 int fh_vm_set_policy(FhVm *vm, int argc, const char *const *argv) {
     if (!vm->plugin) {
         set_error(vm, "fake-vmm: no plugin");

@@ -30,6 +30,7 @@ _Static_assert(HS_SAME_TYPE(heki_plugin_cap_result, int (*)(HekiPlugin *, HekiEx
                "cap_result");
 _Static_assert(HS_SAME_TYPE(heki_plugin_enable_caps, int (*)(HekiPlugin *, char **)), "enable_caps");
 _Static_assert(HS_SAME_TYPE(heki_plugin_start, void (*)(HekiPlugin *)), "start");
+_Static_assert(HS_SAME_TYPE(heki_plugin_flush, void (*)(HekiPlugin *)), "flush");
 _Static_assert(HS_SAME_TYPE(heki_plugin_set_policy,
                             int (*)(HekiPlugin *, int, const char *const *, char **)),
                "set_policy");
@@ -112,6 +113,7 @@ HsLibrary *hs_library_open(const char *path, uint32_t expected_abi_version, char
         {"heki_plugin_enable_caps", (void **)&a->enable_caps},
         {"heki_plugin_start", (void **)&a->start},
         {"heki_plugin_set_policy", (void **)&a->set_policy},
+        {"heki_plugin_flush", (void **)&a->flush},
         {"heki_plugin_handle_exit", (void **)&a->handle_exit},
         {"heki_plugin_query", (void **)&a->query},
     };

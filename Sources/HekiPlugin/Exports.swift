@@ -146,6 +146,11 @@ public func heki_plugin_set_policy(
 }
 
 @c @implementation
+public func heki_plugin_flush(_ plugin: OpaquePointer?) {
+    withPlugin(plugin, ()) { $0.flush() }
+}
+
+@c @implementation
 public func heki_plugin_cap_result(_ plugin: OpaquePointer?, _ kind: HekiExitKind, _ kvmResult: Int32) -> Int32 {
     withPlugin(plugin, -1) { plugin in
         guard let kind = ExitKind(kind) else { return -1 }

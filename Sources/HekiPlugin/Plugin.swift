@@ -258,6 +258,21 @@ final class Plugin {
     // MARK: The main loop side
 
     /// The GSource fired: deliver what the vCPUs queued, then any summary due.
+    /// heki_plugin_flush: what the vCPUs queued, delivered now, before the
+    /// host reports a verdict's consequences. Inside one of our own
+    /// callbacks (a dispatch, a flush, the teardown) it does nothing.
+    func flush() {
+        guard !dispatching, !finishing else { return }
+        dispatching = true
+        deliverAnnouncements()
+        drain()
+        dispatching = false
+        if freeRequested {
+            finish()
+            Unmanaged.passUnretained(self).release()
+        }
+    }
+
     private func dispatch() -> Int32 {
         source.acknowledge()
         dispatching = true

@@ -24,8 +24,8 @@ final class HostHarnessTests: XCTestCase {
             ("heki_plugin_exit_number", address(api.exit_number)), ("heki_plugin_cap_number", address(api.cap_number)),
             ("heki_plugin_cap_mask", address(api.cap_mask)), ("heki_plugin_cap_result", address(api.cap_result)),
             ("heki_plugin_enable_caps", address(api.enable_caps)), ("heki_plugin_start", address(api.start)),
-            ("heki_plugin_set_policy", address(api.set_policy)), ("heki_plugin_handle_exit", address(api.handle_exit)),
-            ("heki_plugin_query", address(api.query)),
+            ("heki_plugin_set_policy", address(api.set_policy)), ("heki_plugin_flush", address(api.flush)),
+            ("heki_plugin_handle_exit", address(api.handle_exit)), ("heki_plugin_query", address(api.query)),
         ]
         XCTAssertEqual(Set(slots.map(\.name)), HeaderFunctions.names, "the table covers the header")
         let handle = try XCTUnwrap(dlopen(hs_library_path(lib), RTLD_NOW | RTLD_NOLOAD), "already loaded")

@@ -25,6 +25,36 @@ final class HostLifecycleTests: XCTestCase {
         XCTAssertEqual(t.suppressed("HEKI_DENIAL"), 15)
     }
 
+    /// heki_plugin_flush delivers what the vCPUs queued without the loop
+    /// running (QEMU calls it before GUEST_PANICKED), in order; coalesced
+    /// counts wait for their summary.
+    func testFlushDeliversWhatIsQueuedNow() throws {
+        let t = try TestVM.started(["rate-limit=5"])
+        XCTAssertEqual(exit(t, number: 39, reason: 1, value: GuestCR0.wp), verdictResume)
+        for _ in 0..<20 { XCTAssertEqual(exit(t, number: 40, reason: 1, value: 0), verdictResume) }
+        XCTAssertEqual(t.count("HEKI_DENIAL"), 0, "nothing is delivered before the loop runs")
+        fh_vm_flush(t.vm)
+        XCTAssertEqual(t.events.map(\.name), ["HEKI_CAPABILITY", "HEKI_CAPABILITY", "HEKI_CAPABILITY", "HEKI_CONFIGURE"]
+                       + Array(repeating: "HEKI_DENIAL", count: 5), "the 5 denials admitted in this window, in order")
+        XCTAssertEqual(t.suppressed("HEKI_DENIAL"), 0, "the summary keeps its window")
+        fh_vm_flush(t.vm)
+        XCTAssertEqual(t.events.count, 9, "a second flush has nothing to deliver")
+        t.freePlugin()
+        XCTAssertEqual(t.suppressed("HEKI_DENIAL"), 15)
+    }
+
+    /// A free from inside a callback of flush waits until the flush unwinds.
+    func testFreeFromInsideAFlush() throws {
+        let t = try TestVM.started([])
+        XCTAssertEqual(exit(t, number: 39, reason: 1, value: GuestCR0.wp), verdictResume)
+        XCTAssertEqual(exit(t, number: 40, reason: 1, value: 0), verdictResume)
+        fh_vm_set_event_hook(t.vm, { vm, _, _ in fh_vm_free_plugin(OpaquePointer(vm)) }, UnsafeMutableRawPointer(t.vm))
+        fh_vm_flush(t.vm)
+        XCTAssertNil(fh_vm_plugin(t.vm))
+        XCTAssertEqual(t.events.map(\.name).suffix(2), ["HEKI_CONFIGURE", "HEKI_DENIAL"], "the teardown delivered the rest")
+        XCTAssertEqual(fh_vm_callback_violations(t.vm), 0)
+    }
+
     /// How deep event callbacks nest (the hook below frees the plugin).
     nonisolated(unsafe) private static var hookDepth = 0
     nonisolated(unsafe) private static var deepestHook = 0

@@ -116,6 +116,8 @@ FhCheckCall fh_vm_check_call(FhVm *vm, uint32_t index); /* zeros past the end */
 uint32_t fh_vm_enable_call_count(FhVm *vm);
 FhEnableCall fh_vm_enable_call(FhVm *vm, uint32_t index);
 
+/* heki_plugin_flush on this thread (no plugin: nothing). */
+void fh_vm_flush(FhVm *vm);
 /* heki_plugin_set_policy on this thread: 0, or -1 with fh_vm_last_error()
    set (the plugin's message). */
 int fh_vm_set_policy(FhVm *vm, int argc, const char *const *argv);

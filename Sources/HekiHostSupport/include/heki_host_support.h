@@ -35,6 +35,7 @@ typedef struct HsPluginApi {
     int (*cap_result)(HekiPlugin *plugin, HekiExitKind kind, int kvm_result);
     int (*enable_caps)(HekiPlugin *plugin, char **error);
     void (*start)(HekiPlugin *plugin);
+    void (*flush)(HekiPlugin *plugin);
     int (*set_policy)(HekiPlugin *plugin, int argc, const char *const *argv,
                       char **error);
     HekiVerdict (*handle_exit)(HekiPlugin *plugin, uint32_t vcpu_index,
