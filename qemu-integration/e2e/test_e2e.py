@@ -135,11 +135,13 @@ class Verdicts(unittest.TestCase):
         denial = run.qmp.wait_heki("HEKI_DENIAL")
         self.assertEqual(denial["verdict"], "pause")
         # Reported as QEMU reports a guest in trouble: GUEST_PANICKED with
-        # the Heki information, before the STOP.
+        # the Heki information, after the HEKI_DENIAL that explains it
+        # (heki_plugin_flush) and before the STOP.
         self.assertEqual(panics(run), [{"action": "pause", "info": {
             "type": "heki", "exit": "denial", "verdict": "pause",
             "cpu-index": denial["cpu-index"]}}])
         names = run.qmp.names()
+        self.assertLess(names.index("HEKI_DENIAL"), names.index("GUEST_PANICKED"), names)
         self.assertLess(names.index("GUEST_PANICKED"), names.index("STOP"))
         self.assertIsNone(run.guest_result())   # stopped before its report
         query = run.qmp.command("query-heki")
@@ -168,6 +170,7 @@ class Verdicts(unittest.TestCase):
         self.assertEqual([(p["action"], p["info"]["verdict"]) for p in panics(run)],
                          [("poweroff", "poweroff")])
         names = run.qmp.names()
+        self.assertLess(names.index("HEKI_DENIAL"), names.index("GUEST_PANICKED"), names)
         self.assertLess(names.index("GUEST_PANICKED"), names.index("SHUTDOWN"))
 
     def check_under_no_shutdown(self, verdict):
@@ -200,6 +203,8 @@ class Verdicts(unittest.TestCase):
         resets = [e["data"] for e in run.qmp.events if e["event"] == "RESET"]
         self.assertEqual(resets[0], {"guest": True, "reason": "guest-panic"})
         self.assertEqual(panics(run), [])   # a reset is no panic
+        names = [e["event"] for e in run.qmp.events]
+        self.assertLess(names.index("HEKI_DENIAL"), names.index("RESET"), names)
         self.assertEqual(run.status(), "running")
         self.assertEqual(run.quit(), 0)
         boots = [l for l in run.guest() if "boot" in l]
