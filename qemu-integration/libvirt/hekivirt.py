@@ -1,0 +1,292 @@
+"""heki-guest.elf as a libvirt domain (qemu:///system) running our patched
+QEMU with the plugin and the emulated Heki kernel: the domain XML from
+heki-domain.xml, libvirt's view of it (virsh, python3-libvirt) and the
+events a libvirt client receives. Used by test_libvirt.py.
+
+Paths come from the environment, as for the e2e tests (qemu-integration/
+Makefile's RUN_ENV): HEKI_QEMU, HEKI_EMU_LIB, HEKI_GUEST, HEKI_PLUGIN.
+
+    python3 hekivirt.py [scenario=pin-deny] [cpus=1] [on-crash=destroy] [PLUGIN-KEY=VALUE...]
+
+prints a ready domain XML for this checkout (`virsh define` it).
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from xml.sax.saxutils import escape
+
+import libvirt
+import libvirt_qemu
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e"))
+from hekiqemu import parse_guest, path_from_env  # noqa: E402
+
+URI = "qemu:///system"
+# Every domain the tests define is named so: leftovers of a killed run are
+# recognised by it (and only they are removed).
+PREFIX = "heki-test-"
+TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "heki-domain.xml")
+
+
+def render(*, name, serial_log, scenario="pin-deny", cpus=1, heki=None,
+           on_crash="destroy", extra_append=""):
+    """The domain XML: heki-domain.xml with its @WORDS@ filled in. heki:
+    the plugin's options (key: value), after file=."""
+    options = "".join(f",{k}={str(v).replace(',', ',,')}" for k, v in (heki or {}).items())
+    values = {
+        "NAME": name,
+        "VCPUS": str(cpus),
+        "GUEST": path_from_env("HEKI_GUEST"),
+        "CMDLINE": f"scenario={scenario} cpus={cpus} {extra_append}".strip(),
+        "ON_CRASH": on_crash,
+        "QEMU": path_from_env("HEKI_QEMU"),
+        "SERIAL_LOG": serial_log,
+        "PLUGIN": path_from_env("HEKI_PLUGIN"),
+        "HEKI_OPTIONS": options,
+        "EMU_LIB": path_from_env("HEKI_EMU_LIB"),
+    }
+    with open(TEMPLATE) as f:
+        xml = f.read()
+    for word, value in values.items():
+        xml = xml.replace(f"@{word}@", escape(value, {"'": "&apos;", '"': "&quot;"}))
+    left = re.findall(r"@[A-Z_]+@", xml)
+    assert not left, f"{TEMPLATE}: unfilled {left}"
+    return xml
+
+
+def virsh(*args, check=True, timeout=30):
+    """virsh -c qemu:///system ARGS: (stdout + stderr) text; raises with the
+    whole output when virsh fails and check is set."""
+    cmd = ["virsh", "-c", URI, *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    output = (done.stdout + done.stderr).strip()
+    if check and done.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed ({done.returncode}): {output}")
+    return output
+
+
+_loop_lock = threading.Lock()
+_loop_started = False
+
+
+def _start_event_loop():
+    """libvirt's default event loop on a daemon thread: callbacks of every
+    connection opened afterwards run there. Once per process."""
+    global _loop_started
+    with _loop_lock:
+        if _loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run():
+            while True:
+                libvirt.virEventRunDefaultImpl()
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _loop_started = True
+
+
+LIFECYCLE = ("defined", "undefined", "started", "suspended", "resumed", "stopped",
+             "shutdown", "pmsuspended", "crashed")   # virDomainEventType, in order
+
+
+def lifecycle_detail(event, detail):
+    """("crashed", "panicked") from a lifecycle event's two numbers: the names
+    of virDomainEventType and of its detail enum (VIR_DOMAIN_EVENT_CRASHED_*)."""
+    kind = LIFECYCLE[event] if 0 <= event < len(LIFECYCLE) else str(event)
+    prefix = f"VIR_DOMAIN_EVENT_{kind.upper()}_"
+    names = [n[len(prefix):].lower() for n in dir(libvirt)
+             if n.startswith(prefix) and not n.endswith("_LAST") and getattr(libvirt, n) == detail]
+    return kind, (names[0] if names else str(detail))
+
+
+class Events:
+    """What a libvirt client hears of the domains: every QMP event (libvirt's
+    qemu-monitor events, registered for all domains so that none is missed
+    between define and the first callback) and every lifecycle event. Each
+    list holds (domain name, ...) tuples in arrival order."""
+
+    def __init__(self):
+        _start_event_loop()
+        self.conn = libvirt.open(URI)
+        self.cond = threading.Condition()
+        self.qmp = []         # (domain, event name, data dict)
+        self.lifecycle = []   # (domain, kind, detail) e.g. ("x", "crashed", "panicked")
+        self._ids = [
+            libvirt_qemu.qemuMonitorEventRegister(self.conn, None, None, self._on_qmp, None, 0),
+        ]
+        self._lifecycle_id = self.conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+
+    def _on_qmp(self, conn, dom, event, seconds, micros, details, opaque):
+        data = json.loads(details) if details else {}
+        with self.cond:
+            self.qmp.append((dom.name(), event, data))
+            self.cond.notify_all()
+
+    def _on_lifecycle(self, conn, dom, event, detail, opaque):
+        with self.cond:
+            self.lifecycle.append((dom.name(),) + lifecycle_detail(event, detail))
+            self.cond.notify_all()
+
+    def wait(self, predicate, timeout=20.0):
+        """Waits until predicate() (called under the lock) is true; returns
+        its value, or raises TimeoutError."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                value = predicate()
+                if value:
+                    return value
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("libvirt: the awaited events did not come")
+                self.cond.wait(left)
+
+    def qmp_of(self, domain, name=None):
+        with self.cond:
+            return [(e, d) for n, e, d in self.qmp if n == domain and (name is None or e == name)]
+
+    def lifecycle_of(self, domain):
+        with self.cond:
+            return [(k, d) for n, k, d in self.lifecycle if n == domain]
+
+    def close(self):
+        for cid in self._ids:
+            libvirt_qemu.qemuMonitorEventDeregister(self.conn, cid)
+        self.conn.domainEventDeregisterAny(self._lifecycle_id)
+        self.conn.close()
+
+
+class Domain:
+    """One defined domain of the guest; cleanup() destroys and undefines it."""
+
+    def __init__(self, conn, label, *, scenario="pin-deny", cpus=1, heki=None,
+                 on_crash="destroy", extra_append=""):
+        self.conn = conn
+        self.name = f"{PREFIX}{label}-{os.getpid()}"
+        self.dir = tempfile.mkdtemp(prefix="heki-libvirt-")
+        self.serial_path = os.path.join(self.dir, "serial.log")
+        self.audit_path = os.path.join(self.dir, "audit.jsonl")
+        heki = dict(heki or {}, **{"audit-log": self.audit_path})
+        self.xml = render(name=self.name, serial_log=self.serial_path, scenario=scenario,
+                          cpus=cpus, heki=heki, on_crash=on_crash, extra_append=extra_append)
+        self.dom = conn.defineXML(self.xml)
+
+    def start(self):
+        self.dom.create()
+
+    def state(self):
+        """`virsh domstate --reason`, as an operator reads it: "paused (user)"."""
+        return virsh("domstate", "--reason", self.name)
+
+    def wait_state(self, wanted, timeout=20.0):
+        """Polls until state() is one of wanted; returns it. On timeout the
+        assertion names the last state and the serial log's tail."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.state()
+            if state in wanted:
+                return state
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: state {state!r}, waited for {wanted}; "
+                                     f"serial log: {self.serial_tail()}")
+            time.sleep(0.05)
+
+    def monitor(self, command, **arguments):
+        """A QMP command through `virsh qemu-monitor-command`: its "return"."""
+        message = {"execute": command}
+        if arguments:
+            message["arguments"] = arguments
+        out = virsh("qemu-monitor-command", self.name, json.dumps(message))
+        reply = json.loads(out)
+        assert "return" in reply, f"{command}: {out}"
+        return reply["return"]
+
+    def serial_text(self):
+        try:
+            with open(self.serial_path, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def serial_tail(self, lines=8):
+        return " | ".join(self.serial_text().splitlines()[-lines:]) or "(empty)"
+
+    def guest(self):
+        return parse_guest(self.serial_text())
+
+    def wait_guest(self, predicate, timeout=20.0):
+        """Polls the serial log until predicate(guest lines) is true."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self.guest()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: the guest's lines did not come; state "
+                                     f"{self.state()!r}; serial log: {self.serial_tail()}")
+            time.sleep(0.05)
+        return self.guest()
+
+    def audit_events(self, name=None):
+        with open(self.audit_path) as f:
+            found = [json.loads(line) for line in f]
+        return [e for e in found if name is None or e["event"] == name]
+
+    def cleanup(self):
+        """Destroy (when running) and undefine; the directory goes too."""
+        remove(self.name)
+        for entry in os.listdir(self.dir):
+            os.unlink(os.path.join(self.dir, entry))
+        os.rmdir(self.dir)
+
+
+def remove(name):
+    """Destroys and undefines the domain NAME when it exists."""
+    try:
+        conn = libvirt.open(URI)
+    except libvirt.libvirtError:
+        return
+    try:
+        dom = conn.lookupByName(name)
+    except libvirt.libvirtError:
+        conn.close()
+        return
+    try:
+        if dom.isActive():
+            dom.destroy()
+    except libvirt.libvirtError:
+        pass   # it stopped between the two calls
+    dom.undefine()
+    conn.close()
+
+
+def remove_leftovers():
+    """Removes the domains a killed earlier run left behind (our PREFIX only);
+    returns their names."""
+    conn = libvirt.open(URI)
+    names = [d.name() for d in conn.listAllDomains() if d.name().startswith(PREFIX)]
+    conn.close()
+    for name in names:
+        remove(name)
+    return names
+
+
+def main(argv):
+    settings = {"scenario": "pin-deny", "cpus": "1", "on-crash": "destroy"}
+    heki = {"on-denial": "pause"}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            sys.exit(f"hekivirt: {arg!r} is not key=value")
+        (settings if key in settings else heki)[key] = value
+    print(render(name=f"heki-{settings['scenario']}", serial_log="/tmp/heki-guest.serial.log",
+                 scenario=settings["scenario"], cpus=int(settings["cpus"]), heki=heki,
+                 on_crash=settings["on-crash"]), end="")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
