@@ -14,6 +14,7 @@ prints a ready domain XML for this checkout (`virsh define` it).
 import json
 import os
 import re
+import select
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,7 @@ TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "heki-domain
 
 def render(*, name, serial_log, scenario="pin-deny", cpus=1, heki=None,
            on_crash="destroy", extra_append=""):
-    """The domain XML: heki-domain.xml with its @WORDS@ filled in. heki:
+    """The domain XML: heki-domain.xml with its @...@ placeholders filled in. heki:
     the plugin's options (key: value), after file=."""
     options = "".join(f",{k}={str(v).replace(',', ',,')}" for k, v in (heki or {}).items())
     values = {
@@ -116,12 +117,16 @@ class Events:
         self.conn = libvirt.open(URI)
         self.cond = threading.Condition()
         self.qmp = []         # (domain, event name, data dict)
-        self.lifecycle = []   # (domain, kind, detail) e.g. ("x", "crashed", "panicked")
+        self.lifecycle = []   # (domain, kind, detail): ("x", "crashed", "panicked"), ("x", "reboot", "")
         self._ids = [
             libvirt_qemu.qemuMonitorEventRegister(self.conn, None, None, self._on_qmp, None, 0),
         ]
-        self._lifecycle_id = self.conn.domainEventRegisterAny(
-            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+        self._domain_ids = [
+            self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                             self._on_lifecycle, None),
+            self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT,
+                                             self._on_reboot, None),
+        ]
 
     def _on_qmp(self, conn, dom, event, seconds, micros, details, opaque):
         data = json.loads(details) if details else {}
@@ -132,6 +137,11 @@ class Events:
     def _on_lifecycle(self, conn, dom, event, detail, opaque):
         with self.cond:
             self.lifecycle.append((dom.name(),) + lifecycle_detail(event, detail))
+            self.cond.notify_all()
+
+    def _on_reboot(self, conn, dom, opaque):
+        with self.cond:
+            self.lifecycle.append((dom.name(), "reboot", ""))
             self.cond.notify_all()
 
     def wait(self, predicate, timeout=20.0):
@@ -159,7 +169,8 @@ class Events:
     def close(self):
         for cid in self._ids:
             libvirt_qemu.qemuMonitorEventDeregister(self.conn, cid)
-        self.conn.domainEventDeregisterAny(self._lifecycle_id)
+        for cid in self._domain_ids:
+            self.conn.domainEventDeregisterAny(cid)
         self.conn.close()
 
 
@@ -173,38 +184,50 @@ class Domain:
         self.dir = tempfile.mkdtemp(prefix="heki-libvirt-")
         self.serial_path = os.path.join(self.dir, "serial.log")
         self.audit_path = os.path.join(self.dir, "audit.jsonl")
+        self.qemu_log = f"/var/log/libvirt/qemu/{self.name}.log"
         heki = dict(heki or {}, **{"audit-log": self.audit_path})
         self.xml = render(name=self.name, serial_log=self.serial_path, scenario=scenario,
                           cpus=cpus, heki=heki, on_crash=on_crash, extra_append=extra_append)
         self.dom = conn.defineXML(self.xml)
 
-    def start(self):
-        self.dom.create()
+    def start(self, paused=False):
+        self.dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
 
     def state(self):
         """`virsh domstate --reason`, as an operator reads it: "paused (user)"."""
         return virsh("domstate", "--reason", self.name)
 
-    def wait_state(self, wanted, timeout=20.0):
-        """Polls until state() is one of wanted; returns it. On timeout the
-        assertion names the last state and the serial log's tail."""
+    def wait_state(self, done, timeout=20.0):
+        """Polls state() until done(state) is true; returns that state. On
+        timeout the assertion names the last state and the serial log's tail."""
         deadline = time.monotonic() + timeout
         while True:
             state = self.state()
-            if state in wanted:
+            if done(state):
                 return state
             if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name}: state {state!r}, waited for {wanted}; "
-                                     f"serial log: {self.serial_tail()}")
+                raise AssertionError(f"{self.name}: still {state!r} after {timeout} s; "
+                                     f"serial log: {self.serial_tail()}; "
+                                     f"QEMU's log: {self.qemu_log_tail()}")
             time.sleep(0.05)
 
-    def monitor(self, command, **arguments):
-        """A QMP command through `virsh qemu-monitor-command`: its "return"."""
+    def wait_stopped(self, timeout=20.0):
+        """The first state that is not "running (...)"."""
+        return self.wait_state(lambda s: not s.startswith("running"), timeout)
+
+    def monitor(self, command, check=True, **arguments):
+        """A QMP command through `virsh qemu-monitor-command`: its "return";
+        with check=False, virsh's whole output when the command fails."""
         message = {"execute": command}
         if arguments:
             message["arguments"] = arguments
-        out = virsh("qemu-monitor-command", self.name, json.dumps(message))
-        reply = json.loads(out)
+        out = virsh("qemu-monitor-command", self.name, json.dumps(message), check=check)
+        try:
+            reply = json.loads(out)
+        except ValueError:
+            if check:
+                raise AssertionError(f"{command}: virsh said {out!r}")
+            return out
         assert "return" in reply, f"{command}: {out}"
         return reply["return"]
 
@@ -236,12 +259,61 @@ class Domain:
             found = [json.loads(line) for line in f]
         return [e for e in found if name is None or e["event"] == name]
 
+    def qemu_log_tail(self, lines=6):
+        """The end of libvirt's log of this domain's QEMU (its stderr)."""
+        try:
+            with open(self.qemu_log, errors="replace") as f:
+                return " | ".join(f.read().splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
     def cleanup(self):
-        """Destroy (when running) and undefine; the directory goes too."""
+        """Destroy (when running) and undefine; the directory and libvirt's
+        log of the domain go too (names are per run: they would pile up)."""
         remove(self.name)
+        if os.path.exists(self.qemu_log):
+            os.unlink(self.qemu_log)
         for entry in os.listdir(self.dir):
             os.unlink(os.path.join(self.dir, entry))
         os.rmdir(self.dir)
+
+
+class VirshEvents:
+    """`virsh qemu-monitor-event --domain NAME --loop`, as an operator runs it:
+    one line per QMP event, "event NAME at S.US for domain 'D': JSON"."""
+
+    def __init__(self, domain):
+        self.process = subprocess.Popen(
+            ["virsh", "-c", URI, "qemu-monitor-event", "--domain", domain, "--loop"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.buffer = b""
+        self.lines = []
+
+    def next(self, name, timeout=10.0):
+        """The data of the next event NAME (None for <null>), skipping others;
+        raises TimeoutError."""
+        deadline = time.monotonic() + timeout
+        fd = self.process.stdout.fileno()
+        while True:
+            while b"\n" in self.buffer:
+                raw, self.buffer = self.buffer.split(b"\n", 1)
+                line = raw.decode(errors="replace")
+                self.lines.append(line)
+                if line.startswith(f"event {name} "):
+                    payload = line.split("': ", 1)[1]
+                    return None if payload == "<null>" else json.loads(payload)
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError(f"virsh qemu-monitor-event: no {name}; lines: {self.lines}")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise EOFError(f"virsh qemu-monitor-event ended; lines: {self.lines}")
+            self.buffer += chunk
+
+    def close(self):
+        self.process.terminate()
+        self.process.wait()
+        self.process.stdout.close()
 
 
 def remove(name):
@@ -265,14 +337,18 @@ def remove(name):
 
 
 def remove_leftovers():
-    """Removes the domains a killed earlier run left behind (our PREFIX only);
-    returns their names."""
+    """Removes the domains of runs that died before their cleanup: ours
+    (PREFIX) whose test process (the name's last number) is gone. A run going
+    on beside this one, from another checkout, keeps its domains. Returns
+    the names removed."""
     conn = libvirt.open(URI)
     names = [d.name() for d in conn.listAllDomains() if d.name().startswith(PREFIX)]
     conn.close()
-    for name in names:
+    dead = [n for n in names
+            if not os.path.exists(f"/proc/{n.rsplit('-', 1)[-1]}")]
+    for name in dead:
         remove(name)
-    return names
+    return dead
 
 
 def main(argv):
