@@ -75,21 +75,25 @@ if [ ${#append[@]} -gt 0 ]; then
 fi
 
 # --- daemons ----------------------------------------------------------------
-# A daemon counts as running when its pid file names a live process.
+# Ours (`-d`) or an init system's: a pid file naming a live process; under
+# systemd socket activation, the daemon's socket.
 running() {
     local pid
-    pid=$(cat "/run/$1.pid" 2>/dev/null) || return 1
-    [ -n "$pid" ] && [ -d "/proc/$pid" ] && [ "$(cat "/proc/$pid/comm")" = "$1" ]
+    pid=$(cat "/run/$1.pid" 2>/dev/null) || pid=
+    if [ -n "$pid" ] && [ -d "/proc/$pid" ] && [ "$(cat "/proc/$pid/comm")" = "$1" ]; then
+        return 0
+    fi
+    [ -S "/run/libvirt/$1-sock" ]
 }
-if running libvirtd && [ "$changed" = yes ]; then
-    if [ "$installed_now" = yes ]; then
-        # Started by the package install of this run, with the old file.
-        pid=$(cat /run/libvirtd.pid)
-        say "restarting libvirtd (pid $pid, started by the install before qemu.conf was set)"
+if [ "$changed" = yes ] && running libvirtd; then
+    pid=$(cat /run/libvirtd.pid 2>/dev/null) || pid=
+    if [ "$installed_now" = yes ] && [ -n "$pid" ]; then
+        # Started by this run's package install, before qemu.conf was set.
+        say "restarting libvirtd (pid $pid, started by the install with the old qemu.conf)"
         kill "$pid"
         for _ in $(seq 100); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
     else
-        die "libvirtd (pid $(cat /run/libvirtd.pid)) runs with the qemu.conf before these changes: restart it"
+        die "libvirtd runs with the qemu.conf before these changes: restart it, then run this again"
     fi
 fi
 if ! running virtlogd; then

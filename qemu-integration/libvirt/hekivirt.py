@@ -35,6 +35,12 @@ PREFIX = "heki-test-"
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "heki-domain.xml")
 
 
+def path(variable):
+    """An absolute path from the environment: libvirt starts QEMU in a
+    directory of its own."""
+    return os.path.abspath(path_from_env(variable))
+
+
 def render(*, name, serial_log, scenario="pin-deny", cpus=1, heki=None,
            on_crash="destroy", extra_append=""):
     """The domain XML: heki-domain.xml with its @...@ placeholders filled in. heki:
@@ -43,14 +49,14 @@ def render(*, name, serial_log, scenario="pin-deny", cpus=1, heki=None,
     values = {
         "NAME": name,
         "VCPUS": str(cpus),
-        "GUEST": path_from_env("HEKI_GUEST"),
+        "GUEST": path("HEKI_GUEST"),
         "CMDLINE": f"scenario={scenario} cpus={cpus} {extra_append}".strip(),
         "ON_CRASH": on_crash,
-        "QEMU": path_from_env("HEKI_QEMU"),
-        "SERIAL_LOG": serial_log,
-        "PLUGIN": path_from_env("HEKI_PLUGIN"),
+        "QEMU": path("HEKI_QEMU"),
+        "SERIAL_LOG": os.path.abspath(serial_log),
+        "PLUGIN": path("HEKI_PLUGIN"),
         "HEKI_OPTIONS": options,
-        "EMU_LIB": path_from_env("HEKI_EMU_LIB"),
+        "EMU_LIB": path("HEKI_EMU_LIB"),
     }
     with open(TEMPLATE) as f:
         xml = f.read()
