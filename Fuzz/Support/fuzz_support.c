@@ -186,7 +186,7 @@ ORACLE uint64_t fz_json_number_in(const char *json, const char *scope, const cha
 
 static const char *const kind_names[FZ_KINDS] = {
     "HEKI_CONFIGURE", "HEKI_DENIAL", "HEKI_WEAK_PINNING", "HEKI_MALFORMED_EXIT",
-    "HEKI_CAPABILITY", "HEKI_SUPPRESSED",
+    "HEKI_CAPABILITY", "HEKI_SUPPRESSED", "HEKI_POLICY",
 };
 
 ORACLE static int kind_of(const char *name) {
@@ -203,6 +203,8 @@ ORACLE static void on_event(void *opaque, const char *name, const char *data) {
     fz_check_json(name, data);
     if (data[0] != '{') fz_fail("%s: data is not an object: %s", name, data);
     h->events[kind]++;
+    if (kind == FZ_POLICY && !strstr(data, "\"changed\":["))
+        fz_fail("HEKI_POLICY without changed: %s", data);
     if (kind == FZ_SUPPRESSED) {
         const char *event = strstr(data, "\"event\":\"");
         if (!event) fz_fail("HEKI_SUPPRESSED without event: %s", data);
@@ -212,7 +214,8 @@ ORACLE static void on_event(void *opaque, const char *name, const char *data) {
             size_t n = strlen(kind_names[i]);
             if (strncmp(event, kind_names[i], n) == 0 && event[n] == '"') coalesced = i;
         }
-        if (coalesced < 0 || coalesced == FZ_SUPPRESSED || coalesced == FZ_CAPABILITY)
+        if (coalesced < 0 || coalesced == FZ_SUPPRESSED || coalesced == FZ_CAPABILITY ||
+            coalesced == FZ_POLICY)
             fz_fail("HEKI_SUPPRESSED of an unexpected kind: %s", data);
         uint64_t count = fz_json_number(data, "count");
         if (count == 0) fz_fail("HEKI_SUPPRESSED with count 0: %s", data);

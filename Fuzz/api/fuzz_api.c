@@ -174,6 +174,38 @@ static void new_plugin(Slot *s, Cursor *c) {
     memcpy(s->mask, option_sets[how & 3].mask, sizeof s->mask);
 }
 
+/* heki_plugin_set_policy with policy keys, fixed keys, bad values and bytes
+   from the input: 0 with no message, or -1 with one. */
+static void set_policy(Slot *s, Cursor *c) {
+    static const char *const known[] = {
+        "on-denial=pause", "on-denial-cr0=reset", "on-denial-cr4=exit", "on-weak-pinning=poweroff",
+        "require-cr0=wp", "require-cr4=smep+smap", "require-cr4=none", "on-denial=maybe",
+        "abi=v2", "rate-limit=5", "require-cr0=pe+bogus", "on-denial", "",
+    };
+    char bytes[16];
+    const char *argv[4];
+    uint8_t how = byte(c);
+    int argc = how & 3;
+    for (int i = 0; i < argc; i++) {
+        uint8_t pick = byte(c);
+        if (pick < 0xf0) {
+            argv[i] = known[pick % (sizeof known / sizeof known[0])];
+        } else { /* raw bytes, NUL-terminated */
+            size_t n = 0;
+            while (n < sizeof bytes - 1 && c->p < c->end && *c->p) bytes[n++] = (char)*c->p++;
+            bytes[n] = 0;
+            argv[i] = bytes;
+        }
+    }
+    char *error = (char *)0x1;
+    int r = heki_plugin_set_policy(s->plugin, argc, argv, &error);
+    if (r != 0 && r != -1) fz_fail("set_policy returned %d", r);
+    if (r == -1 && (!error || error == (char *)0x1)) fz_fail("set_policy failed without a message");
+    if (r == 0 && error) fz_fail("set_policy succeeded with *error set");
+    if (!s->plugin && r == 0) fz_fail("set_policy(NULL) succeeded");
+    heki_plugin_free_string(r == -1 ? error : NULL);
+}
+
 static void enable_caps(Slot *s, Cursor *c) {
     if (!s->plugin) return; /* NULL: not in the contract */
     bool with_error = !(byte(c) & 1);
@@ -245,6 +277,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         case 12:
             if (s->plugin) heki_plugin_start(s->plugin); /* NULL: not in the contract */
             break;
+        case 13: set_policy(s, &c); break;
         default: break;
         }
     }

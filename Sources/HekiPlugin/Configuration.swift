@@ -11,12 +11,9 @@ struct Configuration: Sendable {
     var capDenialOverride: UInt32? = nil
     var configureExits: ExitReasonMask = .all
     var denialExits: ExitReasonMask = .all
-    var onDenial: Verdict = .resume
-    var onDenialCR0: Verdict? = nil
-    var onDenialCR4: Verdict? = nil
-    var onWeakPinning: Verdict = .resume
-    var requireCR0: UInt64 = 0
-    var requireCR4: UInt64 = 0
+    /// on-denial[-crN], on-weak-pinning, require-crN: the policy at start
+    /// (the one in force is the plugin's LivePolicy).
+    var policy = Policy()
     /// Seconds from heki_plugin_start to the boot judgement of required
     /// pins; nil: pin-deadline=off.
     var pinDeadline: UInt32? = 60

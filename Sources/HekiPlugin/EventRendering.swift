@@ -46,6 +46,35 @@ struct EventRenderer {
                              message: "heki: " + subjectPrefix + message, timeMicros: Int64(g_get_real_time()))
     }
 
+    /// HEKI_POLICY for heki_plugin_set_policy: the keys whose value
+    /// changed, and the whole policy in force after it.
+    func renderPolicy(_ policy: Policy, changed: [String]) -> RenderedEvent {
+        var data = JSONObject()
+        if let name = config.vmName { data.add("vm-name", name) }
+        data.add("changed", changed)
+        data.add("on-denial", policy.onDenial.name)
+        data.add("on-denial-cr0", policy.onDenial(.cr0).name)
+        data.add("on-denial-cr4", policy.onDenial(.cr4).name)
+        data.add("on-weak-pinning", policy.onWeakPinning.name)
+        var required: [String] = []
+        for register in ControlRegister.allCases {
+            let bits = policy.required(register)
+            let names = register.bitNames.names(of: bits)
+            data.add("require-" + register.name, hex: bits)
+            data.add("require-" + register.name + "-bits", names)
+            required.append("require-\(register.name) " + (names.isEmpty ? "none" : names.joined(separator: "+")))
+        }
+        let message = subjectPrefix + "policy " + (changed.isEmpty ? "set, unchanged" : "changed: " + changed.joined(separator: ", "))
+            + "; now on-denial \(policy.onDenial.name), on-denial-cr0 \(policy.onDenial(.cr0).name), "
+            + "on-denial-cr4 \(policy.onDenial(.cr4).name), on-weak-pinning \(policy.onWeakPinning.name), "
+            + required.joined(separator: ", ")
+        return RenderedEvent(name: EventRenderer.policyEventName, data: data.rendered, level: HEKI_LOG_INFO,
+                             message: "heki: " + message, timeMicros: Int64(g_get_real_time()))
+    }
+
+    /// Not an EventKind: made on the main loop, never rate-limited or queued.
+    static let policyEventName = "HEKI_POLICY"
+
     func render(_ record: EventRecord) -> RenderedEvent {
         var data = JSONObject()
         if let name = config.vmName { data.add("vm-name", name) }

@@ -18,6 +18,20 @@ private func cString(_ string: String) -> UnsafeMutablePointer<CChar>? {
     string.withCString { strdup($0) }
 }
 
+/// argv as Swift strings, or why not (NULL entries, bad UTF-8).
+private func arguments(_ argc: Int32, _ argv: UnsafePointer<UnsafePointer<CChar>?>?) -> Result<[String], OptionError> {
+    guard argc >= 0, argc == 0 || argv != nil else { return .failure(OptionError(message: "argc is \(argc) with argv NULL")) }
+    var list: [String] = []
+    for index in 0..<Int(argc) {
+        guard let argument = argv![index] else { return .failure(OptionError(message: "argv[\(index)] is NULL")) }
+        guard let text = String(validatingCString: argument) else {
+            return .failure(OptionError(message: "argv[\(index)] is not valid UTF-8"))
+        }
+        list.append(text)
+    }
+    return .success(list)
+}
+
 @c @implementation
 public func heki_plugin_abi_version() -> UInt32 { 1 }
 
@@ -43,17 +57,13 @@ public func heki_plugin_new(
         copy.copyMemory(from: UnsafeRawBufferPointer(start: host, count: min(size, copy.count)))
     }
     let hostCanCheck = size >= Int(HEKI_HOST_SIZE_1_1) && hostCopy.check_extension != nil && hostCopy.enable_cap != nil
-    guard argc >= 0, argc == 0 || argv != nil else { return fail("heki-plugin: argc is \(argc) with argv NULL") }
-    var arguments: [String] = []
-    for index in 0..<Int(argc) {
-        guard let argument = argv![index] else { return fail("heki-plugin: argv[\(index)] is NULL") }
-        guard let text = String(validatingCString: argument) else {
-            return fail("heki-plugin: argv[\(index)] is not valid UTF-8")
-        }
-        arguments.append(text)
+    let list: [String]
+    switch arguments(argc, argv) {
+    case let .success(strings): list = strings
+    case let .failure(problem): return fail(problem.message)
     }
     do {
-        let config = try Options.parse(arguments)
+        let config = try Options.parse(list)
         let plugin = try Plugin(host: hostCopy, hostCanCheck: hostCanCheck, config: config)
         error?.pointee = nil
         return OpaquePointer(Unmanaged.passRetained(plugin).toOpaque())
@@ -110,6 +120,27 @@ public func heki_plugin_enable_caps(_ plugin: OpaquePointer?, _ error: UnsafeMut
 @c @implementation
 public func heki_plugin_start(_ plugin: OpaquePointer?) {
     withPlugin(plugin, ()) { $0.start() }
+}
+
+@c @implementation
+public func heki_plugin_set_policy(
+    _ plugin: OpaquePointer?, _ argc: Int32,
+    _ argv: UnsafePointer<UnsafePointer<CChar>?>?,
+    _ error: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?
+) -> Int32 {
+    error?.pointee = nil
+    let failure: String?
+    if let plugin {
+        switch arguments(argc, argv) {
+        case let .success(list): failure = withPlugin(plugin, nil) { $0.setPolicy(list) }
+        case let .failure(problem): failure = problem.message
+        }
+    } else {
+        failure = "heki-plugin: plugin is NULL"
+    }
+    guard let failure else { return 0 }
+    error?.pointee = cString(failure)
+    return -1
 }
 
 @c @implementation

@@ -18,7 +18,9 @@ enum Options {
     static let maxRateLimit: UInt32 = 1_000_000
     static let maxTextBytes = 1024
 
-    static func parse(_ arguments: [String]) throws(OptionError) -> Configuration {
+    /// "key=value" strings as a map and their order; an unknown key, a
+    /// string without '=' or a key given twice is refused.
+    private static func split(_ arguments: [String]) throws(OptionError) -> (given: [String: String], order: [String]) {
         var given: [String: String] = [:]
         var order: [String] = []
         for argument in arguments {
@@ -34,7 +36,11 @@ enum Options {
             given[key] = value
             order.append(key)
         }
+        return (given, order)
+    }
 
+    static func parse(_ arguments: [String]) throws(OptionError) -> Configuration {
+        let (given, order) = try split(arguments)
         var config = Configuration()
         // The profile first: the overrides and the pinnable bits depend on it.
         if let abi = given["abi"], abi != "auto" {
@@ -56,15 +62,6 @@ enum Options {
             case "cap-denial": config.capDenialOverride = try number(key, value)
             case "configure-exits": config.configureExits = try registers(key, value)
             case "denial-exits": config.denialExits = try registers(key, value)
-            case "on-denial": config.onDenial = try verdict(key, value)
-            case "on-denial-cr0": config.onDenialCR0 = try verdict(key, value)
-            case "on-denial-cr4": config.onDenialCR4 = try verdict(key, value)
-            case "on-weak-pinning": config.onWeakPinning = try verdict(key, value)
-            case "require-cr0": config.requireCR0 = try bits(key, value, CR0.names, accepted: CR0.names.table.map(\.bit))
-            case "require-cr4":
-                let pinnableCR4 = config.abi?.pinnableCR4 ?? Profile.anyPinnableCR4
-                let pinnable = CR4.names.table.map(\.bit).filter { pinnableCR4.rawValue & $0 != 0 }
-                config.requireCR4 = try bits(key, value, CR4.names, accepted: pinnable)
             case "vm-name": config.vmName = try text(key, value)
             case "audit-log":
                 guard !value.isEmpty else { throw OptionError(key, "expects a file path") }
@@ -86,6 +83,7 @@ enum Options {
                     }
                     config.pinDeadline = seconds
                 }
+            case _ where Policy.keys.contains(key): try set(key, value, in: &config.policy, abi: config.abi)
             default: break
             }
         }
@@ -99,6 +97,35 @@ enum Options {
             }
         }
         return config
+    }
+
+    /// heki_plugin_set_policy: the policy keys of `arguments` applied to
+    /// `current`, validated as at start (require-cr4 against `config`'s
+    /// abi). Any other key is refused: it is fixed at heki_plugin_new.
+    static func parsePolicy(_ arguments: [String], onto current: Policy, config: Configuration) throws(OptionError) -> Policy {
+        let (given, order) = try split(arguments)
+        if let fixed = order.first(where: { !Policy.keys.contains($0) }) {
+            throw OptionError(fixed, "cannot change while the VM runs; the keys that can: \(Policy.keys.joined(separator: ", "))")
+        }
+        var policy = current
+        for key in order { try set(key, given[key]!, in: &policy, abi: config.abi) }
+        return policy
+    }
+
+    /// One policy key; `abi` bounds the CR4 bits that can be required.
+    private static func set(_ key: String, _ value: String, in policy: inout Policy, abi: Profile?) throws(OptionError) {
+        switch key {
+        case "on-denial": policy.onDenial = try verdict(key, value)
+        case "on-denial-cr0": policy.onDenialCR0 = try verdict(key, value)
+        case "on-denial-cr4": policy.onDenialCR4 = try verdict(key, value)
+        case "on-weak-pinning": policy.onWeakPinning = try verdict(key, value)
+        case "require-cr0": policy.requireCR0 = try bits(key, value, CR0.names, accepted: CR0.names.table.map(\.bit))
+        case "require-cr4":
+            let pinnableCR4 = abi?.pinnableCR4 ?? Profile.anyPinnableCR4
+            let pinnable = CR4.names.table.map(\.bit).filter { pinnableCR4.rawValue & $0 != 0 }
+            policy.requireCR4 = try bits(key, value, CR4.names, accepted: pinnable)
+        default: break
+        }
     }
 
     /// Decimal or 0x-prefixed hexadecimal, 0 to 2^32-1.

@@ -9,7 +9,8 @@ import Glibc
 /// counters, and the path from a vCPU's exit to the host's main loop.
 final class Plugin {
     let config: Configuration
-    let policy: Policy
+    /// The policy in force (heki_plugin_set_policy replaces it).
+    let policy: LivePolicy
     private let host: HekiHost
     /// The host gave check_extension and enable_cap (a heki-plugin 1.1 host).
     let hostCanCheck: Bool
@@ -59,7 +60,7 @@ final class Plugin {
             throw OptionError("require-caps", "on needs a host that lets the plugin check the kernel (HekiHost.check_extension and enable_cap, heki-plugin 1.1)")
         }
         self.config = config
-        policy = Policy(config: config)
+        policy = LivePolicy(config.policy)
         self.host = host
         self.hostCanCheck = hostCanCheck
         limiter = RateLimiter(limit: config.rateLimit)
@@ -106,6 +107,7 @@ final class Plugin {
                 value: reason, extra: UInt64(kind.rawValue)))
             return .notHeki
         case let .configure(register, bits):
+            let policy = self.policy.current()
             let pinned = ledger.pin(bits, on: register)
             counters.count(.configure, register)
             let (verdict, missing) = policy.judgePin(on: register, pinnedNow: pinned)
@@ -120,6 +122,7 @@ final class Plugin {
             }
             return verdict
         case let .denial(register, value):
+            let policy = self.policy.current()
             let pinned = ledger.pins(register)
             counters.count(.denial, register)
             var (verdict, violated) = policy.judgeDenial(on: register, value: value, pinned: pinned)
@@ -127,7 +130,7 @@ final class Plugin {
             // the registers it never pinned now if the deadline has not. The
             // denial's own verdict wins unless it is resume.
             if !bootJudged.load(ordering: .relaxed) {
-                let weak = judgeBoot(vcpu: vcpu, exit: configure)
+                let weak = judgeBoot(vcpu: vcpu, exit: configure, policy: policy)
                 if verdict == .resume { verdict = weak }
             }
             record(EventRecord(kind: .denial, register: register.rawValue, verdict: verdict, vcpu: vcpu,
@@ -141,13 +144,13 @@ final class Plugin {
     /// on-weak-pinning if one is, else resume. `vcpu` nil: the deadline.
     /// Registers pinned at least once were judged at their pins.
     @inline(never)
-    private func judgeBoot(vcpu: UInt32?, exit configure: Claim) -> Verdict {
+    private func judgeBoot(vcpu: UInt32?, exit configure: Claim, policy: Policy) -> Verdict {
         guard !bootJudged.exchange(true, ordering: .relaxed) else { return .resume }
         var verdict = Verdict.resume
         for register in ControlRegister.allCases {
             let required = policy.required(register)
             guard required != 0, configure.granted.contains(register), ledger.pins(register) == 0 else { continue }
-            verdict = config.onWeakPinning
+            verdict = policy.onWeakPinning
             counters.count(.weakPinning, register)
             record(EventRecord(kind: .weakPinning, register: register.rawValue, verdict: verdict,
                                detail: vcpu == nil ? EventRecord.atDeadline : 0, vcpu: vcpu ?? 0,
@@ -242,9 +245,27 @@ final class Plugin {
     func start() {
         guard !started else { return }
         started = true
-        guard let seconds = config.pinDeadline, config.requireCR0 != 0 || config.requireCR4 != 0 else { return }
+        // Runs even when nothing is required yet: heki_plugin_set_policy
+        // may require bits before it passes.
+        guard let seconds = config.pinDeadline else { return }
         deadlineDue = Int64(g_get_monotonic_time()) + Int64(seconds) * 1_000_000
         source.wake()  // the dispatch sets the timer
+    }
+
+    /// heki_plugin_set_policy: validates `arguments` against the policy in
+    /// force, publishes the result and reports it. Returns nil, or why
+    /// nothing changed.
+    func setPolicy(_ arguments: [String]) -> String? {
+        let old = policy.current()
+        let new: Policy
+        do {
+            new = try Options.parsePolicy(arguments, onto: old, config: config)
+        } catch {
+            return error.message
+        }
+        policy.replace(with: new)
+        announce(renderer.renderPolicy(new, changed: old.changedKeys(to: new)))
+        return nil
     }
 
     private func announce(_ event: RenderedEvent) {
@@ -261,7 +282,7 @@ final class Plugin {
         var deadlineVerdict = Verdict.resume
         if let due = deadlineDue, Int64(g_get_monotonic_time()) >= due {
             deadlineDue = nil
-            deadlineVerdict = judgeBoot(vcpu: nil, exit: claim(.configure))
+            deadlineVerdict = judgeBoot(vcpu: nil, exit: claim(.configure), policy: policy.current())
         }
         deliverAnnouncements()
         drain()

@@ -30,11 +30,12 @@ extension Plugin {
         }
         root.add("exits", exitsObject)
 
+        let policy = self.policy.current()
         var policyObject = JSONObject()
-        policyObject.add("on-denial", config.onDenial.name)
+        policyObject.add("on-denial", policy.onDenial.name)
         policyObject.add("on-denial-cr0", policy.onDenial(.cr0).name)
         policyObject.add("on-denial-cr4", policy.onDenial(.cr4).name)
-        policyObject.add("on-weak-pinning", config.onWeakPinning.name)
+        policyObject.add("on-weak-pinning", policy.onWeakPinning.name)
         for register in ControlRegister.allCases {
             policyObject.add("require-" + register.name, register.bitNames.names(of: policy.required(register)))
         }

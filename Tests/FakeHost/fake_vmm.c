@@ -36,6 +36,9 @@ _Static_assert(FH_SAME_TYPE(heki_plugin_cap_result, int (*)(HekiPlugin *, HekiEx
                "cap_result");
 _Static_assert(FH_SAME_TYPE(heki_plugin_enable_caps, int (*)(HekiPlugin *, char **)), "enable_caps");
 _Static_assert(FH_SAME_TYPE(heki_plugin_start, void (*)(HekiPlugin *)), "start");
+_Static_assert(FH_SAME_TYPE(heki_plugin_set_policy,
+                            int (*)(HekiPlugin *, int, const char *const *, char **)),
+               "set_policy");
 _Static_assert(FH_SAME_TYPE(heki_plugin_handle_exit,
                             HekiVerdict (*)(HekiPlugin *, uint32_t, const struct kvm_run *)),
                "handle_exit");
@@ -101,6 +104,7 @@ FhLibrary *fh_library_open(const char *path, uint32_t expected_abi_version, char
         {"heki_plugin_cap_result", (void **)&a->cap_result},
         {"heki_plugin_enable_caps", (void **)&a->enable_caps},
         {"heki_plugin_start", (void **)&a->start},
+        {"heki_plugin_set_policy", (void **)&a->set_policy},
         {"heki_plugin_handle_exit", (void **)&a->handle_exit},
         {"heki_plugin_query", (void **)&a->query},
     };
@@ -531,6 +535,18 @@ int fh_vm_enable_caps(FhVm *vm) {
             if (g_array_index(vm->enables, FhEnableCall, j).cap == cap)
                 vm->cap_kvm[i] = g_array_index(vm->enables, FhEnableCall, j).result;
     }
+    return r;
+}
+
+int fh_vm_set_policy(FhVm *vm, int argc, const char *const *argv) {
+    if (!vm->plugin) {
+        set_error(vm, "fake-vmm: no plugin");
+        return -1;
+    }
+    char *error = NULL;
+    int r = vm->api->set_policy(vm->plugin, argc, argv, &error);
+    set_error(vm, error ? error : "");
+    vm->api->free_string(error);
     return r;
 }
 

@@ -14,7 +14,7 @@ final class LibraryTests: XCTestCase {
         "heki_plugin_abi_version", "heki_plugin_new", "heki_plugin_free", "heki_plugin_free_string",
         "heki_plugin_exit_number", "heki_plugin_cap_number", "heki_plugin_cap_mask",
         "heki_plugin_cap_result", "heki_plugin_handle_exit", "heki_plugin_query",
-        "heki_plugin_enable_caps", "heki_plugin_start",
+        "heki_plugin_enable_caps", "heki_plugin_start", "heki_plugin_set_policy",
     ]
 
     /// Global dynamic symbols: exactly the C ABI. (A debug build also lists

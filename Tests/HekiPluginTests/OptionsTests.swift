@@ -22,9 +22,9 @@ import Testing
         #expect(!config.overridesCaps)
         #expect(config.pinDeadline == 60)
         #expect(config.configureExits == .all && config.denialExits == .all)
-        #expect(config.onDenial == .resume && config.onWeakPinning == .resume)
-        #expect(Policy(config: config).onDenial(.cr0) == .resume && Policy(config: config).onDenial(.cr4) == .resume)
-        #expect(config.requireCR0 == 0 && config.requireCR4 == 0)
+        #expect(config.policy.onDenial == .resume && config.policy.onWeakPinning == .resume)
+        #expect(config.policy.onDenial(.cr0) == .resume && config.policy.onDenial(.cr4) == .resume)
+        #expect(config.policy.requireCR0 == 0 && config.policy.requireCR4 == 0)
         #expect(config.rateLimit == 100 && config.requireCaps == false)
         #expect(config.vmName == nil && config.auditLogPath == nil)
     }
@@ -84,8 +84,8 @@ import Testing
     /// what any profile can (FRED is v3's).
     @Test func fredRequirementFollowsTheProfile() throws {
         #expect(error("abi=v2", "require-cr4=fred")?.hasPrefix("heki-plugin: require-cr4: ") == true)
-        #expect(try parse("abi=v3", "require-cr4=fred").requireCR4 == CR4.fred.rawValue)
-        #expect(try parse("require-cr4=fred").requireCR4 == CR4.fred.rawValue)
+        #expect(try parse("abi=v3", "require-cr4=fred").policy.requireCR4 == CR4.fred.rawValue)
+        #expect(try parse("require-cr4=fred").policy.requireCR4 == CR4.fred.rawValue)
     }
 
     @Test func exitMasks() throws {
@@ -101,22 +101,22 @@ import Testing
     @Test func verdictOptions() throws {
         for verdict in Verdict.choosable {
             let config = try parse("on-denial=\(verdict.name)", "on-weak-pinning=\(verdict.name)")
-            #expect(config.onDenial == verdict && config.onWeakPinning == verdict)
+            #expect(config.policy.onDenial == verdict && config.policy.onWeakPinning == verdict)
         }
         let config = try parse("on-denial=poweroff", "on-denial-cr4=exit")
-        #expect(Policy(config: config).onDenial(.cr0) == .poweroff)
-        #expect(Policy(config: config).onDenial(.cr4) == .exit)
-        #expect(Policy(config: try parse("on-denial=reset", "on-denial-cr0=pause")).onDenial(.cr0) == .pause)
+        #expect(config.policy.onDenial(.cr0) == .poweroff)
+        #expect(config.policy.onDenial(.cr4) == .exit)
+        #expect(try parse("on-denial=reset", "on-denial-cr0=pause").policy.onDenial(.cr0) == .pause)
         for key in ["on-denial", "on-denial-cr0", "on-denial-cr4", "on-weak-pinning"] {
             #expect(error("\(key)=not-heki") == "heki-plugin: \(key): 'not-heki' is not one of resume, pause, poweroff, reset, exit")
         }
     }
 
     @Test func requiredPins() throws {
-        #expect(try parse("require-cr0=wp").requireCR0 == CR0.wp.rawValue)
-        #expect(try parse("require-cr0=wp+pg").requireCR0 == (CR0.wp.rawValue | CR0.pg.rawValue))
-        #expect(try parse("require-cr4=smep+smap+umip").requireCR4 == ([CR4.smep, .smap, .umip] as CR4).rawValue)
-        #expect(try parse("require-cr4=none").requireCR4 == 0)
+        #expect(try parse("require-cr0=wp").policy.requireCR0 == CR0.wp.rawValue)
+        #expect(try parse("require-cr0=wp+pg").policy.requireCR0 == (CR0.wp.rawValue | CR0.pg.rawValue))
+        #expect(try parse("require-cr4=smep+smap+umip").policy.requireCR4 == ([CR4.smep, .smap, .umip] as CR4).rawValue)
+        #expect(try parse("require-cr4=none").policy.requireCR4 == 0)
         // FRED is not pinnable in v2 (fredRequirementFollowsTheProfile);
         // PKE is pinnable in no version.
         #expect(error("abi=v2", "require-cr4=fred")?.hasSuffix("among umip, fsgsbase, smep, smap, cet") == true)

@@ -4,7 +4,7 @@ import Testing
 /// The policy alone: pins and denials in, verdicts out.
 @Suite struct PolicyTests {
     private func policy(_ options: String...) throws -> Policy {
-        Policy(config: try Options.parse(options))
+        try Options.parse(options).policy
     }
 
     @Test func aPinResumesUnlessRequiredBitsAreMissing() throws {

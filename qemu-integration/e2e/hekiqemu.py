@@ -1,6 +1,7 @@
 """Runs the Heki guest in a real QEMU under real KVM, with the Heki kernel
-emulator preloaded, and talks QMP to it. Used by the demo and the end-to-end
-tests. Standard library only.
+emulator preloaded, and talks QMP to it with QEMU's own client (qemu.qmp,
+from PyPI, in the venv qemu-integration/Makefile creates). Used by the demo
+and the end-to-end tests.
 
 Paths come from the environment (qemu-integration/Makefile sets them):
 HEKI_QEMU (patched qemu-system-x86_64), HEKI_QEMU_UNPATCHED, HEKI_EMU_LIB
@@ -8,13 +9,15 @@ HEKI_QEMU (patched qemu-system-x86_64), HEKI_QEMU_UNPATCHED, HEKI_EMU_LIB
 (libHekiPlugin.so), HEKI_IOCTL_TRACE_LIB (libkvm-ioctl-trace.so).
 """
 
+import asyncio
 import json
 import os
-import select
-import socket
 import subprocess
 import tempfile
-import time
+import threading
+
+from qemu.qmp import ConnectError, EventListener, ExecuteError, QMPClient
+from qemu.qmp.protocol import Runstate
 
 GUEST_PASS = 33      # isa-debug-exit: (0x10 << 1) | 1
 GUEST_FAIL = 35      # (0x11 << 1) | 1
@@ -30,114 +33,113 @@ def path_from_env(name):
 
 
 class QMP:
-    """A minimal QMP client: commands in order, events kept as they come."""
+    """qemu.qmp's QMPClient on an asyncio loop of its own thread, for
+    synchronous tests: commands in order; every event, as QMP sent it (a
+    dict with "event", "data", "timestamp"), kept in arrival order through
+    one EventListener."""
 
     def __init__(self, path, timeout=10.0):
-        deadline = time.monotonic() + timeout
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.client = QMPClient("heki-e2e")
+        self.listener = EventListener()
+        self.client.register_listener(self.listener)
+        self.events = []
+        self._run(self._connect(path, timeout), timeout + 1)
+
+    def _run(self, coroutine, timeout):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    async def _connect(self, path, timeout):
+        deadline = self.loop.time() + timeout
         while True:
             try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(path)
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                self.sock.close()
-                if time.monotonic() > deadline:
+                await self.client.connect(path)
+                return
+            except ConnectError:
+                if self.loop.time() > deadline:
                     raise TimeoutError(f"no QMP socket at {path}")
-                time.sleep(0.02)
-        self.buffer = b""
-        self.events = []
-        self.closed = False
-        # QEMU can write an event emitted while it accepts the connection
-        # ahead of the greeting (the plugin's startup HEKI_CAPABILITY events
-        # go out on the main loop's first turns): keep such events.
-        greeting = self._read_message(timeout)
-        while "event" in greeting:
-            self.events.append(greeting)
-            greeting = self._read_message(timeout)
-        assert "QMP" in greeting, greeting
-        self.command("qmp_capabilities")
+                await asyncio.sleep(0.02)
 
-    def _read_message(self, timeout):
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.buffer:
-            left = deadline - time.monotonic()
+    def _collect(self):
+        """(loop thread) Moves the listener's pending events to self.events."""
+        self.events.extend(dict(e) for e in self.listener.clear())
+
+    async def _wait(self, predicate, count, timeout):
+        deadline = self.loop.time() + timeout
+        while True:
+            self._collect()
+            found = [e for e in self.events if predicate(e)]
+            if len(found) >= count:
+                return found
+            left = deadline - self.loop.time()
             if left <= 0:
-                raise TimeoutError("QMP: no message")
-            ready, _, _ = select.select([self.sock], [], [], left)
-            if not ready:
-                continue
+                raise TimeoutError(f"QMP: fewer than {count} awaited events")
             try:
-                chunk = self.sock.recv(65536)
-            except ConnectionResetError:
-                chunk = b""   # QEMU exited with our bytes unread: closed too
-            if not chunk:
-                self.closed = True
-                raise EOFError("QMP: connection closed")
-            self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return json.loads(line)
+                self.events.append(dict(await asyncio.wait_for(self.listener.get(), left)))
+            except asyncio.TimeoutError:
+                pass
 
     def command(self, name, timeout=10.0, **arguments):
-        message = {"execute": name}
-        if arguments:
-            message["arguments"] = arguments
-        self.sock.sendall(json.dumps(message).encode() + b"\n")
-        while True:
-            reply = self._read_message(timeout)
-            if "event" in reply:
-                self.events.append(reply)
-                continue
-            return reply
+        """The command's return value; a QMP error raises ExecuteError."""
+        return self._run(self.client.execute(name, arguments or None), timeout)
+
+    def error(self, name, timeout=10.0, **arguments):
+        """The QMP error of a command expected to fail: (class, desc)."""
+        try:
+            self.command(name, timeout, **arguments)
+        except ExecuteError as e:
+            return e.error_class, str(e)
+        raise AssertionError(f"{name} did not fail")
 
     def wait_event(self, predicate, timeout=10.0):
         """The first event (seen before or now) for which predicate holds."""
-        for event in self.events:
-            if predicate(event):
-                return event
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("QMP: the awaited event did not come")
-            reply = self._read_message(left)
-            if "event" in reply:
-                self.events.append(reply)
-                if predicate(reply):
-                    return reply
-
-    def wait_heki(self, name, timeout=10.0):
-        """The data of the first HEKI_EVENT of that name."""
-        event = self.wait_event(lambda e: e["event"] == "HEKI_EVENT" and
-                                e["data"]["name"] == name, timeout)
-        return event["data"]["data"]
+        return self._run(self._wait(predicate, 1, timeout), timeout + 1)[0]
 
     def wait_events(self, predicate, count, timeout=10.0):
         """Waits until `count` events (seen before or now) satisfy predicate."""
-        deadline = time.monotonic() + timeout
-        while sum(1 for e in self.events if predicate(e)) < count:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"QMP: fewer than {count} awaited events")
-            reply = self._read_message(left)
-            if "event" in reply:
-                self.events.append(reply)
+        self._run(self._wait(predicate, count, timeout), timeout + 1)
+
+    def wait_heki(self, name, timeout=10.0):
+        """The data of the first event of that name."""
+        return self.wait_event(lambda e: e["event"] == name, timeout)["data"]
+
+    async def _drain(self, timeout):
+        while self.client.runstate == Runstate.RUNNING:
+            await asyncio.wait_for(self.client.runstate_changed(), timeout)
+        try:
+            await self.client.disconnect()
+        except (EOFError, OSError):
+            pass   # QEMU hung up: what it sent before is in the listener
+        self._collect()
 
     def drain(self, timeout=10.0):
         """Reads events until QEMU closes the connection."""
-        try:
-            while True:
-                reply = self._read_message(timeout)
-                if "event" in reply:
-                    self.events.append(reply)
-        except EOFError:
-            pass
+        self._run(self._drain(timeout), timeout + 1)
 
     def heki_events(self, name=None):
-        found = [e["data"] for e in self.events if e["event"] == "HEKI_EVENT"]
-        return [e for e in found if name is None or e["name"] == name]
+        """The Heki events as {"name", "data"}, as audit_events() gives."""
+        self._run(self._collect_async(), 5)
+        return [{"name": e["event"], "data": e["data"]} for e in self.events
+                if e["event"].startswith("HEKI_") and name in (None, e["event"])]
+
+    async def _collect_async(self):
+        self._collect()
+
+    def names(self):
+        """The names of all events so far, in order."""
+        self._run(self._collect_async(), 5)
+        return [e["event"] for e in self.events]
 
     def close(self):
-        self.sock.close()
+        try:
+            self._run(self.client.disconnect(), 5)
+        except Exception:
+            pass   # already gone with QEMU
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
 
 
 def parse_guest(text):
@@ -159,8 +161,12 @@ class Run:
 
     def __init__(self, *, heki=None, scenario="pin-deny", cpus=1, extra_append="",
                  unpatched=False, emulator=True, emulator_env=None, qmp=True,
-                 start_paused=True, extra_args=(), ioctl_trace=None, audit=False):
-        """ioctl_trace: record KVM_CHECK_EXTENSION and KVM_ENABLE_CAP
+                 start_paused=True, extra_args=(), ioctl_trace=None, audit=False,
+                 alias=False):
+        """heki: the plugin's options ({"on-denial": "pause"}), given as the
+        accelerator's properties (-accel kvm,heki=PLUGIN,heki-on-denial=pause),
+        or with alias=True as -heki file=PLUGIN,on-denial=pause.
+        ioctl_trace: record KVM_CHECK_EXTENSION and KVM_ENABLE_CAP
         (read them with ioctls()): "kernel" = what reaches the real /dev/kvm
         (preloaded after the emulator), "vmm" = what QEMU asks (before it);
         the same without the emulator.
@@ -173,7 +179,14 @@ class Run:
         self.trace_path = os.path.join(self.dir, "ioctl.trace")
         qemu = path_from_env("HEKI_QEMU_UNPATCHED" if unpatched else "HEKI_QEMU")
         append = f"scenario={scenario} cpus={cpus} {extra_append}".strip()
-        args = [qemu, "-M", "microvm", "-accel", "kvm",
+        self.audit_path = os.path.join(self.dir, "audit.jsonl")
+        if audit:
+            heki = dict(heki or {}, **{"audit-log": self.audit_path})
+        accel = "kvm"
+        if heki is not None and not alias:
+            accel = ",".join([f"kvm,heki={qemu_opt(path_from_env('HEKI_PLUGIN'))}"] +
+                             [f"heki-{k}={qemu_opt(v)}" for k, v in heki.items()])
+        args = [qemu, "-M", "microvm", "-accel", accel,
                 "-cpu", "host,-arch-capabilities", "-m", "64", "-smp", str(cpus),
                 "-nodefaults", "-nographic", "-no-user-config",
                 "-L", "/usr/share/qemu",
@@ -184,12 +197,9 @@ class Run:
             args += ["-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
         if start_paused:
             args += ["-S"]
-        self.audit_path = os.path.join(self.dir, "audit.jsonl")
-        if audit:
-            heki = dict(heki or {}, **{"audit-log": self.audit_path})
-        if heki is not None:
-            options = ",".join([f"file={path_from_env('HEKI_PLUGIN')}"] +
-                               [f"{k}={v}" for k, v in heki.items()])
+        if heki is not None and alias:
+            options = ",".join([f"file={qemu_opt(path_from_env('HEKI_PLUGIN'))}"] +
+                               [f"{k}={qemu_opt(v)}" for k, v in heki.items()])
             args += ["-heki", options]
         args += list(extra_args)
         env = dict(os.environ)
@@ -218,10 +228,10 @@ class Run:
         self.stdout = self.stderr = None
 
     def start(self):
-        assert self.qmp.command("cont") == {"return": {}}
+        self.qmp.command("cont")
 
     def status(self):
-        return self.qmp.command("query-status")["return"]["status"]
+        return self.qmp.command("query-status")["status"]
 
     def wait(self, timeout=60):
         """Waits for QEMU to exit; returns its status. Reads the rest of QMP."""
@@ -293,6 +303,47 @@ def startup_failure(heki, emulator_env=None, timeout=30):
         return status, run.stderr
     finally:
         run.close()
+
+
+def qemu_opt(value):
+    """A value inside QemuOpts: a comma is doubled."""
+    return str(value).replace(",", ",,")
+
+
+def typed(data, member=""):
+    """The plugin's JSON (audit log) as QEMU types it for QMP (heki.c's
+    heki_adapt): "0x..." strings are integers, null members absent, "vcpu"
+    is "cpu-index" (QMP adds "qom-path"), the maps "answers" and
+    "suppressed" are lists sorted by key."""
+    maps = {"answers": ("capability", "answer"), "suppressed": ("event", "count")}
+    if isinstance(data, dict):
+        out = {}
+        for key, value in data.items():
+            if value is None:
+                continue
+            if key in maps and isinstance(value, dict):
+                k, v = maps[key]
+                items = sorted(value.items(), key=lambda kv: (len(kv[0]), kv[0])
+                               if kv[0].isdigit() else (0, kv[0]))
+                out[key] = [{k: int(name) if name.isdigit() else name, v: typed(n, v)}
+                            for name, n in items]
+            elif key == "vcpu":
+                out["cpu-index"] = value
+            else:
+                out[key] = typed(value, key)
+        return out
+    if isinstance(data, list):
+        return [typed(v, member) for v in data]
+    if isinstance(data, str) and member != "vm-name" and data.startswith("0x") and len(data) > 2:
+        try:
+            return int(data[2:], 16)
+        except ValueError:
+            return data
+    return data
+
+
+def without_qom_path(data):
+    return {k: v for k, v in data.items() if k != "qom-path"}
 
 
 def hex_int(text):

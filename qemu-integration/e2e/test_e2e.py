@@ -4,14 +4,15 @@ and QEMU reacts as the policy says. Run by `make -C qemu-integration test`.
 """
 
 import json
+import math
 import os
 import subprocess
 import tempfile
 import time
 import unittest
 
-from hekiqemu import (GUEST_NO_HEKI, GUEST_PASS, Run, hex_int,
-                      startup_failure)
+from hekiqemu import (GUEST_NO_HEKI, GUEST_PASS, Run, hex_int, path_from_env,
+                      startup_failure, typed, without_qom_path)
 
 CR0_WP = 1 << 16
 CR4_SMEP = 1 << 20
@@ -73,7 +74,16 @@ def cap_events(events):
 
 
 def int_keys(answers):
+    """KVM_CHECK_EXTENSION's answers by number: the audit log's map
+    {"235": 1} or QMP's list [{"capability": 235, "answer": 1}]."""
+    if isinstance(answers, list):
+        return {a["capability"]: a["answer"] for a in answers}
     return {int(k): v for k, v in answers.items()}
+
+
+def panics(run):
+    """The GUEST_PANICKED events' data."""
+    return [e["data"] for e in run.qmp.events if e["event"] == "GUEST_PANICKED"]
 
 
 def heki_lines(stderr):
@@ -102,11 +112,12 @@ class Verdicts(unittest.TestCase):
             self.assertEqual(int(line["gp"]), 4)
         denials = run.qmp.heki_events("HEKI_DENIAL")
         self.assertEqual(len(denials), 8)
-        self.assertEqual(sorted({d["data"]["vcpu"] for d in denials}), [0, 1])
+        self.assertEqual(sorted({d["data"]["cpu-index"] for d in denials}), [0, 1])
         for d in denials:
             self.assertEqual(d["data"]["verdict"], "resume")
             self.assertEqual(d["data"]["vm-name"], "e2e")
             self.assertNotEqual(hex_int(d["data"]["violated"]), 0)
+        self.assertEqual(panics(run), [])   # resume is no panic
         pins = {c["data"]["register"]: hex_int(c["data"]["pinned"])
                 for c in run.qmp.heki_events("HEKI_CONFIGURE")}
         self.assertEqual(pins.get("cr0"), hex_int(result["pins-cr0"]))
@@ -117,33 +128,57 @@ class Verdicts(unittest.TestCase):
         run.qmp.wait_event(lambda e: e["event"] == "STOP")
         self.assertEqual(run.status(), "guest-panicked")
 
-    def test_pause_stops_the_vm_like_a_panic_and_cont_resumes_it(self):
+    def check_pause(self, alias):
         run = self.run_vm(heki={"on-denial": "pause"}, scenario="pin-deny",
-                          extra_append="writes=1")
+                          extra_append="writes=1", alias=alias)
         self.start_until_stopped(run)
-        self.assertEqual(run.qmp.wait_heki("HEKI_DENIAL")["verdict"], "pause")
+        denial = run.qmp.wait_heki("HEKI_DENIAL")
+        self.assertEqual(denial["verdict"], "pause")
+        # Reported as QEMU reports a guest in trouble: GUEST_PANICKED with
+        # the Heki information, before the STOP.
+        self.assertEqual(panics(run), [{"action": "pause", "info": {
+            "type": "heki", "exit": "denial", "verdict": "pause",
+            "cpu-index": denial["cpu-index"]}}])
+        names = run.qmp.names()
+        self.assertLess(names.index("GUEST_PANICKED"), names.index("STOP"))
         self.assertIsNone(run.guest_result())   # stopped before its report
-        query = run.qmp.command("query-heki")["return"]
+        query = run.qmp.command("query-heki")
         self.assertEqual(denials(query), 1, query)
         run.start()   # the #GP was injected before the stop: the guest goes on
         self.assertEqual(run.wait(), GUEST_PASS, run.guest_text())
         self.assertEqual(run.guest_result()["gp"], "1")
+
+    def test_pause_stops_the_vm_like_a_panic_and_cont_resumes_it(self):
+        self.check_pause(alias=False)
+
+    def test_pause_through_the_heki_alias(self):
+        # -heki file=...,on-denial=pause: what libvirt's <qemu:commandline> uses
+        self.check_pause(alias=True)
 
     def test_poweroff_shuts_down(self):
         run = self.run_vm(heki={"on-denial": "poweroff"}, scenario="pin-deny")
         run.start()
         self.assertEqual(run.wait(), 0, run.stderr)
         shutdown = [e for e in run.qmp.events if e["event"] == "SHUTDOWN"]
-        self.assertEqual(shutdown[0]["data"]["reason"], "guest-panic")
+        self.assertEqual(shutdown[0]["data"], {"guest": True, "reason": "guest-panic"})
         self.assertIsNone(run.guest_result())
         self.assertEqual(run.qmp.heki_events("HEKI_DENIAL")[0]["data"]["verdict"],
                          "poweroff")
+        # As -action panic=shutdown reports it: GUEST_PANICKED, then SHUTDOWN.
+        self.assertEqual([(p["action"], p["info"]["verdict"]) for p in panics(run)],
+                         [("poweroff", "poweroff")])
+        names = run.qmp.names()
+        self.assertLess(names.index("GUEST_PANICKED"), names.index("SHUTDOWN"))
 
     def test_reset_reboots_and_pins_survive(self):
         run = self.run_vm(heki={"on-denial": "reset"}, scenario="pin-deny")
         run.start()
         run.qmp.wait_events(lambda e: e["event"] == "RESET", 2)
-        query = run.qmp.command("query-heki")["return"]
+        query = run.qmp.command("query-heki")
+        resets = [e["data"] for e in run.qmp.events if e["event"] == "RESET"]
+        self.assertEqual(resets[0], {"guest": True, "reason": "guest-panic"})
+        self.assertEqual(panics(run), [])   # a reset is no panic
+        self.assertEqual(run.status(), "running")
         self.assertEqual(run.quit(), 0)
         boots = [l for l in run.guest() if "boot" in l]
         self.assertGreaterEqual(len(boots), 2)
@@ -158,6 +193,8 @@ class Verdicts(unittest.TestCase):
         denials = run.qmp.heki_events("HEKI_DENIAL")
         self.assertEqual(len(denials), 1)
         self.assertEqual(denials[0]["data"]["verdict"], "exit")
+        self.assertEqual([(p["action"], p["info"]["verdict"]) for p in panics(run)],
+                         [("poweroff", "exit")])
 
     def test_weak_pinning_verdict(self):
         # The guest pins CR4 SMEP|SMAP and never CR0: the CR4 pin misses umip.
@@ -167,7 +204,7 @@ class Verdicts(unittest.TestCase):
         weak = run.qmp.wait_heki("HEKI_WEAK_PINNING")
         self.assertEqual(weak["register"], "cr4")
         self.assertEqual(weak["missing-bits"], ["umip"])
-        pins = run.qmp.command("query-heki")["return"]["pins"]
+        pins = run.qmp.command("query-heki")["pins"]
         self.assertEqual(pins["cr0"]["missing-required"], ["wp"])
         self.assertEqual(pins["cr4"]["missing-required"], ["umip"])
 
@@ -197,6 +234,13 @@ class Accounting(unittest.TestCase):
                          if e["data"]["event"] == "HEKI_DENIAL")
         self.assertLess(individual, 6000)
         self.assertEqual(individual + suppressed, guest_gps)
+        # The plugin's limiter is the throttle of the Heki events (QEMU's
+        # monitor throttle would keep only the last event of each period):
+        # at most rate-limit individual events per second reach QMP.
+        stamps = [event_time(e) for e in run.qmp.events
+                  if e["event"] in ("HEKI_DENIAL", "HEKI_SUPPRESSED")]
+        seconds = math.ceil(max(stamps) - min(stamps)) + 2
+        self.assertLessEqual(individual, 50 * seconds, (individual, suppressed, seconds))
 
     def test_query_heki_matches_the_guest(self):
         # Writes alternate CR0, CR4, CR0: the CR4 denial pauses the VM, so
@@ -206,7 +250,7 @@ class Accounting(unittest.TestCase):
         self.addCleanup(run.close)
         run.start()
         run.qmp.wait_event(lambda e: e["event"] == "STOP")
-        query = run.qmp.command("query-heki")["return"]
+        query = run.qmp.command("query-heki")
         self.assertEqual(query["counters"]["denial"], {"cr0": 1, "cr4": 1})
         run.start()
         self.assertEqual(run.wait(), GUEST_PASS, run.guest_text())
@@ -236,17 +280,39 @@ class Accounting(unittest.TestCase):
         self.assertEqual(run.wait(), GUEST_PASS, run.guest_text())
         with open(audit) as f:
             lines = [json.loads(l) for l in f]
-        audited = [(l["event"], l["data"]) for l in lines
+        # QMP has every field of the plugin's JSON, typed (integers, lists,
+        # cpu-index), plus the vCPU's QOM path.
+        audited = [(l["event"], typed(l["data"])) for l in lines
                    if l["event"] != "HEKI_CAPABILITY"]
-        seen = [(e["name"], e["data"]) for e in run.qmp.heki_events()
+        seen = [(e["name"], without_qom_path(e["data"])) for e in run.qmp.heki_events()
                 if e["name"] != "HEKI_CAPABILITY"]
         self.assertEqual(audited, seen)
+        self.assertEqual([e["name"] for e in run.qmp.heki_events()].count("HEKI_DENIAL"), 2)
+        for e in run.qmp.heki_events():
+            if e["name"] in ("HEKI_CONFIGURE", "HEKI_DENIAL"):
+                self.assertEqual(e["data"]["qom-path"], "/machine/unattached/device[0]")
+                self.assertIsInstance(e["data"]["value"], int)
+                self.assertIsInstance(e["data"]["pinned"], int)
+                self.assertIn(e["data"]["register"], ("cr0", "cr4"))
+                self.assertEqual(e["data"]["pinned-bits"],
+                                 [b for b in e["data"]["pinned-bits"] if b])
+        for denial in run.qmp.heki_events("HEKI_DENIAL"):
+            d = denial["data"]   # integers: the README's rule holds as is
+            self.assertEqual(d["violated"], d["pinned"] & ~d["value"])
+            if d["register"] == "cr0":
+                self.assertEqual((d["violated"], d["violated-bits"]), (CR0_WP, ["wp"]))
         # The kernel check (the emulated v2 kernel), then one per KVM_ENABLE_CAP.
         capabilities = [{"name": l["event"], "data": l["data"]} for l in lines
                         if l["event"] == "HEKI_CAPABILITY"]
         self.assertEqual(len(capabilities), 3)
         check = kernel_events(capabilities)
         self.assertEqual([(c["status"], c["profile"]) for c in check], [("heki", "v2")])
+        # The startup events reach QMP or not (sent while the client connects),
+        # but those that do are the audit log's, typed.
+        for e in run.qmp.heki_events("HEKI_CAPABILITY"):
+            data = dict(e["data"])
+            self.assertEqual(data.pop("report"), "kernel" if "status" in data else "enable-cap")
+            self.assertIn(data, [typed(c["data"]) for c in capabilities])
         enabled = cap_events(capabilities)
         self.assertEqual([(c["capability"], c["enabled"]) for c in enabled],
                          [(235, True), (236, True)])
@@ -255,11 +321,38 @@ class Accounting(unittest.TestCase):
 class Startup(unittest.TestCase):
     """Bad configurations stop QEMU at startup with a clear message."""
 
+    def check_bad_option(self, alias):
+        run = Run(heki={"on-denial": "explode"}, qmp=False, alias=alias)
+        self.addCleanup(run.close)
+        self.assertEqual(run.wait(30), 1)
+        # The plugin's message, through kvm_init's return code: QEMU's
+        # accelerator setup reports the failure (no exit() inside kvm_init).
+        fatal = [l for l in run.stderr.splitlines() if "heki plugin " in l]
+        self.assertEqual(len(fatal), 1, run.stderr)
+        self.assertIn("on-denial", fatal[0])
+        self.assertIn("explode", fatal[0])
+        self.assertIn("failed to initialize kvm", run.stderr)
+        self.assertNotIn("Aborted", run.stderr)
+
     def test_bad_option(self):
-        status, err = startup_failure({"on-denial": "explode"})
-        self.assertEqual(status, 1)
-        self.assertIn("on-denial", err)
-        self.assertIn("explode", err)
+        self.check_bad_option(alias=False)
+
+    def test_bad_option_through_the_alias(self):
+        self.check_bad_option(alias=True)
+
+    def test_option_without_plugin(self):
+        run2 = subprocess.run([path_from_env("HEKI_QEMU"), "-M", "microvm", "-nodefaults",
+                               "-display", "none", "-accel", "kvm,heki-on-denial=pause"],
+                              capture_output=True, text=True, timeout=30)
+        self.assertEqual(run2.returncode, 1)
+        self.assertIn("heki-on-denial needs heki=<path of the plugin>", run2.stderr)
+
+    def test_alias_unknown_option(self):
+        run = Run(heki=None, qmp=False, extra_args=[
+            "-heki", f"file={path_from_env('HEKI_PLUGIN')},explode=1"])
+        self.addCleanup(run.close)
+        self.assertEqual(run.wait(30), 1)
+        self.assertIn("-heki: unknown option 'explode'", run.stderr)
 
     def test_missing_plugin(self):
         run_env = dict(os.environ)
@@ -283,7 +376,7 @@ class Startup(unittest.TestCase):
         run = Run(heki=None, qmp=False, extra_args=["-heki", f"file={libm}"])
         self.addCleanup(run.close)
         self.assertEqual(run.wait(30), 1)
-        self.assertIn("is not a heki plugin", run.stderr)
+        self.assertIn("not a heki plugin", run.stderr)
         self.assertIn("heki_plugin_abi_version", run.stderr)
 
     def test_abi_version_mismatch(self):
@@ -292,7 +385,7 @@ class Startup(unittest.TestCase):
         source = os.path.join(build, "wrong_abi.c")
         library = os.path.join(build, "libwrong.so")
         names = ["new", "free", "free_string", "enable_caps", "start",
-                 "handle_exit", "query"]
+                 "handle_exit", "exit_number", "query"]
         with open(source, "w") as f:
             f.write("unsigned heki_plugin_abi_version(void) { return 99; }\n")
             f.writelines(f"void heki_plugin_{n}(void) {{}}\n" for n in names)
@@ -308,7 +401,7 @@ class Startup(unittest.TestCase):
         status, err = startup_failure({"require-caps": "on"},
                                       emulator_env={"HEKI_EMU_HEKI": "off"})
         self.assertEqual(status, 1)
-        fatal = [l for l in err.splitlines() if "-heki:" in l]
+        fatal = [l for l in err.splitlines() if "heki plugin " in l]
         self.assertEqual(len(fatal), 1, err)
         self.assertIn("require-caps=on", fatal[0])
         self.assertIn("KVM refused capability 235", fatal[0])
@@ -338,6 +431,151 @@ class Startup(unittest.TestCase):
         self.assertIn("-heki needs the KVM accelerator", done.stderr)
 
 
+HEKI_OPTIONS = ["abi", "exit-configure", "exit-denial", "cap-configure", "cap-denial",
+                "configure-exits", "denial-exits", "on-denial", "on-denial-cr0",
+                "on-denial-cr4", "require-cr0", "require-cr4", "on-weak-pinning",
+                "pin-deadline", "vm-name", "audit-log", "rate-limit", "require-caps"]
+
+
+class Configuration(unittest.TestCase):
+    """The plugin as properties of the KVM accelerator."""
+
+    def test_accel_help_lists_the_heki_properties(self):
+        done = subprocess.run([path_from_env("HEKI_QEMU"), "-accel", "kvm,help"],
+                              capture_output=True, text=True, timeout=30)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        listed = {l.split("=")[0].strip() for l in done.stdout.splitlines()
+                  if l.strip().startswith("heki")}
+        self.assertEqual(listed, {"heki"} | {f"heki-{k}" for k in HEKI_OPTIONS})
+        self.assertIn("notify-vmexit", done.stdout)   # the accelerator's own
+
+    def test_second_accel_is_a_fallback_not_a_merge(self):
+        # Why -heki exists: libvirt writes its own -accel kvm; one more
+        # -accel kvm,heki=... in <qemu:commandline> is never used.
+        run = Run(heki=None, scenario="pin-only", extra_args=[
+            "-accel", f"kvm,heki={path_from_env('HEKI_PLUGIN')}"])
+        self.addCleanup(run.close)
+        self.assertIn("no heki plugin", run.qmp.error("query-heki")[1])
+
+    def test_the_accelerator_has_no_qom_path(self):
+        # qom-set cannot reach the accelerator in QEMU 10.0 (it is not a
+        # child of anything), so run-time changes go through heki-set-policy.
+        run = Run(heki={}, scenario="pin-only")
+        self.addCleanup(run.close)
+        for path in ("/", "/machine", "/objects"):
+            types = [p["type"] for p in run.qmp.command("qom-list", path=path)]
+            self.assertFalse([t for t in types if "accel" in t], (path, types))
+        self.assertIn("kvm-accel", [t["name"] for t in run.qmp.command(
+            "qom-list-types", implements="accel")])
+
+
+class RunTimePolicy(unittest.TestCase):
+    """heki-set-policy: validated by the plugin, all or nothing, effective
+    from the next exit, reported as HEKI_POLICY (QMP and audit log)."""
+
+    def test_policy_change_judges_the_next_denial(self):
+        # Writes CR0, CR4, CR0: the CR4 denial pauses; then CR0 denials are
+        # made to pause too, and the third write follows the new policy.
+        run = Run(heki={"on-denial-cr0": "resume", "on-denial-cr4": "pause"},
+                  scenario="pin-deny", extra_append="writes=3", audit=True)
+        self.addCleanup(run.close)
+        run.start()
+        run.qmp.wait_event(lambda e: e["event"] == "STOP")
+        run.qmp.command("heki-set-policy", **{"on-denial-cr0": "pause"})
+        policy = run.qmp.wait_heki("HEKI_POLICY")
+        self.assertEqual(policy["changed"], ["on-denial-cr0"])
+        self.assertEqual((policy["on-denial-cr0"], policy["on-denial-cr4"]), ("pause", "pause"))
+        self.assertEqual(run.qmp.command("query-heki")["policy"]["on-denial-cr0"], "pause")
+        run.start()
+        run.qmp.wait_events(lambda e: e["event"] == "STOP", 2)
+        verdicts = [d["data"]["verdict"] for d in run.qmp.heki_events("HEKI_DENIAL")]
+        self.assertEqual(verdicts, ["resume", "pause", "pause"])
+        self.assertEqual(run.status(), "guest-panicked")
+        self.assertEqual(run.quit(), 0)
+        audited = run.audit_events("HEKI_POLICY")
+        self.assertEqual([typed(e["data"]) for e in audited],
+                         [e["data"] for e in run.qmp.heki_events("HEKI_POLICY")])
+
+    def test_bad_value_is_refused_and_changes_nothing(self):
+        run = Run(heki={"on-denial": "resume", "require-cr0": "wp"}, scenario="pin-only")
+        self.addCleanup(run.close)
+        before = run.qmp.command("query-heki")["policy"]
+        # All or nothing: a good on-denial with a bad require-cr4.
+        error_class, desc = run.qmp.error("heki-set-policy", **{
+            "on-denial": "pause", "require-cr4": "nonsense"})
+        self.assertEqual(error_class, "GenericError")
+        self.assertIn("require-cr4", desc)   # the plugin's own message
+        self.assertIn("nonsense", desc)
+        # A verdict QAPI does not know is refused before the plugin.
+        error_class, desc = run.qmp.error("heki-set-policy", **{"on-denial": "explode"})
+        self.assertIn("explode", desc)
+        self.assertEqual(run.qmp.command("query-heki")["policy"], before)
+        run.start()
+        self.assertEqual(run.wait(), GUEST_PASS, run.guest_text())
+        self.assertEqual(run.qmp.heki_events("HEKI_POLICY"), [])
+
+
+class ExitPath(unittest.TestCase):
+    """Only the exits the plugin claims reach it (the trace point
+    kvm_heki_exit is on that path; kvm_run_exit sees every exit)."""
+
+    def test_other_exits_do_not_call_the_plugin(self):
+        run = Run(heki={"on-denial": "resume"}, scenario="pin-deny",
+                  extra_append="writes=2",
+                  extra_args=["-trace", "kvm_heki_exit", "-trace", "kvm_run_exit"])
+        self.addCleanup(run.close)
+        run.start()
+        self.assertEqual(run.wait(), GUEST_PASS, run.guest_text())
+        every = [l for l in run.stderr.splitlines() if "kvm_run_exit" in l]
+        heki = [l for l in run.stderr.splitlines() if "kvm_heki_exit" in l]
+        events = len(run.qmp.heki_events("HEKI_CONFIGURE")) + \
+            len(run.qmp.heki_events("HEKI_DENIAL"))
+        self.assertEqual(events, 4)
+        self.assertEqual(len(heki), events, run.stderr[-2000:])
+        # The guest's serial output and its exit are I/O exits: many more.
+        self.assertGreater(len(every), 10 * len(heki))
+        self.assertTrue(all(" exit 39 " in l or " exit 40 " in l for l in heki), heki)
+
+
+class Schema(unittest.TestCase):
+    """query-qmp-schema describes the Heki types (no 'any')."""
+
+    def test_schema_has_typed_heki_events_and_query(self):
+        run = Run(scenario="pin-only")
+        self.addCleanup(run.close)
+        schema = run.qmp.command("query-qmp-schema")
+        by_name = {e["name"]: e for e in schema}
+
+        def members(type_name):
+            return {m["name"]: m["type"] for m in by_name[type_name].get("members", [])}
+
+        for event in ("HEKI_CONFIGURE", "HEKI_DENIAL", "HEKI_WEAK_PINNING",
+                      "HEKI_MALFORMED_EXIT", "HEKI_CAPABILITY", "HEKI_SUPPRESSED",
+                      "HEKI_POLICY"):
+            self.assertEqual(by_name[event]["meta-type"], "event", event)
+            self.assertNotEqual(by_name[event]["arg-type"], "any", event)
+        denial = members(by_name["HEKI_DENIAL"]["arg-type"])
+        self.assertEqual(by_name[denial["value"]]["json-type"], "int")
+        self.assertEqual(by_name[denial["cpu-index"]]["json-type"], "int")
+        self.assertEqual(by_name[denial["qom-path"]]["json-type"], "string")
+        self.assertEqual(by_name[denial["register"]]["meta-type"], "enum")
+        self.assertEqual(by_name[denial["verdict"]]["meta-type"], "enum")
+        self.assertEqual(set(by_name[denial["register"]]["members"][i]["name"]
+                             for i in range(2)), {"cr0", "cr4"})
+        self.assertIn("violated-bits", denial)
+        capability = by_name[by_name["HEKI_CAPABILITY"]["arg-type"]]
+        self.assertEqual(capability["tag"], "report")
+        query = by_name["query-heki"]
+        self.assertNotEqual(query["ret-type"], "any")
+        self.assertTrue({"kernel", "exits", "policy", "pins", "counters"}
+                        <= set(members(query["ret-type"])))
+        self.assertEqual(by_name["heki-set-policy"]["meta-type"], "command")
+        panic_types = [e for e in schema if e.get("meta-type") == "object"
+                       and e.get("tag") == "type"
+                       and any(v["case"] == "heki" for v in e.get("variants", []))]
+        self.assertEqual(len(panic_types), 1)   # GuestPanicInformation's heki branch
+
+
 class WhatThePatchChanges(unittest.TestCase):
     """The same guest and kernel emulator on QEMU without the patch."""
 
@@ -354,14 +592,12 @@ class WhatThePatchChanges(unittest.TestCase):
     def test_unpatched_qemu_has_no_query_heki(self):
         run = Run(unpatched=True, scenario="pin-only")
         self.addCleanup(run.close)
-        reply = run.qmp.command("query-heki")
-        self.assertEqual(reply["error"]["class"], "CommandNotFound")
+        self.assertEqual(run.qmp.error("query-heki")[0], "CommandNotFound")
 
     def test_patched_qemu_without_plugin(self):
         run = Run(scenario="pin-only")
         self.addCleanup(run.close)
-        reply = run.qmp.command("query-heki")
-        self.assertIn("no heki plugin", reply["error"]["desc"])
+        self.assertIn("no heki plugin", run.qmp.error("query-heki")[1])
         run.start()
         self.assertEqual(run.wait(), GUEST_PASS, run.guest_text())
 
@@ -391,7 +627,7 @@ class StockKernel(unittest.TestCase):
         run = Run(heki={"abi": abi, "on-denial": "pause"}, emulator=False,
                   ioctl_trace="kernel", audit=True)
         self.addCleanup(run.close)
-        query = run.qmp.command("query-heki")["return"]   # -S: before the guest
+        query = run.qmp.command("query-heki")   # -S: before the guest
         run.start()
         self.assertEqual(run.wait(), GUEST_NO_HEKI, run.guest_text())
         self.assertIn({"heki": "absent", "reason": "port-unassigned"}, run.guest())
@@ -399,12 +635,12 @@ class StockKernel(unittest.TestCase):
         answers = self.stock_answers(run)
 
         self.assertEqual(query["abi"], abi)
-        self.assertIsNone(query["profile"])
+        self.assertNotIn("profile", query)   # QAPI: absent, not null
         self.assertEqual(query["kernel"]["status"], "no-heki-kernel", query)
         self.assertEqual(int_keys(query["kernel"]["answers"]), answers)
         for kind in ("configure", "denial"):
             self.assertFalse(query["exits"][kind]["enabled"], query)
-            self.assertIsNone(query["exits"][kind]["exit"], query)
+            self.assertNotIn("exit", query["exits"][kind], query)
 
         audited = run.audit_events()
         self.assertEqual(len(kernel_events(audited)), 1, audited)
@@ -438,7 +674,7 @@ class StockKernel(unittest.TestCase):
         self.assert_nothing_reached_the_kernel(run)
         answers = self.stock_answers(run)
         self.assertIn("require-caps", run.stderr)
-        fatal = [l for l in run.stderr.splitlines() if "-heki:" in l]
+        fatal = [l for l in run.stderr.splitlines() if "heki plugin " in l]
         self.assertEqual(len(fatal), 1, run.stderr)
         for cap, answer in answers.items():
             self.assertIn(f"{cap}={answer}", fatal[0])
@@ -464,7 +700,7 @@ class EmulatedKernels(unittest.TestCase):
                   extra_append="writes=2", emulator_env={"HEKI_EMU_ABI": version},
                   ioctl_trace="vmm", audit=True)
         self.addCleanup(run.close)
-        query = run.qmp.command("query-heki")["return"]
+        query = run.qmp.command("query-heki")
         self.assertEqual((query["abi"], query["profile"], query["kernel"]["status"]),
                          ("auto", version, "heki"), query)
         for kind, cap, exit_number in zip(("configure", "denial"), profile["caps"],
@@ -505,8 +741,8 @@ class EmulatedKernels(unittest.TestCase):
         run = Run(heki={"abi": asked, "on-denial": "pause"}, scenario="pin-deny",
                   emulator_env={"HEKI_EMU_ABI": kernel}, ioctl_trace="vmm", audit=True)
         self.addCleanup(run.close)
-        query = run.qmp.command("query-heki")["return"]
-        self.assertEqual((query["abi"], query["profile"], query["kernel"]["status"]),
+        query = run.qmp.command("query-heki")
+        self.assertEqual((query["abi"], query.get("profile"), query["kernel"]["status"]),
                          (asked, None, "mismatch"), query)
         for kind in ("configure", "denial"):
             self.assertFalse(query["exits"][kind]["enabled"], query)
@@ -556,12 +792,11 @@ class PinDeadline(unittest.TestCase):
 
     def weak_after_cont(self, run, timeout=6):
         """The HEKI_WEAK_PINNING event and its delay after cont (RESUME)."""
-        weak = run.qmp.wait_event(lambda e: e["event"] == "HEKI_EVENT" and
-                                  e["data"]["name"] == "HEKI_WEAK_PINNING", timeout)
+        weak = run.qmp.wait_event(lambda e: e["event"] == "HEKI_WEAK_PINNING", timeout)
         resume = [e for e in run.qmp.events if e["event"] == "RESUME"]
         self.assertEqual(len(resume), 1)
-        data = weak["data"]["data"]
-        self.assertNotIn("vcpu", data)
+        data = weak["data"]
+        self.assertNotIn("cpu-index", data)
         self.assertEqual(data["deadline-seconds"], 1)
         self.assertEqual(data["register"], "cr0")
         self.assertEqual(data["missing-bits"], ["wp"])
@@ -575,11 +810,13 @@ class PinDeadline(unittest.TestCase):
         self.assertGreaterEqual(delay, 0.9)
         self.assertLess(delay, 4)
         run.qmp.wait_event(lambda e: e["event"] == "STOP", timeout=5)
-        names = [e["event"] if e["event"] != "HEKI_EVENT" else e["data"]["name"]
-                 for e in run.qmp.events]
+        names = run.qmp.names()
         self.assertLess(names.index("HEKI_WEAK_PINNING"), names.index("STOP"))
         self.assertEqual(run.status(), "guest-panicked")
-        query = run.qmp.command("query-heki")["return"]
+        # The main loop's verdict: no vCPU, no exit in the panic information.
+        self.assertEqual(panics(run), [{"action": "pause",
+                                        "info": {"type": "heki", "verdict": "pause"}}])
+        query = run.qmp.command("query-heki")
         self.assertEqual(query["pins"]["cr0"]["missing-required"], ["wp"])
         self.assertIsNone(run.guest_result())   # stopped in the middle of its idle
         self.assertIn({"idle": "", "ms": "30000"}, run.guest())

@@ -19,10 +19,11 @@
 #include "../../../include/heki_plugin.h"
 #include "fake_kernel.h"
 
-/* Event kinds, in the order of the plugin's EventKind. */
+/* Event kinds, in the order of the plugin's EventKind, then HEKI_POLICY
+   (made on the main loop by heki_plugin_set_policy, never coalesced). */
 enum {
     FZ_CONFIGURE, FZ_DENIAL, FZ_WEAK_PINNING, FZ_MALFORMED, FZ_CAPABILITY,
-    FZ_SUPPRESSED, FZ_KINDS
+    FZ_SUPPRESSED, FZ_POLICY, FZ_KINDS
 };
 
 #define FZ_MAX_CHECKED 8

@@ -46,6 +46,8 @@ typedef struct FhPluginApi {
     int (*cap_result)(HekiPlugin *plugin, HekiExitKind kind, int kvm_result);
     int (*enable_caps)(HekiPlugin *plugin, char **error);
     void (*start)(HekiPlugin *plugin);
+    int (*set_policy)(HekiPlugin *plugin, int argc, const char *const *argv,
+                      char **error);
     HekiVerdict (*handle_exit)(HekiPlugin *plugin, uint32_t vcpu_index,
                                const struct kvm_run *run);
     char *(*query)(HekiPlugin *plugin);
@@ -148,6 +150,9 @@ FhCheckCall fh_vm_check_call(FhVm *vm, uint32_t index); /* zeros past the end */
 uint32_t fh_vm_enable_call_count(FhVm *vm);
 FhEnableCall fh_vm_enable_call(FhVm *vm, uint32_t index);
 
+/* heki_plugin_set_policy on this thread: 0, or -1 with fh_vm_last_error()
+   set (the plugin's message). */
+int fh_vm_set_policy(FhVm *vm, int argc, const char *const *argv);
 /* heki_plugin_start (the guest runs: the pin deadline starts). */
 void fh_vm_start(FhVm *vm);
 /* How often apply_verdict was called with `verdict` (HekiVerdict, or
