@@ -221,21 +221,24 @@ class Domain:
         """The first state that is not "running (...)"."""
         return self.wait_state(lambda s: not s.startswith("running"), timeout)
 
-    def monitor(self, command, check=True, **arguments):
-        """A QMP command through `virsh qemu-monitor-command`: its "return";
-        with check=False, virsh's whole output when the command fails."""
+    def monitor(self, command, **arguments):
+        """A QMP command through `virsh qemu-monitor-command`: its "return",
+        or AssertionError with virsh's output."""
+        reply = self.monitor_reply(command, **arguments)
+        assert "return" in reply, f"{command}: {reply}"
+        return reply["return"]
+
+    def monitor_reply(self, command, **arguments):
+        """QEMU's whole reply ({"return": ...} or {"error": ...}): virsh
+        passes an error reply on with status 0."""
         message = {"execute": command}
         if arguments:
             message["arguments"] = arguments
-        out = virsh("qemu-monitor-command", self.name, json.dumps(message), check=check)
+        out = virsh("qemu-monitor-command", self.name, json.dumps(message))
         try:
-            reply = json.loads(out)
+            return json.loads(out)
         except ValueError:
-            if check:
-                raise AssertionError(f"{command}: virsh said {out!r}")
-            return out
-        assert "return" in reply, f"{command}: {out}"
-        return reply["return"]
+            raise AssertionError(f"{command}: virsh said {out!r}")
 
     def serial_text(self):
         try:

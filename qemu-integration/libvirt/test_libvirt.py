@@ -130,11 +130,10 @@ class PauseVerdict(LibvirtCase):
 
     def assert_query(self, query, denials):
         """query-heki's typed answer: the ledger of the guest's pins."""
-        counted = sum(c["count"] for c in query["counters"]["denial"])
-        self.assertEqual(counted, denials, query)
-        pins = {p["register"]: p for p in query["pins"]}
-        self.assertTrue(pins["cr0"]["value"] & CR0_WP, query)
-        self.assertIn("wp", pins["cr0"]["value-bits"], query)
+        self.assertEqual(sum(query["counters"]["denial"].values()), denials, query)
+        self.assertTrue(query["pins"]["cr0"]["value"] & CR0_WP, query)
+        self.assertIn("wp", query["pins"]["cr0"]["bits"], query)
+        self.assertEqual(query["policy"]["on-denial"], "pause", query)
 
     def test_destroy_shuts_the_domain_off_as_crashed(self):
         dom = self.domain("destroy", scenario="pin-deny", heki={"on-denial": "pause"},
@@ -144,6 +143,8 @@ class PauseVerdict(LibvirtCase):
                          "shut off (crashed)")
         self.assert_panicked(dom, "pause")
         self.wait_lifecycle(dom, ("stopped", "crashed"))
+        # Why it crashed must reach management before QEMU is gone.
+        self.assertEqual(self.wait_qmp(dom, "HEKI_DENIAL")[0]["verdict"], "pause")
 
     def test_restart_boots_the_guest_again(self):
         dom = self.domain("restart", scenario="pin-deny", heki={"on-denial": "pause"},
@@ -155,8 +156,21 @@ class PauseVerdict(LibvirtCase):
         self.assertTrue(dom.dom.isActive(), dom.state())
 
 
+    def test_the_reason_comes_before_the_panic(self):
+        # GUEST_PANICKED says "heki"; the HEKI_DENIAL just before it says what
+        # the guest did (the order QEMU sent them in, as libvirt got them).
+        dom = self.domain("order", scenario="pin-deny", extra_append="writes=1",
+                          heki={"on-denial": "pause"}, on_crash="preserve")
+        dom.start()
+        self.wait_qmp(dom, "HEKI_DENIAL")
+        self.wait_qmp(dom, "GUEST_PANICKED")
+        names = [e for e, _ in events.qmp_of(dom.name) if e in ("HEKI_DENIAL", "GUEST_PANICKED")]
+        self.assertEqual(names, ["HEKI_DENIAL", "GUEST_PANICKED"], "QMP order as libvirt got it")
+
+
 class EndingVerdicts(LibvirtCase):
-    """poweroff and exit end the VM through the panic path: <on_crash> decides."""
+    """poweroff and exit end the VM as a guest panic does: under libvirt
+    (-no-shutdown) <on_crash> decides."""
 
     def check_ends(self, verdict, on_crash, expected_state):
         dom = self.domain(verdict, scenario="pin-deny", heki={"on-denial": verdict},
@@ -164,9 +178,9 @@ class EndingVerdicts(LibvirtCase):
         dom.start()
         self.assertEqual(dom.wait_state(lambda s: s.startswith(("shut off", "crashed")),
                                         timeout=20), expected_state)
-        self.assert_panicked(dom, verdict)
-        [denial] = self.qmp(dom, "HEKI_DENIAL")
+        [denial] = self.wait_qmp(dom, "HEKI_DENIAL")
         self.assertEqual(denial["verdict"], verdict)
+        self.assert_panicked(dom, verdict)
         self.assertFalse(any("result" in l for l in dom.guest()), dom.serial_tail())
         return dom
 
@@ -178,8 +192,15 @@ class EndingVerdicts(LibvirtCase):
 
     def test_poweroff_preserve(self):
         dom = self.check_ends("poweroff", "preserve", "crashed (panicked)")
-        time.sleep(0.5)
-        self.assertEqual(dom.state(), "crashed (panicked)")
+        time.sleep(1)
+        self.assertEqual(dom.state(), "crashed (panicked)", "preserve keeps it crashed")
+
+    def test_exit_restart(self):
+        dom = self.domain("exit-restart", scenario="pin-deny", heki={"on-denial": "exit"},
+                          on_crash="restart")
+        dom.start()
+        self.assert_panicked(dom, "exit")
+        dom.wait_guest(lambda g: sum(1 for l in g if "boot" in l) >= 2)
 
     def test_reset_reboots_without_a_crash(self):
         dom = self.domain("reset", scenario="pin-deny", heki={"on-denial": "reset"})
@@ -218,14 +239,18 @@ class Monitor(LibvirtCase):
         weak = watcher.next("HEKI_WEAK_PINNING")
         self.assertEqual((weak["register"], weak["missing-bits"], weak["verdict"]),
                          ("cr0", ["wp"], "resume"), weak)
-        # The policy at run time, through libvirt: refused, then accepted.
-        refused = dom.monitor("heki-set-policy", check=False, **{"on-denial": "sleep"})
-        self.assertIn("on-denial", str(refused))
-        self.assertIn("error", str(refused))
+        # The policy at run time, through libvirt: refused by QAPI (not an
+        # action) and by the plugin (not a CR0 bit), then accepted.
+        refused = dom.monitor_reply("heki-set-policy", **{"on-denial": "sleep"})
+        self.assertIn("on-denial", refused.get("error", {}).get("desc", ""), refused)
+        refused = dom.monitor_reply("heki-set-policy", **{"require-cr0": "wp+bogus"})
+        self.assertIn("bogus", refused.get("error", {}).get("desc", ""), refused)
+        self.assertEqual(dom.monitor("query-heki")["policy"]["on-denial"], "resume")
         self.assertEqual(dom.monitor("heki-set-policy", **{"on-denial": "pause"}), {})
         policy = watcher.next("HEKI_POLICY")
         self.assertEqual((policy["changed"], policy["on-denial"]), (["on-denial"], "pause"),
                          policy)
+        self.assertEqual(dom.monitor("query-heki")["policy"]["on-denial"], "pause")
         self.assertEqual(sum("event HEKI_POLICY " in l for l in watcher.lines), 1,
                          watcher.lines)
         self.assertEqual(dom.state(), "running (unpaused)")
