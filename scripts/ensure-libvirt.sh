@@ -21,7 +21,8 @@ die() { say "$*"; exit 1; }
 missing=()
 command -v libvirtd >/dev/null || missing+=(libvirt-daemon-system)
 command -v virsh >/dev/null || missing+=(libvirt-clients)
-/usr/bin/python3 -c 'import libvirt' 2>/dev/null || missing+=(python3-libvirt)
+# -I: not the current directory (qemu-integration/libvirt/ would pass for the module).
+/usr/bin/python3 -I -c 'import libvirt, libvirt_qemu' 2>/dev/null || missing+=(python3-libvirt)
 installed_now=no
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} (apt, --no-install-recommends)"
