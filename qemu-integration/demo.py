@@ -9,6 +9,8 @@ writes, but the VMM never hears of it and cannot act.
 Act 4: the plugin on this machine's real, stock KVM (no emulator): it asks
 KVM_CHECK_EXTENSION, finds no Heki kernel and enables nothing (237 is
 KVM_CAP_X86_APIC_BUS_CYCLES_NS there).
+Act 5: the operator tightens the policy while the VM runs (heki-set-policy):
+the next denial follows the new policy, and HEKI_POLICY records the change.
 """
 
 import json
@@ -33,25 +35,25 @@ def show_guest(run, shown):
     return len(lines)
 
 
-FIRST_KEYS = ["vm-name", "vcpu", "register", "value", "pinned", "violated",
+FIRST_KEYS = ["vm-name", "cpu-index", "register", "value", "pinned", "violated",
               "missing", "verdict"]
 
 
 def readable(data):
-    """QMP's dicts lose the plugin's key order; put the telling keys first
-    and leave out the bit-name lists' hex twins."""
+    """Put the telling keys first and leave out the integers that have a
+    bit-name list (value stays), and the vCPU's QOM path."""
     keys = [k for k in FIRST_KEYS if k in data]
     keys += sorted(k for k in data if k not in keys)
-    shown = {k: data[k] for k in keys if not (k + "-bits" in data and k != "value")}
+    shown = {k: data[k] for k in keys
+             if not (k + "-bits" in data and k != "value") and k != "qom-path"}
     return json.dumps(shown, separators=(",", ":"))
 
 
 def show_events(run, shown):
-    events = run.qmp.events
+    events = run.qmp.all()
     for event in events[shown:]:
-        if event["event"] == "HEKI_EVENT":
-            say(f"  qmp    | HEKI_EVENT {event['data']['name']} "
-                f"{readable(event['data']['data'])}")
+        if event["event"].startswith("HEKI_"):
+            say(f"  qmp    | {event['event']} {readable(event['data'])}")
         else:
             say(f"  qmp    | {event['event']} {json.dumps(event.get('data', {}))}")
     return len(events)
@@ -61,8 +63,9 @@ def act1():
     say("== Act 1: a pinned guest is attacked; policy on-denial=pause ==")
     options = {"vm-name": "web1", "on-denial": "pause", "require-cr0": "wp",
                "require-cr4": "smep"}
-    say("  qemu-system-x86_64 -M microvm -accel kvm -smp 2 -kernel heki-guest.elf "
-        "-heki file=libHekiPlugin.so," + ",".join(f"{k}={v}" for k, v in options.items()))
+    say("  qemu-system-x86_64 -M microvm -smp 2 -kernel heki-guest.elf "
+        "-accel kvm,heki=libHekiPlugin.so," +
+        ",".join(f"heki-{k}={v}" for k, v in options.items()))
     run = Run(heki=options, scenario="pin-deny", cpus=2, extra_append="writes=1")
     try:
         run.start()
@@ -71,14 +74,15 @@ def act1():
             # Each denial stops the VM; the operator looks, then continues.
             try:
                 run.qmp.wait_event(lambda ev: ev["event"] == "STOP" and
-                                   ev not in run.qmp.events[:e], timeout=20)
-            except EOFError:
-                break   # the guest finished and QEMU exited
+                                   ev not in run.qmp.events[:e], timeout=1)
+            except TimeoutError:
+                if run.process.poll() is not None:
+                    break   # the guest finished and QEMU exited
+                continue
             time.sleep(0.2)   # the events of the same main-loop turn
-            run.qmp.command("query-status")
             g, e = show_guest(run, g), show_events(run, e)
             say(f"  qemu   | query-status: {run.status()}")
-            query = run.qmp.command("query-heki")["return"]
+            query = run.qmp.command("query-heki")
             say(f"  qemu   | query-heki: pins cr0={query['pins']['cr0']['bits']} "
                 f"cr4={query['pins']['cr4']['bits']} denials={query['counters']['denial']}")
             say("  (the operator inspects the VM, then lets it go on: cont)")
@@ -134,8 +138,8 @@ def act4():
     say("\n== Act 4: the plugin on this machine's stock KVM, without the emulator ==")
     run = Run(heki={"vm-name": "web1"}, scenario="pin-deny", emulator=False)
     try:
-        query = run.qmp.command("query-heki")["return"]
-        say(f"  qemu   | query-heki: abi={query['abi']} profile={json.dumps(query['profile'])} "
+        query = run.qmp.command("query-heki")
+        say(f"  qemu   | query-heki: abi={query['abi']} profile={json.dumps(query.get('profile'))} "
             f"kernel={json.dumps(query['kernel'])}")
         run.start()
         status = run.wait()
@@ -144,14 +148,35 @@ def act4():
         # The guest's own finding (its last line may be cut by the exit).
         say(f"  guest  | {next((l for l in run.guest() if 'heki' in l), {})}")
         say(f"  qemu   | exit status {status} (the guest found no Heki kernel)")
-        return (status == GUEST_NO_HEKI and query["profile"] is None
+        return (status == GUEST_NO_HEKI and "profile" not in query
                 and query["kernel"]["status"] == "no-heki-kernel")
     finally:
         run.close()
 
 
+def act5():
+    say("\n== Act 5: the policy changes while the VM runs (heki-set-policy) ==")
+    run = Run(heki={"vm-name": "web1", "on-denial-cr0": "resume", "on-denial-cr4": "pause"},
+              scenario="pin-deny", extra_append="writes=3")
+    try:
+        run.start()   # writes CR0 (resume), CR4 (pause), CR0
+        run.qmp.wait_event(lambda e: e["event"] == "STOP")
+        say("  qmp    -> heki-set-policy {\"on-denial-cr0\": \"pause\"}")
+        run.qmp.command("heki-set-policy", **{"on-denial-cr0": "pause"})
+        run.qmp.wait_heki("HEKI_POLICY")
+        run.start()
+        run.qmp.wait_events(lambda e: e["event"] == "STOP", 2)
+        show_events(run, 0)
+        verdicts = [e["data"]["verdict"] for e in run.qmp.heki_events("HEKI_DENIAL")]
+        say(f"  check  | denial verdicts {verdicts}: the third write followed the new policy")
+        run.quit()
+        return verdicts == ["resume", "pause", "pause"]
+    finally:
+        run.close()
+
+
 def main():
-    results = [act1(), act2(), act3(), act4()]
+    results = [act1(), act2(), act3(), act4(), act5()]
     say("\n" + ("demo: every act behaved as described" if all(results)
                 else f"demo: FAILED acts {[i + 1 for i, ok in enumerate(results) if not ok]}"))
     return 0 if all(results) else 1

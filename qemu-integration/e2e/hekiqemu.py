@@ -106,8 +106,13 @@ class QMP:
         return self.wait_event(lambda e: e["event"] == name, timeout)["data"]
 
     async def _drain(self, timeout):
+        # Polled: runstate_changed() misses a change made before its task
+        # starts waiting (wait_for schedules it a turn later).
+        deadline = self.loop.time() + timeout
         while self.client.runstate == Runstate.RUNNING:
-            await asyncio.wait_for(self.client.runstate_changed(), timeout)
+            if self.loop.time() > deadline:
+                raise TimeoutError("QMP: QEMU did not close the connection")
+            await asyncio.sleep(0.01)
         try:
             await self.client.disconnect()
         except (EOFError, OSError):
@@ -126,6 +131,11 @@ class QMP:
 
     async def _collect_async(self):
         self._collect()
+
+    def all(self):
+        """Every event so far, in order (those that came since included)."""
+        self._run(self._collect_async(), 5)
+        return self.events
 
     def names(self):
         """The names of all events so far, in order."""
@@ -334,7 +344,8 @@ def typed(data, member=""):
         return out
     if isinstance(data, list):
         return [typed(v, member) for v in data]
-    if isinstance(data, str) and member != "vm-name" and data.startswith("0x") and len(data) > 2:
+    if isinstance(data, str) and member not in ("vm-name", "audit-log") \
+            and data.startswith("0x") and len(data) > 2:
         try:
             return int(data[2:], 16)
         except ValueError:

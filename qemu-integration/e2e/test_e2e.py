@@ -170,6 +170,28 @@ class Verdicts(unittest.TestCase):
         names = run.qmp.names()
         self.assertLess(names.index("GUEST_PANICKED"), names.index("SHUTDOWN"))
 
+    def check_under_no_shutdown(self, verdict):
+        # libvirt runs QEMU with -no-shutdown (-action shutdown=pause): as
+        # qemu_system_guest_panicked does then, poweroff and exit only stop
+        # the guest (GUEST_PANICKED "pause", no SHUTDOWN) and leave the
+        # decision to management (libvirt's <on_crash>).
+        run = self.run_vm(heki={"on-denial": verdict}, scenario="pin-deny",
+                          extra_args=["-no-shutdown"])
+        self.start_until_stopped(run)
+        self.assertEqual([(p["action"], p["info"]["verdict"]) for p in panics(run)],
+                         [("pause", verdict)])
+        time.sleep(0.3)   # a SHUTDOWN, had one been requested, comes now
+        self.assertNotIn("SHUTDOWN", run.qmp.names())
+        self.assertEqual(run.status(), "guest-panicked")
+        self.assertIsNone(run.process.poll())
+        self.assertEqual(run.quit(), 0)
+
+    def test_poweroff_under_no_shutdown_waits_for_management(self):
+        self.check_under_no_shutdown("poweroff")
+
+    def test_exit_under_no_shutdown_waits_for_management(self):
+        self.check_under_no_shutdown("exit")
+
     def test_reset_reboots_and_pins_survive(self):
         run = self.run_vm(heki={"on-denial": "reset"}, scenario="pin-deny")
         run.start()
