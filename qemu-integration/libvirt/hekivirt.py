@@ -251,7 +251,9 @@ class Domain:
         return " | ".join(self.serial_text().splitlines()[-lines:]) or "(empty)"
 
     def guest(self):
-        return parse_guest(self.serial_text())
+        """The guest's complete lines (the last one may still be being written)."""
+        text = self.serial_text()
+        return parse_guest(text[:text.rfind("\n") + 1])
 
     def wait_guest(self, predicate, timeout=20.0):
         """Polls the serial log until predicate(guest lines) is true."""
