@@ -15,6 +15,7 @@ import json
 import os
 import re
 import select
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -192,9 +193,14 @@ class Domain:
         self.audit_path = os.path.join(self.dir, "audit.jsonl")
         self.qemu_log = f"/var/log/libvirt/qemu/{self.name}.log"
         heki = dict(heki or {}, **{"audit-log": self.audit_path})
-        self.xml = render(name=self.name, serial_log=self.serial_path, scenario=scenario,
-                          cpus=cpus, heki=heki, on_crash=on_crash, extra_append=extra_append)
-        self.dom = conn.defineXML(self.xml)
+        try:
+            self.xml = render(name=self.name, serial_log=self.serial_path, scenario=scenario,
+                              cpus=cpus, heki=heki, on_crash=on_crash,
+                              extra_append=extra_append)
+            self.dom = conn.defineXML(self.xml)
+        except Exception:
+            shutil.rmtree(self.dir)
+            raise
 
     def start(self, paused=False):
         self.dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
@@ -284,9 +290,7 @@ class Domain:
         remove(self.name)
         if os.path.exists(self.qemu_log):
             os.unlink(self.qemu_log)
-        for entry in os.listdir(self.dir):
-            os.unlink(os.path.join(self.dir, entry))
-        os.rmdir(self.dir)
+        shutil.rmtree(self.dir)
 
 
 class VirshEvents:
