@@ -4,8 +4,8 @@ Heki kernel emulated (LD_PRELOAD through <qemu:env>). What an operator and
 a libvirt client see: virsh's state and reason, <on_crash>, query-heki
 through `virsh qemu-monitor-command`, QMP and lifecycle events through
 python3-libvirt and `virsh qemu-monitor-event`. Run by `make -C
-qemu-integration test-libvirt` (as root, after scripts/ensure-libvirt.sh)
-with Debian's /usr/bin/python3.
+qemu-integration test-libvirt` (as root, after scripts/ensure-libvirt.sh),
+in a venv over Debian's python3, the one python3-libvirt is for.
 """
 
 import time
