@@ -175,6 +175,23 @@ class PauseVerdict(LibvirtCase):
         self.assertEqual(names, ["HEKI_DENIAL", "GUEST_PANICKED"], "QMP order as libvirt got it")
 
 
+    def test_pin_deadline_pause_is_a_panic_without_a_vcpu(self):
+        # A guest that never pins, CR0.WP required: 1 s after it first runs
+        # the main loop judges it; the verdict has no exit and no vCPU.
+        dom = self.domain(scenario="no-pin", extra_append="idle-ms=20000",
+                          heki={"require-cr0": "wp", "pin-deadline": "1",
+                                "on-weak-pinning": "pause"}, on_crash="preserve")
+        dom.start()
+        [weak] = self.wait_qmp(dom, "HEKI_WEAK_PINNING")
+        self.assertEqual((weak["register"], weak["deadline-seconds"], weak["verdict"]),
+                         ("cr0", 1, "pause"), weak)
+        self.assertNotIn("cpu-index", weak)
+        [panic] = self.wait_qmp(dom, "GUEST_PANICKED")
+        self.assertEqual(panic.get("info"), {"type": "heki", "verdict": "pause"}, panic)
+        self.wait_lifecycle(dom, ("crashed", "panicked"))
+        self.assertEqual(dom.wait_stopped(), "crashed (panicked)")
+
+
 class EndingVerdicts(LibvirtCase):
     """poweroff and exit end the VM as a guest panic does: under libvirt
     (-no-shutdown) <on_crash> decides."""
