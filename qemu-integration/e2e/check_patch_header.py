@@ -2,9 +2,12 @@
 include/heki_plugin.h byte for byte (the patch carries the header QEMU
 compiles against; the repository's is the contract).
 
-Usage: check_patch_header.py PATCH HEADER
+Usage: check_patch_header.py [--update] PATCH HEADER
+--update rewrites the patch's copy (its hunk and blob id) from HEADER, for
+when the contract changed; the diffstat line of the file may then be stale.
 """
 
+import hashlib
 import sys
 
 TARGET = "include/qemu/heki-plugin.h"
@@ -25,8 +28,33 @@ def new_file(patch, path):
     return text
 
 
+def update(patch, path, text):
+    """The patch with `path`'s new-file hunk (and index line) made `text`."""
+    lines = patch.split("\n")
+    start = lines.index(f"+++ b/{path}")
+    count = int(lines[start + 1].split("+1,")[1].split(" ")[0])
+    body = text.split("\n")
+    if body[-1] == "":
+        body.pop()
+    index = start - 2
+    assert lines[index].startswith("index 0000000"), lines[index]
+    old_id = lines[index].split("..")[1].split(" ")[0]
+    blob = hashlib.sha1(b"blob %d\0" % len(text.encode()) + text.encode()).hexdigest()
+    lines[index] = lines[index].replace(".." + old_id, ".." + blob[:len(old_id)])
+    lines[start + 1:start + 2 + count] = [f"@@ -0,0 +1,{len(body)} @@"] + ["+" + l for l in body]
+    return "\n".join(lines)
+
+
 def main():
-    patch_path, header_path = sys.argv[1:3]
+    if sys.argv[1] == "--update":
+        patch_path, header_path = sys.argv[2:4]
+        with open(patch_path, encoding="utf-8") as f:
+            patch = f.read()
+        with open(header_path, encoding="utf-8") as f:
+            header = f.read()
+        with open(patch_path, "w", encoding="utf-8") as f:
+            f.write(update(patch, TARGET, header))
+    patch_path, header_path = sys.argv[-2:]
     with open(patch_path, encoding="utf-8") as f:
         patch = f.read()
     with open(header_path, encoding="utf-8") as f:
