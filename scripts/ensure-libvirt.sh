@@ -27,9 +27,9 @@ installed_now=no
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} (apt, --no-install-recommends)"
     t0=$SECONDS
-    apt-get update -qq
+    apt-get update -qq || die "apt-get update failed"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}" >/dev/null
+        "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
     installed_now=yes
     say "installed in $((SECONDS - t0)) s"
 fi
