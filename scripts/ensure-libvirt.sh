@@ -76,17 +76,20 @@ if [ ${#append[@]} -gt 0 ]; then
 fi
 
 # --- daemons ----------------------------------------------------------------
-# Ours (`-d`) or an init system's: a pid file naming a live process; under
-# systemd socket activation, the daemon's socket.
-running() {
+# Ours (`-d`) or an init system's: a pid file naming a live process, or a
+# socket that takes a connection (systemd's socket activation; a stale file
+# left by a killed daemon refuses it).
+running() {   # daemon, socket under /run/libvirt
     local pid
     pid=$(cat "/run/$1.pid" 2>/dev/null) || pid=
     if [ -n "$pid" ] && [ -d "/proc/$pid" ] && [ "$(cat "/proc/$pid/comm")" = "$1" ]; then
         return 0
     fi
-    [ -S "/run/libvirt/$1-sock" ]
+    [ -S "/run/libvirt/$2" ] && /usr/bin/python3 -I -c \
+        'import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])' \
+        "/run/libvirt/$2" 2>/dev/null
 }
-if [ "$changed" = yes ] && running libvirtd; then
+if [ "$changed" = yes ] && running libvirtd libvirt-sock; then
     pid=$(cat /run/libvirtd.pid 2>/dev/null) || pid=
     if [ "$installed_now" = yes ] && [ -n "$pid" ]; then
         # Started by this run's package install, before qemu.conf was set.
@@ -97,11 +100,11 @@ if [ "$changed" = yes ] && running libvirtd; then
         die "libvirtd runs with the qemu.conf before these changes: restart it, then run this again"
     fi
 fi
-if ! running virtlogd; then
+if ! running virtlogd virtlogd-sock; then
     say "starting virtlogd -d"
     virtlogd -d
 fi
-if ! running libvirtd; then
+if ! running libvirtd libvirt-sock; then
     say "starting libvirtd -d"
     libvirtd -d
 fi
