@@ -209,23 +209,21 @@ class Domain:
         """`virsh domstate --reason`, as an operator reads it: "paused (user)"."""
         return virsh("domstate", "--reason", self.name)
 
-    def wait_state(self, done, timeout=20.0):
-        """Polls state() until done(state) is true; returns that state. On
-        timeout the assertion names the last state and the serial log's tail."""
+    def wait_state(self, expected, timeout=20.0):
+        """Polls state() until it is expected (passing states such as "in
+        shutdown (unknown)" are skipped); returns it. On timeout the
+        AssertionError names the last state, the serial log's and QEMU's log's
+        tails."""
         deadline = time.monotonic() + timeout
         while True:
             state = self.state()
-            if done(state):
+            if state == expected:
                 return state
             if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name}: still {state!r} after {timeout} s; "
-                                     f"serial log: {self.serial_tail()}; "
+                raise AssertionError(f"{self.name}: {state!r} after {timeout} s, not "
+                                     f"{expected!r}; serial log: {self.serial_tail()}; "
                                      f"QEMU's log: {self.qemu_log_tail()}")
             time.sleep(0.05)
-
-    def wait_stopped(self, timeout=20.0):
-        """The first state that is not "running (...)"."""
-        return self.wait_state(lambda s: not s.startswith("running"), timeout)
 
     def monitor(self, command, **arguments):
         """A QMP command through `virsh qemu-monitor-command`: its "return",

@@ -100,7 +100,7 @@ class GuestRuns(LibvirtCase):
         self.assertEqual((result["denied-writes"], result["gp"]), ("6", "6"))
         # QEMU 10.0's isa-debug-exit requests a guest shutdown (with the exit
         # code); libvirt runs QEMU with -no-shutdown, hears SHUTDOWN and ends it.
-        self.assertEqual(dom.wait_stopped(), "shut off (shutdown)")
+        dom.wait_state("shut off (shutdown)")
         self.wait_lifecycle(dom, ("stopped", "shutdown"))
         self.assertIn(("started", "booted"), events.lifecycle_of(dom.name))
         denials = self.qmp(dom, "HEKI_DENIAL")
@@ -125,7 +125,7 @@ class PauseVerdict(LibvirtCase):
         dom.start()
         [denial] = self.wait_qmp(dom, "HEKI_DENIAL")
         self.assertEqual(denial["verdict"], "pause")
-        self.assertEqual(dom.wait_stopped(), "crashed (panicked)")
+        dom.wait_state("crashed (panicked)")
         self.assert_panicked(dom, "pause")
         self.assertFalse(any("result" in l for l in dom.guest()), dom.serial_tail())
         query = dom.monitor("query-heki")
@@ -134,11 +134,9 @@ class PauseVerdict(LibvirtCase):
         # its second denied write and stops again, then passes.
         virsh("resume", dom.name)
         self.assert_panicked(dom, "pause", count=2)
-        self.assertEqual(dom.wait_state(lambda s: s == "crashed (panicked)"),
-                         "crashed (panicked)")
+        dom.wait_state("crashed (panicked)")
         virsh("resume", dom.name)
-        self.assertEqual(dom.wait_state(lambda s: s.startswith("shut off")),
-                         "shut off (shutdown)")
+        dom.wait_state("shut off (shutdown)")
         result = [l for l in dom.guest() if "result" in l][-1]
         self.assertEqual((result["result"], result["gp"]), ("pass", "2"), dom.serial_tail())
 
@@ -153,8 +151,7 @@ class PauseVerdict(LibvirtCase):
         dom = self.domain(scenario="pin-deny", heki={"on-denial": "pause"},
                           on_crash="destroy")
         dom.start()
-        self.assertEqual(dom.wait_state(lambda s: s.startswith("shut off")),
-                         "shut off (crashed)")
+        dom.wait_state("shut off (crashed)")
         self.assert_panicked(dom, "pause")
         self.wait_lifecycle(dom, ("stopped", "crashed"))
         # Why it crashed must reach management before QEMU is gone.
@@ -189,7 +186,7 @@ class PauseVerdict(LibvirtCase):
         [panic] = self.wait_qmp(dom, "GUEST_PANICKED")
         self.assertEqual(panic.get("info"), {"type": "heki", "verdict": "pause"}, panic)
         self.wait_lifecycle(dom, ("crashed", "panicked"))
-        self.assertEqual(dom.wait_stopped(), "crashed (panicked)")
+        dom.wait_state("crashed (panicked)")
 
 
 class EndingVerdicts(LibvirtCase):
@@ -200,8 +197,7 @@ class EndingVerdicts(LibvirtCase):
         dom = self.domain(scenario="pin-deny", heki={"on-denial": verdict},
                           on_crash=on_crash)
         dom.start()
-        self.assertEqual(dom.wait_state(lambda s: s.startswith(("shut off", "crashed")),
-                                        timeout=20), expected_state)
+        dom.wait_state(expected_state)
         [denial] = self.wait_qmp(dom, "HEKI_DENIAL")
         self.assertEqual(denial["verdict"], verdict)
         self.assert_panicked(dom, verdict)
