@@ -68,13 +68,13 @@ def render(*, name, serial_log, scenario="pin-deny", cpus=1, heki=None,
     return xml
 
 
-def virsh(*args, check=True, timeout=30):
+def virsh(*args, timeout=30):
     """virsh -c qemu:///system ARGS: (stdout + stderr) text; raises with the
-    whole output when virsh fails and check is set."""
+    whole output when virsh fails."""
     cmd = ["virsh", "-c", URI, *args]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     output = (done.stdout + done.stderr).strip()
-    if check and done.returncode != 0:
+    if done.returncode != 0:
         raise RuntimeError(f"`{' '.join(cmd)}` failed ({done.returncode}): {output}")
     return output
 
@@ -268,11 +268,6 @@ class Domain:
                                      f"{self.state()!r}; serial log: {self.serial_tail()}")
             time.sleep(0.05)
         return self.guest()
-
-    def audit_events(self, name=None):
-        with open(self.audit_path) as f:
-            found = [json.loads(line) for line in f]
-        return [e for e in found if name is None or e["event"] == name]
 
     def qemu_log_tail(self, lines=6):
         """The end of libvirt's log of this domain's QEMU (its stderr)."""
