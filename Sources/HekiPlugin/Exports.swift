@@ -18,6 +18,12 @@ private func cString(_ string: String) -> UnsafeMutablePointer<CChar>? {
     string.withCString { strdup($0) }
 }
 
+/// 0 with *error NULL, or -1 with *error a copy of `failure`.
+private func outcome(_ failure: String?, _ error: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    error?.pointee = failure.flatMap(cString)
+    return failure == nil ? 0 : -1
+}
+
 /// argv as Swift strings, or why not (NULL entries, bad UTF-8).
 private func arguments(_ argc: Int32, _ argv: UnsafePointer<UnsafePointer<CChar>?>?) -> Result<[String], OptionError> {
     guard argc >= 0, argc == 0 || argv != nil else { return .failure(OptionError(message: "argc is \(argc) with argv NULL")) }
@@ -107,16 +113,7 @@ public func heki_plugin_cap_mask(_ plugin: OpaquePointer?, _ kind: HekiExitKind)
 
 @c @implementation
 public func heki_plugin_enable_caps(_ plugin: OpaquePointer?, _ error: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
-    error?.pointee = nil
-    guard let plugin else {
-        error?.pointee = cString("heki-plugin: plugin is NULL")
-        return -1
-    }
-    return withPlugin(plugin, -1) { plugin in
-        guard let failure = plugin.enableCaps() else { return 0 }
-        error?.pointee = cString(failure)
-        return -1
-    }
+    outcome(plugin == nil ? "heki-plugin: plugin is NULL" : withPlugin(plugin, nil) { $0.enableCaps() }, error)
 }
 
 @c @implementation
@@ -130,19 +127,11 @@ public func heki_plugin_set_policy(
     _ argv: UnsafePointer<UnsafePointer<CChar>?>?,
     _ error: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?
 ) -> Int32 {
-    error?.pointee = nil
-    let failure: String?
-    if let plugin {
-        switch arguments(argc, argv) {
-        case let .success(list): failure = withPlugin(plugin, nil) { $0.setPolicy(list) }
-        case let .failure(problem): failure = problem.message
-        }
-    } else {
-        failure = "heki-plugin: plugin is NULL"
+    guard let plugin else { return outcome("heki-plugin: plugin is NULL", error) }
+    switch arguments(argc, argv) {
+    case let .success(list): return outcome(withPlugin(plugin, nil) { $0.setPolicy(list) }, error)
+    case let .failure(problem): return outcome(problem.message, error)
     }
-    guard let failure else { return 0 }
-    error?.pointee = cString(failure)
-    return -1
 }
 
 @c @implementation

@@ -9,19 +9,14 @@ import Synchronization
 /// by one policy, and a writer stopped halfway delays no reader.
 final class LivePolicy: Sendable {
     private let generation = Atomic<UInt64>(0)
-    /// The two slots: the verdicts, require-cr0, require-cr4 of each. Named
-    /// atomics rather than an array: no bounds checks on the exit path.
-    private let verdicts0: Atomic<UInt64>, requireCR0_0: Atomic<UInt64>, requireCR4_0: Atomic<UInt64>
-    private let verdicts1: Atomic<UInt64>, requireCR0_1: Atomic<UInt64>, requireCR4_1: Atomic<UInt64>
+    /// The two slots (fields rather than an array: no bounds checks on the
+    /// exit path).
+    private let even: Slot
+    private let odd: Slot
 
     init(_ policy: Policy) {
-        let words = policy.words
-        verdicts0 = Atomic(words.0)
-        requireCR0_0 = Atomic(words.1)
-        requireCR4_0 = Atomic(words.2)
-        verdicts1 = Atomic(words.0)
-        requireCR0_1 = Atomic(words.1)
-        requireCR4_1 = Atomic(words.2)
+        even = Slot(policy.words)
+        odd = Slot(policy.words)
     }
 
     /// The policy an exit is judged by. Any thread. `midway` runs between
@@ -31,42 +26,46 @@ final class LivePolicy: Sendable {
     func current(midway: () -> Void = {}) -> Policy {
         while true {
             let seen = generation.load(ordering: .acquiring)
-            let verdicts: UInt64, requireCR0: UInt64, requireCR4: UInt64
-            if seen & 1 == 0 {
-                verdicts = verdicts0.load(ordering: .relaxed)
-                midway()
-                requireCR0 = requireCR0_0.load(ordering: .relaxed)
-                requireCR4 = requireCR4_0.load(ordering: .relaxed)
-            } else {
-                verdicts = verdicts1.load(ordering: .relaxed)
-                midway()
-                requireCR0 = requireCR0_1.load(ordering: .relaxed)
-                requireCR4 = requireCR4_1.load(ordering: .relaxed)
-            }
+            let words = seen & 1 == 0 ? even.load(midway: midway) : odd.load(midway: midway)
             // Orders the three loads before the generation's second read.
             atomicMemoryFence(ordering: .acquiring)
-            if generation.load(ordering: .relaxed) == seen {
-                return Policy(words: (verdicts, requireCR0, requireCR4))
-            }
+            if generation.load(ordering: .relaxed) == seen { return Policy(words: words) }
         }
     }
 
     /// Publishes `policy`. Main loop thread only (one writer).
     func replace(with policy: Policy) {
         let next = generation.load(ordering: .relaxed) &+ 1
-        let words = policy.words
         // Readers of the slot overwritten here saw the generation move when
         // it was last published; this fence makes that visible first.
         atomicMemoryFence(ordering: .releasing)
-        if next & 1 == 0 {
-            verdicts0.store(words.0, ordering: .relaxed)
-            requireCR0_0.store(words.1, ordering: .relaxed)
-            requireCR4_0.store(words.2, ordering: .relaxed)
-        } else {
-            verdicts1.store(words.0, ordering: .relaxed)
-            requireCR0_1.store(words.1, ordering: .relaxed)
-            requireCR4_1.store(words.2, ordering: .relaxed)
-        }
+        if next & 1 == 0 { even.store(policy.words) } else { odd.store(policy.words) }
         generation.store(next, ordering: .releasing)
+    }
+
+    /// One slot: Policy's three words.
+    private struct Slot: ~Copyable, Sendable {
+        let verdicts: Atomic<UInt64>
+        let requireCR0: Atomic<UInt64>
+        let requireCR4: Atomic<UInt64>
+
+        init(_ words: (UInt64, UInt64, UInt64)) {
+            verdicts = Atomic(words.0)
+            requireCR0 = Atomic(words.1)
+            requireCR4 = Atomic(words.2)
+        }
+
+        @inline(__always)
+        func load(midway: () -> Void) -> (UInt64, UInt64, UInt64) {
+            let first = verdicts.load(ordering: .relaxed)
+            midway()
+            return (first, requireCR0.load(ordering: .relaxed), requireCR4.load(ordering: .relaxed))
+        }
+
+        func store(_ words: (UInt64, UInt64, UInt64)) {
+            verdicts.store(words.0, ordering: .relaxed)
+            requireCR0.store(words.1, ordering: .relaxed)
+            requireCR4.store(words.2, ordering: .relaxed)
+        }
     }
 }

@@ -263,36 +263,37 @@ final class Plugin {
     /// callbacks (a dispatch, a flush, the teardown) it does nothing.
     func flush() {
         guard !dispatching, !finishing else { return }
-        dispatching = true
-        deliverAnnouncements()
-        drain()
-        dispatching = false
-        if freeRequested {
-            finish()
-            Unmanaged.passUnretained(self).release()
+        asDispatch {
+            deliverAnnouncements()
+            drain()
         }
     }
 
     private func dispatch() -> Int32 {
         source.acknowledge()
-        dispatching = true
-        var deadlineVerdict = Verdict.resume
-        if let due = deadlineDue, Int64(g_get_monotonic_time()) >= due {
-            deadlineDue = nil
-            deadlineVerdict = judgeBoot(vcpu: nil, exit: claim(.configure), policy: policy.current())
-        }
-        deliverAnnouncements()
-        drain()
-        // After the HEKI_WEAK_PINNING event went out.
-        if deadlineVerdict != .resume { apply(deadlineVerdict) }
-        let next = [summarise(force: false), deadlineDue].compactMap { $0 }.min()
-        source.setReadyTime(next ?? -1)
-        dispatching = false
-        if freeRequested {
-            finish()
-            Unmanaged.passUnretained(self).release()
+        asDispatch {
+            var deadlineVerdict = Verdict.resume
+            if let due = deadlineDue, Int64(g_get_monotonic_time()) >= due {
+                deadlineDue = nil
+                deadlineVerdict = judgeBoot(vcpu: nil, exit: claim(.configure), policy: policy.current())
+            }
+            deliverAnnouncements()
+            drain()
+            // After the HEKI_WEAK_PINNING event went out.
+            if deadlineVerdict != .resume { apply(deadlineVerdict) }
+            let next = [summarise(force: false), deadlineDue].compactMap { $0 }.min()
+            source.setReadyTime(next ?? -1)
         }
         return 1  // G_SOURCE_CONTINUE
+    }
+
+    /// Runs `body`, which calls the host back: a heki_plugin_free from one
+    /// of those callbacks waits until `body` is done, then tears down.
+    private func asDispatch(_ body: () -> Void) {
+        dispatching = true
+        body()
+        dispatching = false
+        if freeRequested { finish() }
     }
 
     /// A verdict reached on the main loop goes to the host's apply_verdict.
@@ -385,11 +386,11 @@ final class Plugin {
             return
         }
         finish()
-        Unmanaged.passUnretained(self).release()
     }
 
     /// Detaches the source, then delivers everything still queued or
-    /// counted: nothing is lost at teardown.
+    /// counted: nothing is lost at teardown. Drops the reference the host
+    /// held: nothing may touch `self` after it.
     private func finish() {
         finishing = true
         source.destroy()
@@ -397,6 +398,7 @@ final class Plugin {
         drain(all: true)
         summarise(force: true)
         g_main_context_unref(context)
+        Unmanaged.passUnretained(self).release()
     }
 }
 
