@@ -85,7 +85,8 @@ typedef enum {
  * HEKI_HOST_SIZE_1_0 covers size..event (heki-plugin 1.0); a host of that
  * size has no way to give KVM's answers, so the plugin enables nothing for
  * it (heki_plugin_cap_mask() is 0) and says so in a HEKI_CAPABILITY event.
- * HEKI_HOST_SIZE_1_1 adds check_extension, enable_cap and apply_verdict.
+ * HEKI_HOST_SIZE_1_1 adds check_extension, enable_cap and apply_verdict;
+ * HEKI_HOST_SIZE_1_2 adds migration_blocker.
  */
 typedef struct HekiHost {
     /*
@@ -137,6 +138,21 @@ typedef struct HekiHost {
      * or EXIT.  Never called with RESUME or NOT_HEKI.  Main loop thread.
      */
     void (*apply_verdict)(void *opaque, HekiVerdict verdict);
+
+    /* ---- heki-plugin 1.2: present when size >= HEKI_HOST_SIZE_1_2 ---- */
+
+    /*
+     * Optional (NULL: the host asks heki_plugin_migration_status() itself
+     * before each migration or snapshot).  The plugin says when the host
+     * must hold a migration blocker: `blocked` 1 with `reason` (a
+     * NUL-terminated UTF-8 sentence that names Heki and says why, owned by
+     * the plugin and valid during the call), or 0 with `reason` NULL when
+     * it may drop it.  Called only when the answer changes: the first pin
+     * this kernel enforces under migration=block, a heki_plugin_set_policy
+     * of migration=.  Main loop thread, from the plugin's GSource or
+     * heki_plugin_flush().
+     */
+    void (*migration_blocker)(void *opaque, int blocked, const char *reason);
 } HekiHost;
 
 /*
@@ -145,6 +161,7 @@ typedef struct HekiHost {
  */
 #define HEKI_HOST_SIZE_1_0 40u
 #define HEKI_HOST_SIZE_1_1 64u
+#define HEKI_HOST_SIZE_1_2 72u
 
 /*
  * The ABI version of the loaded library (HEKI_PLUGIN_ABI_VERSION as it was
@@ -331,5 +348,68 @@ HekiVerdict heki_plugin_handle_exit(HekiPlugin *plugin, uint32_t vcpu_index,
  * heki_plugin_free_string().  Any thread.  NULL plugin: NULL.
  */
 char *heki_plugin_query(HekiPlugin *plugin);
+
+/* ---- migration and snapshots (heki-plugin 1.2) ---- */
+
+/*
+ * Kernel pins live in KVM, per VM, and no ioctl reads or sets them: a VM
+ * restored elsewhere (a migration's destination, a snapshot loaded into a
+ * new process) runs with its pins not enforced.  The option
+ * migration=block|allow-unprotected (default block; a policy key, so
+ * heki_plugin_set_policy changes it) says whether that may happen.
+ */
+typedef enum {
+    HEKI_MIGRATION_FREE = 0,    /* nothing pinned or restored: migrate, no state */
+    HEKI_MIGRATION_BLOCKED = 1, /* pins this kernel enforces, migration=block */
+    HEKI_MIGRATION_CARRY = 2    /* the state must travel with the VM */
+} HekiMigrationStatus;
+
+/*
+ * What a migration or snapshot means now.  CARRY: pins with
+ * migration=allow-unprotected, or pins restored from a source (already not
+ * enforced: migrating on loses nothing more).  A host saves the plugin's
+ * state into the stream only when it is not FREE, so that an unpinned VM's
+ * stream is what it was without the plugin.  Any thread; with vCPUs
+ * stopped the answer is final.  NULL plugin: FREE.
+ */
+HekiMigrationStatus heki_plugin_migration_status(const HekiPlugin *plugin);
+
+/*
+ * Saves the plugin's state (pin ledger, counters, policy identity, profile)
+ * as bytes for the migration stream: a versioned, checksummed format
+ * (README.md, "Migration and snapshots").  Call on the main loop thread
+ * with every vCPU stopped (QEMU: the section's pre_save), after any
+ * pending Heki exit was completed.
+ *
+ * Returns 0 with *data (free with heki_plugin_free_state()) and *size; or
+ * -1 with *error (optional; free with heki_plugin_free_string()) when the
+ * status is BLOCKED: the message names Heki and says why.  This is the
+ * decision that counts: a pin made between the host's blocker check and
+ * the save is seen here.  Reported as a HEKI_MIGRATION event ("saved" or
+ * "refused").
+ */
+int heki_plugin_save_state(HekiPlugin *plugin, uint8_t **data, uint32_t *size,
+                           char **error);
+
+/* Frees the bytes of heki_plugin_save_state().  NULL is ignored. */
+void heki_plugin_free_state(uint8_t *data);
+
+/*
+ * Restores a state heki_plugin_save_state() made, on the destination:
+ * before the guest runs there, main loop thread, vCPUs stopped.  The bytes
+ * are hostile input: magic, version, length, checksum and every field are
+ * checked before anything changes; nothing is allocated from a length in
+ * them.  On success the source's pins become "restored only" (this kernel
+ * does not enforce them: query's pins.crN.restored-only; a denial is never
+ * reported for them) and the source's counters are added to this plugin's.
+ * The plugin keeps its own options (policy, migration=): the source's
+ * profile and vm-name are reported.  Reported as a HEKI_MIGRATION event
+ * ("restored", or "rejected" with the reason).
+ *
+ * Returns 0; or -1 with *error (optional; free with
+ * heki_plugin_free_string()) naming what is wrong, and nothing changed.
+ */
+int heki_plugin_restore_state(HekiPlugin *plugin, const uint8_t *data,
+                              uint32_t size, char **error);
 
 #endif /* HEKI_PLUGIN_H */

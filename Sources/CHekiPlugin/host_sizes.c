@@ -9,3 +9,5 @@ _Static_assert(offsetof(HekiHost, check_extension) == HEKI_HOST_SIZE_1_0,
                "1.1's fields start where a 1.0 host's struct ends");
 _Static_assert(offsetof(HekiHost, apply_verdict) + sizeof(void (*)(void)) == HEKI_HOST_SIZE_1_1,
                "1.1 ends with apply_verdict");
+_Static_assert(offsetof(HekiHost, migration_blocker) + sizeof(void (*)(void)) == HEKI_HOST_SIZE_1_2,
+               "1.2 ends with migration_blocker");

@@ -29,6 +29,11 @@ final class Counters: Sendable {
         perRegister[Counters.index(kind, register)].wrappingAdd(1, ordering: .relaxed)
     }
 
+    /// A restored state's counts, added (the destination continues the source's totals).
+    func add(_ kind: EventKind, _ register: ControlRegister, _ count: UInt64) {
+        perRegister[Counters.index(kind, register)].wrappingAdd(count, ordering: .relaxed)
+    }
+
     func total(_ kind: EventKind, _ register: ControlRegister) -> UInt64 {
         perRegister[Counters.index(kind, register)].load(ordering: .relaxed)
     }

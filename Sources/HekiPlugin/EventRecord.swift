@@ -128,7 +128,11 @@ enum Announcement {
     /// HEKI_POLICY for heki_plugin_set_policy: the keys whose value changed,
     /// and the whole policy in force after it.
     case policy(Policy, changed: [String])
+    /// HEKI_MIGRATION: a migration blocker to hold or drop, a state saved,
+    /// refused, restored or rejected.
+    case migration(MigrationReport)
 
     /// Not an EventKind: never rate-limited or queued.
     static let policyEventName = "HEKI_POLICY"
+    static let migrationEventName = "HEKI_MIGRATION"
 }

@@ -28,6 +28,7 @@ final class EventRenderer {
     private let verdictNames: UnsafeBufferPointer<ByteString>  // by Verdict.rawValue + 1
     private let eventNames: UnsafeBufferPointer<ByteString>    // by EventKind.rawValue
     private let policyEventName: ByteString
+    private let migrationEventName: ByteString
 
     static let bufferSize = 32 * 1024
     /// The largest data or log line of a bulk kind: the vm-name fragments,
@@ -53,6 +54,7 @@ final class EventRenderer {
         verdictNames = arena.table(Verdict.allCases.sorted { $0.rawValue < $1.rawValue }.map { arena.string($0.name) })
         eventNames = arena.table(EventKind.allCases.map { arena.string($0.eventName) })
         policyEventName = arena.string(Announcement.policyEventName)
+        migrationEventName = arena.string(Announcement.migrationEventName)
         let longestName = ControlRegister.allCases.flatMap { register in
             (0..<64).map { register.bitNames.names(of: 1 << UInt64($0)).first?.utf8.count ?? 0 }
         }.max() ?? 0
@@ -72,8 +74,11 @@ final class EventRenderer {
     func name(_ record: EventRecord) -> UnsafePointer<CChar> { eventNames[Int(record.kind.rawValue)].cString }
 
     func name(_ announcement: Announcement) -> UnsafePointer<CChar> {
-        if case .policy = announcement { return policyEventName.cString }
-        return eventNames[Int(EventKind.capability.rawValue)].cString
+        switch announcement {
+        case .policy: return policyEventName.cString
+        case .migration: return migrationEventName.cString
+        case .kernelCheck, .hostCannotCheck: return eventNames[Int(EventKind.capability.rawValue)].cString
+        }
     }
 
     /// The log level of every event: what a guest does is info when
@@ -92,6 +97,12 @@ final class EventRenderer {
         case let .kernelCheck(check, _): check.profile != nil ? HEKI_LOG_INFO : failureLevel
         case .hostCannotCheck: HEKI_LOG_WARNING
         case .policy: HEKI_LOG_INFO
+        case let .migration(report):
+            switch report.action {
+            case .blocked, .unblocked: HEKI_LOG_INFO
+            case .saved: report.enforced.isEmpty && report.restoredOnly.isEmpty ? HEKI_LOG_INFO : HEKI_LOG_WARNING
+            case .refused, .restored, .rejected: HEKI_LOG_WARNING
+            }
         }
     }
 
@@ -171,9 +182,34 @@ final class EventRenderer {
                 object.add("require-" + register.name, hex: bits)
                 object.add("require-" + register.name + "-bits", register.bitNames.names(of: bits))
             }
+            object.add("migration", policy.migration.name)
+        case let .migration(report):
+            object.add("action", report.action.rawValue)
+            object.add("migration", report.choice.name)
+            var pins = JSONObject()
+            for register in ControlRegister.allCases {
+                pins.add(register.name, pinOrigin(enforced: report.enforced[register],
+                                                  restoredOnly: report.restoredOnly[register], register))
+            }
+            object.add("pins", pins)
+            object.add("reason", report.reason)
+            object.add("source-vm-name", report.source?.vmName)
+            object.add("source-profile", report.source?.profile)
+            object.add("source-migration", report.source?.migration.name)
         }
         dataBuffer.append(text: object.rendered)
         return dataBuffer.cString()
+    }
+
+    /// One register's pins by origin: this kernel's, restored only. The
+    /// query's pins entries carry the same keys.
+    func pinOrigin(enforced: UInt64, restoredOnly: UInt64, _ register: ControlRegister) -> JSONObject {
+        var entry = JSONObject()
+        entry.add("enforced", hex: enforced)
+        entry.add("enforced-bits", register.bitNames.names(of: enforced))
+        entry.add("restored-only", hex: restoredOnly)
+        entry.add("restored-only-bits", register.bitNames.names(of: restoredOnly))
+        return entry
     }
 
     private func vmObject() -> JSONObject {
@@ -340,7 +376,9 @@ final class EventRenderer {
                 + ControlRegister.allCases.map { register in
                     let names = register.bitNames.names(of: policy.required(register))
                     return "require-\(register.name) " + (names.isEmpty ? "none" : names.joined(separator: "+"))
-                }.joined(separator: ", "))
+                }.joined(separator: ", ") + ", migration \(policy.migration.name)")
+        case let .migration(report):
+            message.append(text: "migration \(report.action.rawValue): " + report.reason)
         }
         return message.cString()
     }

@@ -157,3 +157,51 @@ public func heki_plugin_handle_exit(_ plugin: OpaquePointer?, _ vcpuIndex: UInt3
 public func heki_plugin_query(_ plugin: OpaquePointer?) -> UnsafeMutablePointer<CChar>? {
     withPlugin(plugin, nil) { cString($0.queryJSON()) }
 }
+
+// ---- migration and snapshots (heki-plugin 1.2) ----
+
+@c @implementation
+public func heki_plugin_migration_status(_ plugin: OpaquePointer?) -> HekiMigrationStatus {
+    withPlugin(plugin, MigrationStatus.free.cValue) { $0.migrationStatus().cValue }
+}
+
+@c @implementation
+public func heki_plugin_save_state(
+    _ plugin: OpaquePointer?, _ data: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?,
+    _ size: UnsafeMutablePointer<UInt32>?, _ error: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?
+) -> Int32 {
+    data?.pointee = nil
+    size?.pointee = 0
+    guard let plugin, let data, let size else {
+        return outcome("heki-plugin: " + (plugin == nil ? "plugin" : "data or size") + " is NULL", error)
+    }
+    let saved = withPlugin(plugin, .failure(StateError(message: ""))) { $0.saveState() }
+    switch saved {
+    case let .success(bytes):
+        guard let copy = malloc(max(bytes.count, 1))?.assumingMemoryBound(to: UInt8.self) else {
+            return outcome("heki-plugin: state: out of memory", error)
+        }
+        bytes.withUnsafeBufferPointer { copy.update(from: $0.baseAddress!, count: bytes.count) }
+        data.pointee = copy
+        size.pointee = UInt32(bytes.count)
+        return outcome(nil, error)
+    case let .failure(problem):
+        return outcome(problem.message, error)
+    }
+}
+
+@c @implementation
+public func heki_plugin_free_state(_ data: UnsafeMutablePointer<UInt8>?) {
+    free(data)
+}
+
+@c @implementation
+public func heki_plugin_restore_state(
+    _ plugin: OpaquePointer?, _ data: UnsafePointer<UInt8>?, _ size: UInt32,
+    _ error: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?
+) -> Int32 {
+    guard let plugin else { return outcome("heki-plugin: plugin is NULL", error) }
+    guard data != nil || size == 0 else { return outcome("heki-plugin: data is NULL with size \(size)", error) }
+    let bytes = UnsafeRawBufferPointer(start: data, count: Int(size))
+    return outcome(withPlugin(plugin, nil) { $0.restoreState(bytes)?.message }, error)
+}

@@ -11,7 +11,7 @@ enum Options {
         "abi", "exit-configure", "exit-denial", "cap-configure", "cap-denial",
         "configure-exits", "denial-exits", "on-denial", "on-denial-cr0", "on-denial-cr4",
         "require-cr0", "require-cr4", "on-weak-pinning", "vm-name", "audit-log",
-        "rate-limit", "require-caps", "pin-deadline",
+        "rate-limit", "require-caps", "pin-deadline", "migration",
     ]
     static let numberOverrides = ["exit-configure", "exit-denial", "cap-configure", "cap-denial"]
     static let maxPinDeadline: UInt32 = 86_400
@@ -120,6 +120,11 @@ enum Options {
         case "on-denial-cr4": policy.onDenialCR4 = try verdict(key, value)
         case "on-weak-pinning": policy.onWeakPinning = try verdict(key, value)
         case "require-cr0": policy.requireCR0 = try bits(key, value, CR0.names, accepted: CR0.names.table.map(\.bit))
+        case "migration":
+            guard let choice = MigrationChoice.allCases.first(where: { $0.name == value }) else {
+                throw OptionError(key, "'\(printable(value))' is not one of \(MigrationChoice.allCases.map(\.name).joined(separator: ", "))")
+            }
+            policy.migration = choice
         case "require-cr4":
             let pinnableCR4 = abi?.pinnableCR4 ?? Profile.anyPinnableCR4
             let pinnable = CR4.names.table.map(\.bit).filter { pinnableCR4.rawValue & $0 != 0 }

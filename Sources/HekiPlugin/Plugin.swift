@@ -11,13 +11,15 @@ final class Plugin {
     let config: Configuration
     /// The policy in force (heki_plugin_set_policy replaces it).
     let policy: LivePolicy
-    private let host: HekiHost
+    let host: HekiHost
     /// The host gave check_extension and enable_cap (a heki-plugin 1.1 host).
     let hostCanCheck: Bool
     private let context: OpaquePointer
     let ledger = PinLedger()
     let counters = Counters()
     let limiter: RateLimiter
+    /// Pins restored from a source, the blocker told to the host.
+    let migration = MigrationState()
     private let queue = EventQueue(capacity: Plugin.queueCapacity)
     private let renderer: EventRenderer
     private let audit: AuditLog?
@@ -250,7 +252,7 @@ final class Plugin {
         return nil
     }
 
-    private func announce(_ event: Announcement) {
+    func announce(_ event: Announcement) {
         announcements.append((event, Int64(g_get_real_time())))
         source.wake()
     }
@@ -266,6 +268,7 @@ final class Plugin {
         asDispatch {
             deliverAnnouncements()
             drain()
+            if tellMigrationBlocker() { deliverAnnouncements() }
         }
     }
 
@@ -279,6 +282,8 @@ final class Plugin {
             }
             deliverAnnouncements()
             drain()
+            // After the pin's event went out; its own event follows.
+            if tellMigrationBlocker() { deliverAnnouncements() }
             // After the HEKI_WEAK_PINNING event went out.
             if deadlineVerdict != .resume { apply(deadlineVerdict) }
             let next = [summarise(force: false), deadlineDue].compactMap { $0 }.min()
@@ -371,7 +376,7 @@ final class Plugin {
         if let callback = host.log { callback(host.opaque, level, message()) }
     }
 
-    private func log(_ level: HekiLogLevel, _ message: String) {
+    func log(_ level: HekiLogLevel, _ message: String) {
         guard let callback = host.log else { return }
         message.withCString { callback(host.opaque, level, $0) }
     }

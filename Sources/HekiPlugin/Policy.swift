@@ -1,7 +1,8 @@
 /// The policy an exit is judged by: the options on-denial[-crN],
-/// on-weak-pinning and require-crN. The ledger's state comes in, the verdict
-/// goes out. Started from the VMM's options; heki_plugin_set_policy may
-/// replace it while the VM runs (LivePolicy).
+/// on-weak-pinning and require-crN (and migration=, which no exit reads).
+/// The ledger's state comes in, the verdict goes out. Started from the
+/// VMM's options; heki_plugin_set_policy may replace it while the VM runs
+/// (LivePolicy).
 struct Policy: Sendable, Equatable {
     /// A byte per verdict, its raw value + 1 (0: an override not given):
     /// on-denial, on-denial-cr0, on-denial-cr4, on-weak-pinning, then the
@@ -55,11 +56,19 @@ struct Policy: Sendable, Equatable {
         // The verdicts in force per register (bytes 4 and 5).
         let base = verdicts & 0xff
         let cr0 = (verdicts >> 8) & 0xff, cr4 = (verdicts >> 16) & 0xff
-        verdicts = verdicts & 0xffff_ffff | (cr0 != 0 ? cr0 : base) << 32 | (cr4 != 0 ? cr4 : base) << 40
+        verdicts = verdicts & ~(0xffff << 32) | (cr0 != 0 ? cr0 : base) << 32 | (cr4 != 0 ? cr4 : base) << 40
+    }
+
+    /// migration= (byte 6, MigrationChoice's raw value): read by the main
+    /// loop only, never on the exit path.
+    var migration: MigrationChoice {
+        get { MigrationChoice(rawValue: UInt8(truncatingIfNeeded: verdicts >> 48)) ?? .block }
+        set { verdicts = verdicts & ~(0xff << 48) | UInt64(newValue.rawValue) << 48 }
     }
 
     /// The keys heki_plugin_set_policy accepts: the ones this type holds.
-    static let keys = ["on-denial", "on-denial-cr0", "on-denial-cr4", "on-weak-pinning", "require-cr0", "require-cr4"]
+    static let keys = ["on-denial", "on-denial-cr0", "on-denial-cr4", "on-weak-pinning", "require-cr0", "require-cr4",
+                       "migration"]
 
     /// Bits of `register` the guest must pin (require-cr0, require-cr4).
     @inline(__always) func required(_ register: ControlRegister) -> UInt64 {
@@ -97,6 +106,7 @@ struct Policy: Sendable, Equatable {
         if onWeakPinning != other.onWeakPinning { changed.append("on-weak-pinning") }
         if requireCR0 != other.requireCR0 { changed.append("require-cr0") }
         if requireCR4 != other.requireCR4 { changed.append("require-cr4") }
+        if migration != other.migration { changed.append("migration") }
         return changed
     }
 }

@@ -47,6 +47,7 @@ extension Plugin {
         policyObject.add("require-caps", config.requireCaps)
         policyObject.add("pin-deadline", config.pinDeadline.map { Int64($0) })
         policyObject.add("audit-log", config.auditLogPath)
+        policyObject.add("migration", policy.migration.name)
         root.add("policy", policyObject)
 
         var pins = JSONObject()
@@ -56,9 +57,22 @@ extension Plugin {
             entry.add("value", hex: value)
             entry.add("bits", register.bitNames.names(of: value))
             entry.add("missing-required", register.bitNames.names(of: policy.required(register) & ~value))
+            // Restored from a source, not enforced by this kernel ("value" is).
+            let restoredOnly = restoredOnlyPins[register]
+            entry.add("restored-only", hex: restoredOnly)
+            entry.add("restored-only-bits", register.bitNames.names(of: restoredOnly))
             pins.add(register.name, entry)
         }
         root.add("pins", pins)
+
+        var migrationObject = JSONObject()
+        migrationObject.add("status", migrationStatus().name)
+        let source = migration.source.withLock { $0 }
+        migrationObject.add("restored", source != nil)
+        migrationObject.add("source-vm-name", source?.vmName)
+        migrationObject.add("source-profile", source?.profile)
+        migrationObject.add("source-migration", source?.migration.name)
+        root.add("migration", migrationObject)
 
         var counts = JSONObject()
         for kind in [EventKind.configure, .denial, .weakPinning] {

@@ -320,7 +320,7 @@ final class HostPolicyTests: XCTestCase {
         XCTAssertEqual(larger.enableCaps(), 0)
         larger.freePlugin()
         XCTAssertEqual(larger.count("HEKI_CAPABILITY"), 3, "the callbacks of a larger struct work")
-        XCTAssertEqual(HEKI_HOST_SIZE_1_1, UInt32(MemoryLayout<HekiHost>.size))
+        XCTAssertEqual(HEKI_HOST_SIZE_1_2, UInt32(MemoryLayout<HekiHost>.size))
     }
 
     /// A heki-plugin 1.0 host (its struct ends at `event`) cannot give

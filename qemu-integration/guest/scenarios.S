@@ -210,3 +210,77 @@ sort_samples:
         jmp     1b
 4:      popa
         ret
+
+// ---------------------------------------------------------------- scenario: pin-wait
+// Both pins (prepare_pins), then the BSP idles idle-ms (a test migrates or
+// snapshots the VM meanwhile), then clears CR0.WP once through the port. On
+// the kernel that holds the pins the write is denied (one #GP, WP kept); on
+// a kernel that never saw them (a migration's destination) it is applied
+// (no #GP). Either is reported as `outcome=`; anything else fails. WP is set
+// back natively.
+work_pin_wait:
+        testl   %edi, %edi                      // the BSP only
+        jnz     3f
+        call    work_idle
+        movl    %cr0, %esi
+        movl    %esi, %ebx
+        andl    $~FK_CR0_WP, %ebx
+        movl    PC_GP(%ebp), %edx
+        HEKI_MOV_CR EMU_OP_WRITE_CR0
+        movl    %cr0, %eax
+        movl    %esi, %cr0                      // WP back, natively
+        movl    PC_GP(%ebp), %ecx
+        subl    %edx, %ecx                      // #GPs this write raised
+        movl    %ecx, wait_gp
+        movl    %eax, wait_read_back
+        movl    $wait_denied, wait_outcome
+        cmpl    $1, %ecx                        // denied: one #GP, WP kept
+        jne     1f
+        testl   $FK_CR0_WP, %eax
+        jnz     2f
+1:      movl    $wait_applied, wait_outcome
+        testl   %ecx, %ecx                      // applied: no #GP, WP clear
+        jnz     4f
+        cmpl    %ebx, %eax
+        je      2f
+4:      movl    $wait_neither, wait_outcome
+        FAIL    "after-wait-write-neither-denied-nor-applied"
+2:      LINE_BEGIN
+        PUTS    "after-wait write cr=0 value="
+        PUTHEX  %ebx
+        PUTS    " read-back="
+        PUTHEX  wait_read_back
+        PUTS    " gp="
+        PUTDEC  wait_gp
+        PUTS    " outcome="
+        PUTSP   wait_outcome
+        LINE_END
+3:      ret
+
+// The after-wait write's #GP is expected; any other #GP fails.
+report_pin_wait:
+        xorl    %eax, %eax
+        subl    wait_gp, %eax                   // every #GP but that one
+        xorl    %edi, %edi
+1:      cmpl    cpus, %edi
+        jae     2f
+        movl    %edi, %ecx
+        shll    $PC_SHIFT, %ecx
+        addl    percpu + PC_GP(%ecx), %eax
+        incl    %edi
+        jmp     1b
+2:      testl   %eax, %eax
+        jz      3f
+        FAIL    "unexpected-gp"
+3:      ret
+
+        .section .rodata.str, "a"
+wait_denied:    .asciz "denied"
+wait_applied:   .asciz "applied"
+wait_neither:   .asciz "neither"
+        .section .bss
+        .balign 4
+wait_gp:        .long 0
+wait_read_back: .long 0
+wait_outcome:   .long 0
+        .text
