@@ -146,7 +146,7 @@ struct PluginState: Equatable, Sendable {
             guard let name = String(validating: try reader.bytes(nameLength), as: UTF8.self) else {
                 throw StateError("vm-name is not valid UTF-8")
             }
-            do { state.vmName = try Options.text("vm-name", name) } catch { throw StateError(error.message) }
+            state.vmName = name
         }
         try state.validate()
         return state
@@ -184,6 +184,12 @@ struct PluginState: Equatable, Sendable {
         }
         guard restoredOnly.cr0 & pins.cr0 == 0, restoredOnly.cr4 & pins.cr4 == 0 else {
             throw StateError("a bit is both enforced and restored-only")
+        }
+        if let vmName {
+            // As the option accepts it (Options.text): bounded, no control characters.
+            do { _ = try Options.text("vm-name", vmName) } catch {
+                throw StateError(String(error.message.dropFirst("heki-plugin: ".count)))
+            }
         }
         if let numbers {
             guard numbers.exitConfigure != numbers.exitDenial, numbers.capConfigure != numbers.capDenial else {

@@ -124,6 +124,18 @@ import Testing
                 policy.requireCR0 = 1 << 16
                 checker.check("policy \(n) \(requireCaps)", renderer,
                               .policy(policy, changed: ["on-denial", "on-denial-cr4", "require-cr0", "require-cr4"]))
+                policy.migration = .allowUnprotected
+                checker.check("policy-migration \(n) \(requireCaps)", renderer, .policy(policy, changed: ["migration"]))
+                let source = RestoredSource(vmName: vmName, profile: "v3", migration: .allowUnprotected)
+                let actions: [MigrationReport.Action] = [.blocked, .unblocked, .refused, .saved, .restored, .rejected]
+                for (ai, action) in actions.enumerated() {
+                    let enforced = RegisterPair(cr0: ai % 2 == 0 ? 1 << 16 : 0, cr4: ai < 3 ? 0x300000 : 0)
+                    let restoredOnly = RegisterPair(cr0: action == .restored ? 1 << 16 : 0, cr4: action == .restored ? 0x100000 : 0)
+                    checker.check("migration \(n) \(requireCaps) \(action.rawValue)", renderer, .migration(MigrationReport(
+                        action: action, choice: ai % 2 == 0 ? .block : .allowUnprotected, enforced: enforced,
+                        restoredOnly: restoredOnly, reason: "why \u{22}\(ai)\u{22} 0x\(ai)",
+                        source: action == .restored ? source : nil)))
+                }
             }
         }
         #expect(checker.missing.isEmpty, "cases not in the fixture: \(checker.missing.prefix(5))")
