@@ -38,6 +38,13 @@ _Static_assert(HS_SAME_TYPE(heki_plugin_handle_exit,
                             HekiVerdict (*)(HekiPlugin *, uint32_t, const struct kvm_run *)),
                "handle_exit");
 _Static_assert(HS_SAME_TYPE(heki_plugin_query, char *(*)(HekiPlugin *)), "query");
+_Static_assert(HS_SAME_TYPE(heki_plugin_migration_status, HekiMigrationStatus (*)(const HekiPlugin *)),
+               "migration_status");
+_Static_assert(HS_SAME_TYPE(heki_plugin_save_state, int (*)(HekiPlugin *, uint8_t **, uint32_t *, char **)),
+               "save_state");
+_Static_assert(HS_SAME_TYPE(heki_plugin_free_state, void (*)(uint8_t *)), "free_state");
+_Static_assert(HS_SAME_TYPE(heki_plugin_restore_state, int (*)(HekiPlugin *, const uint8_t *, uint32_t, char **)),
+               "restore_state");
 
 struct HsLibrary {
     void *handle;
@@ -116,6 +123,10 @@ HsLibrary *hs_library_open(const char *path, uint32_t expected_abi_version, char
         {"heki_plugin_flush", (void **)&a->flush},
         {"heki_plugin_handle_exit", (void **)&a->handle_exit},
         {"heki_plugin_query", (void **)&a->query},
+        {"heki_plugin_migration_status", (void **)&a->migration_status},
+        {"heki_plugin_save_state", (void **)&a->save_state},
+        {"heki_plugin_free_state", (void **)&a->free_state},
+        {"heki_plugin_restore_state", (void **)&a->restore_state},
     };
     for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++) {
         if (!resolve(handle, syms[i].name, syms[i].slot, path, error)) {

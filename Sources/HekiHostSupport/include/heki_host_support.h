@@ -41,6 +41,12 @@ typedef struct HsPluginApi {
     HekiVerdict (*handle_exit)(HekiPlugin *plugin, uint32_t vcpu_index,
                                const struct kvm_run *run);
     char *(*query)(HekiPlugin *plugin);
+    HekiMigrationStatus (*migration_status)(const HekiPlugin *plugin);
+    int (*save_state)(HekiPlugin *plugin, uint8_t **data, uint32_t *size,
+                      char **error);
+    void (*free_state)(uint8_t *data);
+    int (*restore_state)(HekiPlugin *plugin, const uint8_t *data, uint32_t size,
+                         char **error);
 } HsPluginApi;
 
 typedef struct HsLibrary HsLibrary;
