@@ -39,12 +39,12 @@ test: build
 
 # ---- reliability (issue 5): fuzzing and sanitizers ------------------------
 
-# libFuzzer targets of Fuzz/ (exit, options, api), built with
+# libFuzzer targets of Fuzz/ (exit, options, api, state), built with
 # -sanitize=fuzzer,address; each runs FUZZ_TIME seconds. The fuzz products
 # exist only when HEKI_FUZZ is set (Package.swift). SwiftPM's --sanitize=fuzzer
 # does not reliably reach the library's Swift code, hence -Xswiftc.
 FUZZ_TIME ?= 60
-FUZZ_TARGETS ?= exit options api
+FUZZ_TARGETS ?= exit options api state
 FUZZ_BUILD = HEKI_FUZZ=1 swift build -c release --sanitize=fuzzer --sanitize=address \
 	-Xswiftc -sanitize=fuzzer,address --scratch-path .build-fuzz
 

@@ -87,7 +87,7 @@ if Context.environment["HEKI_FUZZ"] != nil {
     // The fuzz host answers KVM's questions from the kernel model.
     package.targets.append(.target(name: "HekiFuzzSupport", dependencies: ["CGLib", "CHekiPlugin", "HekiKernelModel"],
                                    path: "Fuzz/Support"))
-    for name in ["exit", "options", "api"] {
+    for name in ["exit", "options", "api", "state"] {
         package.targets.append(.executableTarget(
             name: "heki-fuzz-\(name)", dependencies: ["HekiPlugin", "HekiFuzzSupport"], path: "Fuzz/\(name)"))
         package.products.append(.executable(name: "heki-fuzz-\(name)", targets: ["heki-fuzz-\(name)"]))

@@ -101,3 +101,32 @@ write("api", "v3-asked-v2-kernel", bytes([NEW, 2, SIZE_1_1, START, ENABLE, 0]) +
       + bytes([FREE]))
 write("api", "null-plugin", bytes([CAP]) + u32(0) + u32(0) + bytes([GETTERS]) + u32(0) + bytes([QUERYOP, NULLS, 1, EXIT])
       + bytes(100))
+
+# ---- state: a flags byte, then the bytes to restore ----------------------
+# (fuzz_state.c: bit 0 fixes the body length, bit 1 the checksum, bit 2
+# restores over a restored plugin, bit 3 migration=allow-unprotected.)
+def fnv1a(data):
+    h = 0xcbf29ce484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001b3) & 0xffffffffffffffff
+    return h
+
+
+def state(profile=1, migration=1, verdicts=(2, 0, 5, 1), require=(CR0_WP, CR4_SMEP | CR4_SMAP),
+          numbers=(39, 40, 235, 236), granted=(3, 3), pins=(CR0_WP, CR4_SMEP), restored=(0, CR4_SMAP),
+          counters=tuple(range(1, 12)), name=b"web1"):
+    body = bytes([profile, migration]) + bytes(verdicts) + struct.pack("<QQ", *require)
+    body += struct.pack("<IIII", *numbers) + bytes(granted) + struct.pack("<QQQQ", *(pins + restored))
+    body += struct.pack("<11Q", *counters) + struct.pack("<H", len(name)) + name
+    framed = b"HEKISTAT" + struct.pack("<HHI", 1, 0, len(body)) + body
+    return framed + struct.pack("<Q", fnv1a(framed))
+
+
+write("state", "v2-pinned", bytes([0]) + state())
+write("state", "v3-no-name", bytes([8]) + state(profile=2, numbers=(40, 41, 236, 237), name=b""))
+write("state", "no-profile-nothing-pinned", bytes([4]) + state(profile=0, numbers=(0, 0, 0, 0), pins=(0, 0),
+                                                               restored=(0, 0), counters=(0,) * 11))
+write("state", "resealed-bad-verdict", bytes([3]) + state(verdicts=(9, 0, 0, 1)))
+write("state", "escaped-name", bytes([2]) + state(name='q"b\\s/ é✓'.encode()))
+write("state", "version-2", bytes([2]) + state()[:8] + struct.pack("<H", 2) + state()[10:])
+write("state", "truncated", bytes([0]) + state()[:40])

@@ -12,7 +12,8 @@ case $target in
 exit) max_len=1024 ;;
 options) max_len=1024 ;;
 api) max_len=512 ;;
-*) echo "fuzz-run: unknown target '$target' (exit, options, api)" >&2; exit 2 ;;
+state) max_len=1400 ;;   # a version 1 state is at most 1210 bytes, plus the flags byte
+*) echo "fuzz-run: unknown target '$target' (exit, options, api, state)" >&2; exit 2 ;;
 esac
 binary=.build-fuzz/release/heki-fuzz-$target
 work=.build-fuzz/corpus/$target

@@ -186,7 +186,7 @@ ORACLE uint64_t fz_json_number_in(const char *json, const char *scope, const cha
 
 static const char *const kind_names[FZ_KINDS] = {
     "HEKI_CONFIGURE", "HEKI_DENIAL", "HEKI_WEAK_PINNING", "HEKI_MALFORMED_EXIT",
-    "HEKI_CAPABILITY", "HEKI_SUPPRESSED", "HEKI_POLICY",
+    "HEKI_CAPABILITY", "HEKI_SUPPRESSED", "HEKI_POLICY", "HEKI_MIGRATION",
 };
 
 ORACLE static int kind_of(const char *name) {
@@ -205,6 +205,8 @@ ORACLE static void on_event(void *opaque, const char *name, const char *data) {
     h->events[kind]++;
     if (kind == FZ_POLICY && !strstr(data, "\"changed\":["))
         fz_fail("HEKI_POLICY without changed: %s", data);
+    if (kind == FZ_MIGRATION && (!strstr(data, "\"action\":\"") || !strstr(data, "\"reason\":\"")))
+        fz_fail("HEKI_MIGRATION without action or reason: %s", data);
     if (kind == FZ_SUPPRESSED) {
         const char *event = strstr(data, "\"event\":\"");
         if (!event) fz_fail("HEKI_SUPPRESSED without event: %s", data);
@@ -215,7 +217,7 @@ ORACLE static void on_event(void *opaque, const char *name, const char *data) {
             if (strncmp(event, kind_names[i], n) == 0 && event[n] == '"') coalesced = i;
         }
         if (coalesced < 0 || coalesced == FZ_SUPPRESSED || coalesced == FZ_CAPABILITY ||
-            coalesced == FZ_POLICY)
+            coalesced == FZ_POLICY || coalesced == FZ_MIGRATION)
             fz_fail("HEKI_SUPPRESSED of an unexpected kind: %s", data);
         uint64_t count = fz_json_number(data, "count");
         if (count == 0) fz_fail("HEKI_SUPPRESSED with count 0: %s", data);
@@ -237,6 +239,21 @@ ORACLE static void on_log(void *opaque, HekiLogLevel level, const char *message)
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)message[i] < 0x20) fz_fail("control character in a log line: %s", message);
     h->logs++;
+}
+
+/* A reason exactly when blocked, naming Heki.  (Told only on a change,
+   but per plugin: a slot's next plugin starts unblocked.) */
+ORACLE static void on_migration_blocker(void *opaque, int blocked, const char *reason) {
+    FzHost *h = opaque;
+    if (blocked != 0 && blocked != 1) fz_fail("migration_blocker(%d)", blocked);
+    if (blocked) {
+        if (!reason || strncmp(reason, "Heki: ", 6) != 0) fz_fail("blocker reason '%s'", reason ? reason : "(null)");
+        if (!g_utf8_validate(reason, -1, NULL)) fz_fail("blocker reason is not UTF-8");
+    } else if (reason) {
+        fz_fail("migration_blocker(0) with a reason: %s", reason);
+    }
+    h->blocked = blocked;
+    h->blocker_calls++;
 }
 
 ORACLE static void inside_enable_caps(const FzHost *h, const char *callback) {
@@ -276,7 +293,7 @@ ORACLE void fz_host_init(FzHost *h) {
     g_main_context_acquire(h->context);
     h->host = (HekiHost){.size = sizeof(HekiHost), .opaque = h, .context = h->context, .log = on_log,
                          .event = on_event, .check_extension = on_check_extension,
-                         .enable_cap = on_enable_cap};
+                         .enable_cap = on_enable_cap, .migration_blocker = on_migration_blocker};
     FkProfile v2 = fk_profile(FK_PROFILE_V2);
     fz_host_kernel(h, &v2, FK_KERNEL_HEKI, true);
 }

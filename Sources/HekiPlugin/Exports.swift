@@ -62,6 +62,8 @@ public func heki_plugin_new(
     withUnsafeMutableBytes(of: &hostCopy) { copy in
         copy.copyMemory(from: UnsafeRawBufferPointer(start: host, count: min(size, copy.count)))
     }
+    // A field the size only partly covers is not the host's.
+    if size < Int(HEKI_HOST_SIZE_1_2) { hostCopy.migration_blocker = nil }
     let hostCanCheck = size >= Int(HEKI_HOST_SIZE_1_1) && hostCopy.check_extension != nil && hostCopy.enable_cap != nil
     let list: [String]
     switch arguments(argc, argv) {

@@ -20,10 +20,11 @@
 #include "heki_kernel_model.h"
 
 /* Event kinds, in the order of the plugin's EventKind, then HEKI_POLICY
-   (made on the main loop by heki_plugin_set_policy, never coalesced). */
+   (made on the main loop by heki_plugin_set_policy, never coalesced) and
+   HEKI_MIGRATION (the main loop's too). */
 enum {
     FZ_CONFIGURE, FZ_DENIAL, FZ_WEAK_PINNING, FZ_MALFORMED, FZ_CAPABILITY,
-    FZ_SUPPRESSED, FZ_POLICY, FZ_KINDS
+    FZ_SUPPRESSED, FZ_POLICY, FZ_MIGRATION, FZ_KINDS
 };
 
 #define FZ_MAX_CHECKED 8
@@ -47,6 +48,10 @@ typedef struct FzHost {
     uint64_t events[FZ_KINDS];     /* individual events delivered, per kind */
     uint64_t suppressed[FZ_KINDS]; /* sum of HEKI_SUPPRESSED counts, per coalesced kind */
     uint64_t logs;
+    /* HekiHost.migration_blocker: whether the host holds the blocker,
+       and how often it was told. */
+    bool blocked;
+    uint64_t blocker_calls;
     /* Set by the event callback to make it free the plugin (once). */
     HekiPlugin **free_from_callback;
 } FzHost;
