@@ -72,6 +72,10 @@ struct FhVm {
     GArray *checks;  /* FhCheckCall: KVM_CHECK_EXTENSION the plugin asked */
     GArray *enables; /* FhEnableCall: KVM_ENABLE_CAP the plugin asked */
     uint64_t applied[NVERDICT_SLOTS]; /* apply_verdict calls, by verdict_slot */
+    bool with_migration_blocker;     /* off unless a test asks (fh_vm_set_migration_blocker) */
+    bool blocked;                    /* what migration_blocker said last */
+    uint64_t blocker_calls;
+    char *blocker_reason;
 
     Vcpu *vcpus[FH_MAX_VCPUS];
     uint32_t nvcpus;
@@ -218,6 +222,16 @@ static void on_apply_verdict(void *opaque, HekiVerdict verdict) {
     request_stop(vm, verdict);
 }
 
+/* The host's migration blocker, as the plugin tells it. */
+static void on_migration_blocker(void *opaque, int blocked, const char *reason) {
+    FhVm *vm = opaque;
+    check_thread(vm);
+    vm->blocked = blocked != 0;
+    vm->blocker_calls++;
+    g_free(vm->blocker_reason);
+    vm->blocker_reason = g_strdup(reason);
+}
+
 static void on_log(void *opaque, HekiLogLevel level, const char *message) {
     FhVm *vm = opaque;
     check_thread(vm);
@@ -299,6 +313,7 @@ void fh_vm_free(FhVm *vm) {
     g_main_context_unref(vm->context);
     g_ptr_array_free(vm->options, TRUE);
     g_free(vm->last_error);
+    g_free(vm->blocker_reason);
     g_array_free(vm->events, TRUE);
     g_array_free(vm->logs, TRUE);
     g_array_free(vm->checks, TRUE);
@@ -321,6 +336,12 @@ void fh_vm_set_host_kvm(FhVm *vm, bool with_kvm, bool with_apply_verdict) {
     vm->with_kvm = with_kvm;
     vm->with_apply_verdict = with_apply_verdict;
 }
+void fh_vm_set_migration_blocker(FhVm *vm, bool with_migration_blocker) {
+    vm->with_migration_blocker = with_migration_blocker;
+}
+int fh_vm_migration_blocked(FhVm *vm) { return vm->blocked; }
+uint64_t fh_vm_migration_blocker_calls(FhVm *vm) { return vm->blocker_calls; }
+const char *fh_vm_migration_blocker_reason(FhVm *vm) { return vm->blocker_reason ? vm->blocker_reason : ""; }
 void fh_vm_set_event_capacity(FhVm *vm, uint32_t capacity) { vm->event_capacity = capacity; }
 void fh_vm_set_log_capacity(FhVm *vm, uint32_t capacity) { vm->log_capacity = capacity; }
 void fh_vm_set_event_hook(FhVm *vm, FhEventHook hook, void *user_data) {
@@ -361,6 +382,7 @@ int fh_vm_create_plugin_argv(FhVm *vm, int argc, const char *const *argv) {
     buffer.host.check_extension = vm->with_kvm ? on_check_extension : NULL;
     buffer.host.enable_cap = vm->with_kvm ? on_enable_cap : NULL;
     buffer.host.apply_verdict = vm->with_apply_verdict ? on_apply_verdict : NULL;
+    buffer.host.migration_blocker = vm->with_migration_blocker ? on_migration_blocker : NULL;
     vm->host = buffer.host;
     char *error = NULL;
     vm->plugin = vm->api->plugin_new(&buffer.host, argc, argv, &error);

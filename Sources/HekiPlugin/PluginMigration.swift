@@ -100,20 +100,22 @@ extension Plugin {
     }
 
     /// Tells the host's migration_blocker when its answer changed (main
-    /// loop, from the dispatch or a flush). Returns whether it announced.
+    /// loop, from the dispatch or a flush), with a HEKI_MIGRATION event that
+    /// says what the host holds: a host without the callback holds nothing,
+    /// and its event stream stays as it was (it learns at the save).
+    /// Returns whether it announced.
     @discardableResult
     func tellMigrationBlocker() -> Bool {
+        guard let callback = host.migration_blocker else { return false }
         let blocked = migrationStatus() == .blocked
         guard blocked != migration.blockerHeld else { return false }
         migration.blockerHeld = blocked
         let reason = blocked ? blockedReason(enforcedPins)
             : "Heki: migration=allow-unprotected: the VM may migrate; its pins will not be enforced on the destination"
-        if let callback = host.migration_blocker {
-            if blocked {
-                reason.withCString { callback(host.opaque, 1, $0) }
-            } else {
-                callback(host.opaque, 0, nil)
-            }
+        if blocked {
+            reason.withCString { callback(host.opaque, 1, $0) }
+        } else {
+            callback(host.opaque, 0, nil)
         }
         report(blocked ? .blocked : .unblocked, reason: reason)
         return true

@@ -48,8 +48,16 @@ final class HostMigrationTests: XCTestCase {
 
     struct MessageError: Error { let text: String }
 
+    private func started(_ options: [String]) throws -> TestVM {
+        let t = TestVM(lib: try PluginLibrary.require())
+        fh_vm_set_migration_blocker(t.vm, true)
+        XCTAssertTrue(t.create(options), t.error)
+        XCTAssertEqual(t.enableCaps(), 0, t.error)
+        return t
+    }
+
     func testPinnedVMIsBlockedUntilTheOperatorAllowsIt() throws {
-        let t = try TestVM.started(["vm-name=src"])
+        let t = try started(["vm-name=src"])
         XCTAssertEqual(status(t), HEKI_MIGRATION_FREE, "nothing pinned yet")
         XCTAssertEqual(t.query().object("migration")?.string("status"), "free")
         t.pin(cr: 0, GuestCR0.wp)
@@ -57,6 +65,9 @@ final class HostMigrationTests: XCTestCase {
         XCTAssertEqual(t.run(), FH_STOP_NONE)
         fh_vm_iterate_until_idle(t.vm)  // the dispatch tells the host (HEKI_MIGRATION blocked)
         XCTAssertEqual(status(t), HEKI_MIGRATION_BLOCKED)
+        XCTAssertEqual(fh_vm_migration_blocked(t.vm), 1)
+        XCTAssertEqual(fh_vm_migration_blocker_calls(t.vm), 1)
+        XCTAssertTrue(String(cString: fh_vm_migration_blocker_reason(t.vm)).hasPrefix("Heki: the guest pinned cr0 wp"))
         guard case let .failure(refusal) = save(t) else { return XCTFail("a pinned VM's state was saved under migration=block") }
         XCTAssertTrue(refusal.text.hasPrefix("Heki: the guest pinned cr0 wp, cr4 smep+smap, which only this host's KVM enforces"),
                       refusal.text)
@@ -64,10 +75,13 @@ final class HostMigrationTests: XCTestCase {
         XCTAssertEqual(setPolicy(t, ["migration=allow-unprotected"]), 0, t.error)
         fh_vm_iterate_until_idle(t.vm)
         XCTAssertEqual(status(t), HEKI_MIGRATION_CARRY)
+        XCTAssertEqual(fh_vm_migration_blocked(t.vm), 0, "dropped")
+        XCTAssertEqual(String(cString: fh_vm_migration_blocker_reason(t.vm)), "")
         guard case .success = save(t) else { return XCTFail("not saved after migration=allow-unprotected") }
         XCTAssertEqual(setPolicy(t, ["migration=block"]), 0, t.error)
         fh_vm_iterate_until_idle(t.vm)
         XCTAssertEqual(status(t), HEKI_MIGRATION_BLOCKED)
+        XCTAssertEqual(fh_vm_migration_blocker_calls(t.vm), 3, "told on each change only")
         t.freePlugin()
         let actions = t.events("HEKI_MIGRATION").map { $0.string("action") ?? "" }
         XCTAssertEqual(actions, ["blocked", "refused", "unblocked", "saved", "blocked"], "\(t.events("HEKI_MIGRATION"))")
@@ -75,7 +89,7 @@ final class HostMigrationTests: XCTestCase {
     }
 
     func testRestoredPinsAreNotEnforcedAndCountersContinue() throws {
-        let source = try TestVM.started(["vm-name=src", "migration=allow-unprotected"])
+        let source = try started(["vm-name=src", "migration=allow-unprotected"])
         source.pin(cr: 0, GuestCR0.wp)
         source.pin(cr: 4, GuestCR4.smep)
         source.write(cr: 0, GuestCR0.host & ~GuestCR0.wp, repeat: 3)
@@ -83,7 +97,7 @@ final class HostMigrationTests: XCTestCase {
         XCTAssertEqual(source.verdicts(verdictResume), 5, "two pins, three denials")
         let bytes = try save(source).mapError { $0 as Error }.get()
 
-        let destination = try TestVM.started(["vm-name=dst", "on-denial=pause"])
+        let destination = try started(["vm-name=dst", "on-denial=pause"])
         XCTAssertNil(restore(destination, bytes))
         XCTAssertEqual(status(destination), HEKI_MIGRATION_CARRY, "restored-only pins travel on, nothing more to lose")
         let query = destination.query()
@@ -127,5 +141,21 @@ final class HostMigrationTests: XCTestCase {
         destination.freePlugin()
         XCTAssertEqual(destination.events("HEKI_MIGRATION").map { $0.string("action") ?? "" }, ["rejected", "rejected"])
         source.freePlugin()
+    }
+}
+
+extension HostMigrationTests {
+    /// A host without migration_blocker holds nothing: no blocked event, its
+    /// event stream is what it was; the save still refuses.
+    func testAHostWithoutTheCallbackIsRefusedAtTheSave() throws {
+        let t = try TestVM.started([])
+        t.pin(cr: 0, GuestCR0.wp)
+        XCTAssertEqual(t.run(), FH_STOP_NONE)
+        fh_vm_iterate_until_idle(t.vm)
+        XCTAssertEqual(t.count("HEKI_MIGRATION"), 0)
+        XCTAssertEqual(status(t), HEKI_MIGRATION_BLOCKED)
+        guard case .failure = save(t) else { return XCTFail("saved under migration=block") }
+        t.freePlugin()
+        XCTAssertEqual(t.events("HEKI_MIGRATION").map { $0.string("action") ?? "" }, ["refused"])
     }
 }

@@ -42,7 +42,8 @@ final class HostPolicyChangeTests: XCTestCase {
         let raw = t.events.filter { $0.name == "HEKI_POLICY" }.map(\.raw)
         XCTAssertEqual(raw, [#"{"vm-name":"web1","changed":["on-denial","on-weak-pinning","require-cr0"],"#
             + #""on-denial":"exit","on-denial-cr0":"exit","on-denial-cr4":"reset","on-weak-pinning":"poweroff","#
-            + #""require-cr0":"0x10000","require-cr0-bits":["wp"],"require-cr4":"0x0","require-cr4-bits":[]}"#])
+            + #""require-cr0":"0x10000","require-cr0-bits":["wp"],"require-cr4":"0x0","require-cr4-bits":[],"#
+            + #""migration":"block"}"#])
         XCTAssertTrue(t.logs.contains {
             $0.hasPrefix("heki: vm web1: policy changed: on-denial, on-weak-pinning, require-cr0; now on-denial exit")
         }, "\(t.logs)")

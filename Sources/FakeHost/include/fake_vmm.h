@@ -68,6 +68,13 @@ void fh_vm_set_host_callbacks(FhVm *vm, bool with_log, bool with_event);
    apply_verdict (counted; stops a running VM like a vCPU's verdict).
    Default: both true. */
 void fh_vm_set_host_kvm(FhVm *vm, bool with_kvm, bool with_apply_verdict);
+/* Gives the plugin HekiHost.migration_blocker (off by default: a host that
+   never migrates).  What it said last, how often, and its reason ("" when
+   unblocked). */
+void fh_vm_set_migration_blocker(FhVm *vm, bool with_migration_blocker);
+int fh_vm_migration_blocked(FhVm *vm);
+uint64_t fh_vm_migration_blocker_calls(FhVm *vm);
+const char *fh_vm_migration_blocker_reason(FhVm *vm);
 void fh_vm_set_event_capacity(FhVm *vm, uint32_t capacity);
 void fh_vm_set_log_capacity(FhVm *vm, uint32_t capacity);
 /* Optional live echo of each event / log line (the demo prints with it). */
