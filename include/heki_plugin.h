@@ -25,12 +25,15 @@
  *  - heki_plugin_handle_exit() may be called from any number of vCPU threads
  *    at once.  It never blocks, never allocates and never calls the host.
  *  - Everything else (new, free, enable_caps, start, set_policy, flush,
- *    cap_result, query, the number getters) is called from the thread that
- *    runs HekiHost.context (the "main loop thread"), or before that loop
- *    runs.  The getters and query are also safe from any thread.
- *  - HekiHost.log, HekiHost.event and HekiHost.apply_verdict are called only
- *    on the thread that runs HekiHost.context: from the plugin's GSource,
- *    from heki_plugin_flush() or from heki_plugin_free().
+ *    cap_result, query, the number getters, migration_status, save_state,
+ *    restore_state) is called from the thread that runs HekiHost.context
+ *    (the "main loop thread"), or before that loop runs.  The getters,
+ *    query and migration_status are also safe from any thread.
+ *  - HekiHost.log, HekiHost.event, HekiHost.apply_verdict and
+ *    HekiHost.migration_blocker are called only on the thread that runs
+ *    HekiHost.context: from the plugin's GSource, from heki_plugin_flush()
+ *    or from heki_plugin_free() (save_state and restore_state queue their
+ *    reports for that dispatch: they never call the host themselves).
  *    HekiHost.check_extension and HekiHost.enable_cap are called only from
  *    inside heki_plugin_enable_caps(), on its caller's thread.
  *
@@ -282,8 +285,8 @@ void heki_plugin_start(HekiPlugin *plugin);
  * Changes the policy while the VM runs (QEMU: qom-set of a heki policy
  * property).  `argv` holds "key=value" strings as for heki_plugin_new(), with
  * only the policy keys: on-denial, on-denial-cr0, on-denial-cr4,
- * on-weak-pinning, require-cr0, require-cr4.  A key not given keeps its
- * value.  The strings are validated together, with heki_plugin_new()'s
+ * on-weak-pinning, require-cr0, require-cr4, migration.  A key not given
+ * keeps its value.  The strings are validated together, with heki_plugin_new()'s
  * messages; on any error nothing changes and *error (optional; free with
  * heki_plugin_free_string()) names the key.  Any other key is refused: the
  * numbering, the exits asked of KVM and the sinks are fixed at
