@@ -8,16 +8,6 @@ import Foundation
 import XCTest
 
 final class HostMigrationTests: XCTestCase {
-    private func setPolicy(_ t: TestVM, _ arguments: [String]) -> Int32 {
-        var copies = arguments.map { strdup($0) }
-        defer { copies.forEach { free($0) } }
-        return copies.withUnsafeMutableBufferPointer { buffer in
-            buffer.withMemoryRebound(to: UnsafePointer<CChar>?.self) {
-                fh_vm_set_policy(t.vm, Int32(arguments.count), $0.baseAddress)
-            }
-        }
-    }
-
     private func api(_ t: TestVM) -> HsPluginApi { fh_vm_api(t.vm)!.pointee }
 
     /// heki_plugin_save_state: the bytes, or the error message.
@@ -72,13 +62,13 @@ final class HostMigrationTests: XCTestCase {
         XCTAssertTrue(refusal.text.hasPrefix("Heki: the guest pinned cr0 wp, cr4 smep+smap, which only this host's KVM enforces"),
                       refusal.text)
         XCTAssertTrue(refusal.text.contains("migration=allow-unprotected"), refusal.text)
-        XCTAssertEqual(setPolicy(t, ["migration=allow-unprotected"]), 0, t.error)
+        XCTAssertEqual(t.setPolicy(["migration=allow-unprotected"]), 0, t.error)
         fh_vm_iterate_until_idle(t.vm)
         XCTAssertEqual(status(t), HEKI_MIGRATION_CARRY)
         XCTAssertEqual(fh_vm_migration_blocked(t.vm), 0, "dropped")
         XCTAssertEqual(String(cString: fh_vm_migration_blocker_reason(t.vm)), "")
         guard case .success = save(t) else { return XCTFail("not saved after migration=allow-unprotected") }
-        XCTAssertEqual(setPolicy(t, ["migration=block"]), 0, t.error)
+        XCTAssertEqual(t.setPolicy(["migration=block"]), 0, t.error)
         fh_vm_iterate_until_idle(t.vm)
         XCTAssertEqual(status(t), HEKI_MIGRATION_BLOCKED)
         XCTAssertEqual(fh_vm_migration_blocker_calls(t.vm), 3, "told on each change only")

@@ -6,22 +6,12 @@ import Foundation
 import XCTest
 
 final class HostPolicyChangeTests: XCTestCase {
-    private func setPolicy(_ t: TestVM, _ arguments: [String]) -> Int32 {
-        var copies = arguments.map { strdup($0) }
-        defer { copies.forEach { free($0) } }
-        return copies.withUnsafeMutableBufferPointer { buffer in
-            buffer.withMemoryRebound(to: UnsafePointer<CChar>?.self) {
-                fh_vm_set_policy(t.vm, Int32(arguments.count), $0.baseAddress)
-            }
-        }
-    }
-
     func testNextDenialFollowsTheNewVerdict() throws {
         let t = try TestVM.started(["on-denial=resume"])
         t.pin(cr: 0, GuestCR0.wp)
         t.write(cr: 0, 0)
         XCTAssertEqual(t.run(), FH_STOP_NONE, "resume before the change")
-        XCTAssertEqual(setPolicy(t, ["on-denial=pause"]), 0, t.error)
+        XCTAssertEqual(t.setPolicy(["on-denial=pause"]), 0, t.error)
         XCTAssertEqual(t.error, "")
         t.write(cr: 0, 0)
         XCTAssertEqual(t.run(), verdictPause, "the next denial follows on-denial=pause")
@@ -37,7 +27,7 @@ final class HostPolicyChangeTests: XCTestCase {
         defer { try? FileManager.default.removeItem(at: dir) }
         let audit = dir.appendingPathComponent("audit.jsonl").path
         let t = try TestVM.started(["vm-name=web1", "audit-log=\(audit)", "on-denial-cr4=reset"])
-        XCTAssertEqual(setPolicy(t, ["require-cr0=wp", "on-denial=exit", "on-weak-pinning=poweroff"]), 0, t.error)
+        XCTAssertEqual(t.setPolicy(["require-cr0=wp", "on-denial=exit", "on-weak-pinning=poweroff"]), 0, t.error)
         fh_vm_iterate_until_idle(t.vm)
         let raw = t.events.filter { $0.name == "HEKI_POLICY" }.map(\.raw)
         XCTAssertEqual(raw, [#"{"vm-name":"web1","changed":["on-denial","on-weak-pinning","require-cr0"],"#
@@ -61,11 +51,11 @@ final class HostPolicyChangeTests: XCTestCase {
                                  (["on-denial=reset", "on-denial=exit"], "on-denial"),
                                  (["abi=v3"], "abi"), (["rate-limit=5"], "rate-limit"),
                                  (["audit-log=/tmp/x"], "audit-log")] {
-            XCTAssertEqual(setPolicy(t, arguments), -1, "\(arguments)")
+            XCTAssertEqual(t.setPolicy(arguments), -1, "\(arguments)")
             XCTAssertTrue(t.error.hasPrefix("heki-plugin: \(key): "), "\(arguments): \(t.error)")
         }
         XCTAssertTrue(t.error.contains("cannot change while the VM runs"), t.error)
-        XCTAssertEqual(setPolicy(t, ["nonsense"]), -1)
+        XCTAssertEqual(t.setPolicy(["nonsense"]), -1)
         XCTAssertTrue(t.error.contains("is not key=value"), t.error)
         XCTAssertEqual(t.query().object("policy")?.string("on-denial"), before?.string("on-denial"))
         XCTAssertEqual(t.query().object("policy")?.strings("require-cr4"), ["smep"])
@@ -79,12 +69,12 @@ final class HostPolicyChangeTests: XCTestCase {
 
     func testUnchangedKeysAndOverridesKeepTheirValues() throws {
         let t = try TestVM.started(["on-denial=poweroff", "on-denial-cr4=reset", "require-cr0=wp"])
-        XCTAssertEqual(setPolicy(t, ["on-denial=pause"]), 0, t.error)
+        XCTAssertEqual(t.setPolicy(["on-denial=pause"]), 0, t.error)
         let policy = t.query().object("policy")
         XCTAssertEqual(policy?.string("on-denial-cr4"), "reset", "the override stays")
         XCTAssertEqual(policy?.string("on-denial-cr0"), "pause")
         XCTAssertEqual(policy?.strings("require-cr0"), ["wp"])
-        XCTAssertEqual(setPolicy(t, []), 0, "an empty change is valid")
+        XCTAssertEqual(t.setPolicy([]), 0, "an empty change is valid")
         fh_vm_iterate_until_idle(t.vm)
         XCTAssertEqual(t.events("HEKI_POLICY").map { $0.strings("changed") ?? ["?"] }, [["on-denial"], []])
         t.freePlugin()
@@ -94,7 +84,7 @@ final class HostPolicyChangeTests: XCTestCase {
         let t = try TestVM.started(["on-weak-pinning=pause"])
         t.pin(cr: 4, GuestCR4.smep)
         XCTAssertEqual(t.run(), FH_STOP_NONE, "nothing required yet")
-        XCTAssertEqual(setPolicy(t, ["require-cr4=smep+smap"]), 0, t.error)
+        XCTAssertEqual(t.setPolicy(["require-cr4=smep+smap"]), 0, t.error)
         t.pin(cr: 4, GuestCR4.smep)
         XCTAssertEqual(t.run(), verdictPause, "smap now required, not pinned")
         t.freePlugin()

@@ -145,6 +145,17 @@ final class TestVM {
     }
 
     func enableCaps() -> Int32 { fh_vm_enable_caps(vm) }
+
+    /// heki_plugin_set_policy with these key=value strings.
+    func setPolicy(_ arguments: [String]) -> Int32 {
+        var copies = arguments.map { strdup($0) }
+        defer { copies.forEach { free($0) } }
+        return copies.withUnsafeMutableBufferPointer { buffer in
+            buffer.withMemoryRebound(to: UnsafePointer<CChar>?.self) {
+                fh_vm_set_policy(vm, Int32(arguments.count), $0.baseAddress)
+            }
+        }
+    }
     var error: String { String(cString: fh_vm_last_error(vm)) }
     var kernel: OpaquePointer { fh_vm_kernel(vm) }
     func vcpu(_ i: UInt32) -> OpaquePointer { fh_vm_vcpu(vm, i) }
