@@ -286,11 +286,11 @@ void heki_plugin_start(HekiPlugin *plugin);
  * property).  `argv` holds "key=value" strings as for heki_plugin_new(), with
  * only the policy keys: on-denial, on-denial-cr0, on-denial-cr4,
  * on-weak-pinning, require-cr0, require-cr4, migration.  A key not given
- * keeps its value.  The strings are validated together, with heki_plugin_new()'s
- * messages; on any error nothing changes and *error (optional; free with
- * heki_plugin_free_string()) names the key.  Any other key is refused: the
- * numbering, the exits asked of KVM and the sinks are fixed at
- * heki_plugin_new().
+ * keeps its value.  The strings are validated together, with
+ * heki_plugin_new()'s messages; on any error nothing changes and *error
+ * (optional; free with heki_plugin_free_string()) names the key.  Any other
+ * key is refused: the numbering, the exits asked of KVM and the sinks are
+ * fixed at heki_plugin_new().
  *
  * Effective from each vCPU's next exit: an exit is judged wholly by the old
  * or wholly by the new policy, never by a mix.  Reported as a HEKI_POLICY
@@ -362,7 +362,7 @@ char *heki_plugin_query(HekiPlugin *plugin);
  * heki_plugin_set_policy changes it) says whether that may happen.
  */
 typedef enum {
-    HEKI_MIGRATION_FREE = 0,    /* nothing pinned or restored: migrate, no state */
+    HEKI_MIGRATION_FREE = 0,    /* nothing pinned or restored: no state */
     HEKI_MIGRATION_BLOCKED = 1, /* pins this kernel enforces, migration=block */
     HEKI_MIGRATION_CARRY = 2    /* the state must travel with the VM */
 } HekiMigrationStatus;
