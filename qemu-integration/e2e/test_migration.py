@@ -132,10 +132,10 @@ class Migration(unittest.TestCase):
                                        and e["data"]["action"] == "unblocked")["data"]
         self.assertEqual(unblocked["migration"], "allow-unprotected")
         self.assertEqual(src.qmp.wait_heki("HEKI_POLICY")["changed"], ["migration"])
-        source_query = src.qmp.command("query-heki")
-        self.assertEqual(source_query["migration"]["status"], "carry")
+        self.assertEqual(src.qmp.command("query-heki")["migration"]["status"], "carry")
         info = self.migrate(src, uri)
         self.assertEqual(info["status"], "completed", info)
+        source_query = src.qmp.command("query-heki")   # as it left (postmigrate)
 
         restored = dst.qmp.wait_event(lambda e: e["event"] == "HEKI_MIGRATION")["data"]
         self.assertEqual(restored["action"], "restored", restored)
@@ -248,7 +248,6 @@ class Migration(unittest.TestCase):
         self.assertEqual(after_wait(src)["outcome"], "denied", src.guest_text())
         self.assertEqual(audit_actions(src), ["blocked", "refused"])
         self.assertIn("heki: Heki: the guest pinned", src.stderr)
-        dst.close()
 
 
 if __name__ == "__main__":
