@@ -461,7 +461,8 @@ class Startup(unittest.TestCase):
 HEKI_OPTIONS = ["abi", "exit-configure", "exit-denial", "cap-configure", "cap-denial",
                 "configure-exits", "denial-exits", "on-denial", "on-denial-cr0",
                 "on-denial-cr4", "require-cr0", "require-cr4", "on-weak-pinning",
-                "pin-deadline", "vm-name", "audit-log", "rate-limit", "require-caps"]
+                "pin-deadline", "vm-name", "audit-log", "rate-limit", "require-caps",
+                "migration"]
 
 
 class Configuration(unittest.TestCase):
