@@ -103,6 +103,9 @@ class Migration(unittest.TestCase):
         blocked = self.wait_blocked(src)
         self.assertTrue(blocked["reason"].startswith("Heki: the guest pinned cr0 wp"), blocked)
         self.assertEqual(blocked["pins"]["cr0"]["enforced-bits"], ["wp"])
+        schema = {e["name"]: e for e in src.qmp.command("query-qmp-schema")}
+        self.assertEqual(schema["HEKI_MIGRATION"]["meta-type"], "event")
+        self.assertNotEqual(schema["HEKI_MIGRATION"]["arg-type"], "any")
         query = src.qmp.command("query-heki")
         self.assertEqual(query["migration"]["status"], "blocked")
         self.assertEqual(query["policy"]["migration"], "block")
