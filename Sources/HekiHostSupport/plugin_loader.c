@@ -38,6 +38,8 @@ _Static_assert(HS_SAME_TYPE(heki_plugin_handle_exit,
                             HekiVerdict (*)(HekiPlugin *, uint32_t, const struct kvm_run *)),
                "handle_exit");
 _Static_assert(HS_SAME_TYPE(heki_plugin_query, char *(*)(HekiPlugin *)), "query");
+_Static_assert(HS_SAME_TYPE(heki_plugin_reset, HekiVerdict (*)(HekiPlugin *, HekiResetCause)),
+               "reset");
 
 struct HsLibrary {
     void *handle;
@@ -116,6 +118,7 @@ HsLibrary *hs_library_open(const char *path, uint32_t expected_abi_version, char
         {"heki_plugin_flush", (void **)&a->flush},
         {"heki_plugin_handle_exit", (void **)&a->handle_exit},
         {"heki_plugin_query", (void **)&a->query},
+        {"heki_plugin_reset", (void **)&a->reset},
     };
     for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++) {
         if (!resolve(handle, syms[i].name, syms[i].slot, path, error)) {

@@ -128,7 +128,10 @@ enum Announcement {
     /// HEKI_POLICY for heki_plugin_set_policy: the keys whose value changed,
     /// and the whole policy in force after it.
     case policy(Policy, changed: [String])
+    /// HEKI_RESET for heki_plugin_reset of a pinned VM: what the reset became.
+    case reset(ResetReport)
 
     /// Not an EventKind: never rate-limited or queued.
     static let policyEventName = "HEKI_POLICY"
+    static let resetEventName = "HEKI_RESET"
 }

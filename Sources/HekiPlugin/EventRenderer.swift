@@ -28,6 +28,7 @@ final class EventRenderer {
     private let verdictNames: UnsafeBufferPointer<ByteString>  // by Verdict.rawValue + 1
     private let eventNames: UnsafeBufferPointer<ByteString>    // by EventKind.rawValue
     private let policyEventName: ByteString
+    private let resetEventName: ByteString
 
     static let bufferSize = 32 * 1024
     /// The largest data or log line of a bulk kind: the vm-name fragments,
@@ -53,6 +54,7 @@ final class EventRenderer {
         verdictNames = arena.table(Verdict.allCases.sorted { $0.rawValue < $1.rawValue }.map { arena.string($0.name) })
         eventNames = arena.table(EventKind.allCases.map { arena.string($0.eventName) })
         policyEventName = arena.string(Announcement.policyEventName)
+        resetEventName = arena.string(Announcement.resetEventName)
         let longestName = ControlRegister.allCases.flatMap { register in
             (0..<64).map { register.bitNames.names(of: 1 << UInt64($0)).first?.utf8.count ?? 0 }
         }.max() ?? 0
@@ -73,6 +75,7 @@ final class EventRenderer {
 
     func name(_ announcement: Announcement) -> UnsafePointer<CChar> {
         if case .policy = announcement { return policyEventName.cString }
+        if case .reset = announcement { return resetEventName.cString }
         return eventNames[Int(EventKind.capability.rawValue)].cString
     }
 
@@ -92,6 +95,7 @@ final class EventRenderer {
         case let .kernelCheck(check, _): check.profile != nil ? HEKI_LOG_INFO : failureLevel
         case .hostCannotCheck: HEKI_LOG_WARNING
         case .policy: HEKI_LOG_INFO
+        case let .reset(report): report.rule == .keepPins ? HEKI_LOG_WARNING : HEKI_LOG_INFO
         }
     }
 
@@ -171,6 +175,15 @@ final class EventRenderer {
                 object.add("require-" + register.name, hex: bits)
                 object.add("require-" + register.name + "-bits", register.bitNames.names(of: bits))
             }
+        case let .reset(report):
+            object.add("cause", report.cause.name)
+            for (register, bits) in zip(ControlRegister.allCases, report.pinned) {
+                object.add("pinned-" + register.name, hex: bits)
+                object.add("pinned-" + register.name + "-bits", register.bitNames.names(of: bits))
+            }
+            object.add("unseen", report.unseen.map(\.name))
+            object.add("on-reset", report.rule.rawValue)
+            object.add("verdict", report.rule.verdict.name)
         }
         dataBuffer.append(text: object.rendered)
         return dataBuffer.cString()
@@ -341,6 +354,15 @@ final class EventRenderer {
                     let names = register.bitNames.names(of: policy.required(register))
                     return "require-\(register.name) " + (names.isEmpty ? "none" : names.joined(separator: "+"))
                 }.joined(separator: ", "))
+        case let .reset(report):
+            let pins = zip(ControlRegister.allCases, report.pinned).map { register, bits in
+                let names = register.bitNames.names(of: bits)
+                return "\(register.name) " + (names.isEmpty ? "none" : names.joined(separator: "+"))
+            }.joined(separator: ", ")
+            let unseen = report.unseen.isEmpty ? "" : ", pins unseen for " + report.unseen.map(\.name).joined(separator: "+")
+            message.append(text: "\(report.cause.name) reset of a pinned VM (\(pins)\(unseen)): on-reset \(report.rule.rawValue), "
+                + (report.rule == .keepPins ? "reset in place, the pins stay in KVM and boot code cannot clear them"
+                                            : "verdict \(report.rule.verdict.name), a new VM starts without pins"))
         }
         return message.cString()
     }

@@ -250,7 +250,7 @@ final class Plugin {
         return nil
     }
 
-    private func announce(_ event: Announcement) {
+    func announce(_ event: Announcement) {
         announcements.append((event, Int64(g_get_real_time())))
         source.wake()
     }

@@ -26,6 +26,7 @@ final class HostHarnessTests: XCTestCase {
             ("heki_plugin_enable_caps", address(api.enable_caps)), ("heki_plugin_start", address(api.start)),
             ("heki_plugin_set_policy", address(api.set_policy)), ("heki_plugin_flush", address(api.flush)),
             ("heki_plugin_handle_exit", address(api.handle_exit)), ("heki_plugin_query", address(api.query)),
+            ("heki_plugin_reset", address(api.reset)),
         ]
         XCTAssertEqual(Set(slots.map(\.name)), HeaderFunctions.names, "the table covers the header")
         let handle = try XCTUnwrap(dlopen(hs_library_path(lib), RTLD_NOW | RTLD_NOLOAD), "already loaded")

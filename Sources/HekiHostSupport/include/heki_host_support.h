@@ -41,6 +41,7 @@ typedef struct HsPluginApi {
     HekiVerdict (*handle_exit)(HekiPlugin *plugin, uint32_t vcpu_index,
                                const struct kvm_run *run);
     char *(*query)(HekiPlugin *plugin);
+    HekiVerdict (*reset)(HekiPlugin *plugin, HekiResetCause cause);
 } HsPluginApi;
 
 typedef struct HsLibrary HsLibrary;
