@@ -95,7 +95,7 @@ final class EventRenderer {
         case let .kernelCheck(check, _): check.profile != nil ? HEKI_LOG_INFO : failureLevel
         case .hostCannotCheck: HEKI_LOG_WARNING
         case .policy: HEKI_LOG_INFO
-        case let .reset(report): report.rule == .keepPins ? HEKI_LOG_WARNING : HEKI_LOG_INFO
+        case .reset: HEKI_LOG_WARNING  // the reset asked for is not what happens, or boots under old pins
         }
     }
 
@@ -361,8 +361,9 @@ final class EventRenderer {
             }.joined(separator: ", ")
             let unseen = report.unseen.isEmpty ? "" : ", pins unseen for " + report.unseen.map(\.name).joined(separator: "+")
             message.append(text: "\(report.cause.name) reset of a pinned VM (\(pins)\(unseen)): on-reset \(report.rule.rawValue), "
-                + (report.rule == .keepPins ? "reset in place, the pins stay in KVM and boot code cannot clear them"
-                                            : "verdict \(report.rule.verdict.name), a new VM starts without pins"))
+                + (report.rule == .keepPins ? "reset in place: the pins stay in KVM and boot code cannot clear them"
+                   : report.rule == .poweroff ? "powered off instead: a new VM starts without pins"
+                   : "the VMM exits instead: a new VM starts without pins"))
         }
         return message.cString()
     }

@@ -124,6 +124,14 @@ import Testing
                 policy.requireCR0 = 1 << 16
                 checker.check("policy \(n) \(requireCaps)", renderer,
                               .policy(policy, changed: ["on-denial", "on-denial-cr4", "require-cr0", "require-cr4"]))
+                for cause in ResetCause.allCases {
+                    for rule in ResetRule.allCases {
+                        checker.check("reset \(n) \(requireCaps) \(cause.name) \(rule.rawValue)", renderer,
+                                      .reset(ResetReport(cause: cause, pinned: [1 << 16, 0x300000], unseen: [], rule: rule)))
+                    }
+                }
+                checker.check("reset-unseen \(n) \(requireCaps)", renderer,
+                              .reset(ResetReport(cause: .guest, pinned: [0, 0], unseen: [.cr0, .cr4], rule: .poweroff)))
             }
         }
         #expect(checker.missing.isEmpty, "cases not in the fixture: \(checker.missing.prefix(5))")
