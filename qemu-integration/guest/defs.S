@@ -37,6 +37,8 @@
         .set SC_STORM,          5
         .set SC_BENCH,          6
         .set SC_NO_PIN,         7
+        .set SC_OS_BOOT,        8       // os-boot.S
+        .set SC_OS_REBOOT,      9
 
         // per-vCPU record, 64 bytes, written only by its own vCPU
         .set PC_GP,             0       // #GP(0) taken at the Heki port
