@@ -195,8 +195,22 @@ class Verdicts(unittest.TestCase):
     def test_exit_under_no_shutdown_waits_for_management(self):
         self.check_under_no_shutdown("exit")
 
-    def test_reset_reboots_and_pins_survive(self):
+    def test_reset_of_the_pinned_vm_powers_off(self):
+        # The reset rule (test_reset.py): a pinned VM is not reset in place.
         run = self.run_vm(heki={"on-denial": "reset"}, scenario="pin-deny")
+        run.start()
+        self.assertEqual(run.wait(), 0, run.stderr)
+        names = [e["event"] for e in run.qmp.events]
+        self.assertLess(names.index("HEKI_DENIAL"), names.index("HEKI_RESET"), names)
+        self.assertLess(names.index("HEKI_RESET"), names.index("SHUTDOWN"), names)
+        self.assertNotIn("RESET", names)
+        self.assertEqual(panics(run), [])   # a reset is no panic
+        shutdown = [e["data"] for e in run.qmp.events if e["event"] == "SHUTDOWN"]
+        self.assertEqual(shutdown, [{"guest": True, "reason": "guest-panic"}])
+        self.assertEqual(len([l for l in run.guest() if "boot" in l]), 1)
+
+    def test_reset_with_keep_pins_reboots_and_pins_survive(self):
+        run = self.run_vm(heki={"on-denial": "reset", "on-reset": "keep-pins"}, scenario="pin-deny")
         run.start()
         run.qmp.wait_events(lambda e: e["event"] == "RESET", 2)
         query = run.qmp.command("query-heki")
@@ -204,7 +218,8 @@ class Verdicts(unittest.TestCase):
         self.assertEqual(resets[0], {"guest": True, "reason": "guest-panic"})
         self.assertEqual(panics(run), [])   # a reset is no panic
         names = [e["event"] for e in run.qmp.events]
-        self.assertLess(names.index("HEKI_DENIAL"), names.index("RESET"), names)
+        self.assertLess(names.index("HEKI_DENIAL"), names.index("HEKI_RESET"), names)
+        self.assertLess(names.index("HEKI_RESET"), names.index("RESET"), names)
         self.assertEqual(run.status(), "running")
         self.assertEqual(run.quit(), 0)
         boots = [l for l in run.guest() if "boot" in l]

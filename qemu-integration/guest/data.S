@@ -17,11 +17,11 @@ prepare_table:
 work_table:
         .long deny_writes, work_none, work_none, work_none, work_unpinned, deny_writes, work_bench
         .long work_idle
-        .long work_idle, work_idle
+        .long os_work, os_work
 report_table:
         .long report_deny, report_no_gp, report_no_gp, report_no_gp, report_unpinned, report_deny, report_bench
         .long report_no_gp
-        .long report_no_gp, report_os_reboot
+        .long report_deny, report_os_reboot
 
 // bad-pins cases: name, rax, rbx, rcx, rdx, expected rax
 bad_pin_cases:

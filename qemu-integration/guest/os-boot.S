@@ -6,7 +6,8 @@
 // reset in place of a pinned VM (the RFC: pins survive) it is denied: the
 // boot fails in its first instructions (`os-boot early-cr0 ... applied=no`,
 // result=fail reason=early-boot-cr0-denied; a real firmware without a #GP
-// handler would triple-fault). Then WP back natively, both pins, and the
+// handler would triple-fault). Then WP back natively, both pins, every vCPU
+// makes `writes` denied writes as pin-deny does (writes=0: none), and the
 // BSP stays up `idle-ms` (time for a QMP system_reset of a pinned VM).
 // os-boot then finishes (exit 0x10); os-reboot reboots itself with a triple
 // fault instead (an empty IDT, then ud2: #UD, #GP, #DF cannot be delivered),
@@ -42,9 +43,13 @@ prepare_os_boot:
 1:      movl    %esi, %cr0                      // WP on, natively, as the kernel does
         jmp     prepare_pins
 
+os_work:
+        call    deny_writes
+        jmp     work_idle
+
 // os-reboot's report: instead of finishing, the guest reboots itself.
 report_os_reboot:
-        call    report_no_gp
+        call    report_deny
         cmpl    $0, fail_count
         je      1f
         ret                                     // a failed run finishes as usual
