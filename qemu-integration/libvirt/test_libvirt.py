@@ -218,8 +218,9 @@ class EndingVerdicts(LibvirtCase):
     def test_exit_restart(self):
         self.check_restarts("exit")
 
-    def test_reset_reboots_without_a_crash(self):
-        dom = self.domain(scenario="pin-deny", heki={"on-denial": "reset"})
+    def test_reset_with_keep_pins_reboots_without_a_crash(self):
+        # The RFC's reset in place (on-reset=keep-pins): pins kept, the guest reboots.
+        dom = self.domain(scenario="pin-deny", heki={"on-denial": "reset", "on-reset": "keep-pins"})
         dom.start()
         dom.wait_guest(lambda g: boots(g) >= 2)
         self.wait_lifecycle(dom, ("reboot", ""))
@@ -228,6 +229,53 @@ class EndingVerdicts(LibvirtCase):
         self.assertEqual(resets[0].get("reason"), "guest-panic", resets)
         self.assertEqual(self.qmp(dom, "GUEST_PANICKED"), [])
         self.assertNotIn(("crashed", "panicked"), events.lifecycle_of(dom.name))
+
+
+class PinnedReset(LibvirtCase):
+    """The reset rule under libvirt (-no-shutdown): a reset of a pinned VM
+    is a power-off with the reset's cause, so the domain ends "shut off
+    (shutdown)" through <on_poweroff>destroy, never rebooted under its pins,
+    with HEKI_RESET before SHUTDOWN; `virsh start` then boots a new VM, whose
+    early boot is clean."""
+
+    def check_shut_off(self, dom, cause, reason):
+        dom.wait_state("shut off (shutdown)")
+        [heki_reset] = self.wait_qmp(dom, "HEKI_RESET")
+        self.assertEqual((heki_reset["cause"], heki_reset["verdict"], heki_reset["pinned-cr0"]),
+                         (cause, "poweroff", CR0_WP), heki_reset)
+        [shutdown] = self.wait_qmp(dom, "SHUTDOWN")
+        self.assertEqual(shutdown.get("reason"), reason, shutdown)
+        names = [e for e, _ in events.qmp_of(dom.name) if e in ("HEKI_RESET", "SHUTDOWN", "RESET")]
+        self.assertEqual(names, ["HEKI_RESET", "SHUTDOWN"], names)
+        self.assertIn(("stopped", "shutdown"), events.lifecycle_of(dom.name))
+        self.assertNotIn(("reboot", ""), events.lifecycle_of(dom.name))
+        self.assertNotIn(("crashed", "panicked"), events.lifecycle_of(dom.name))
+        self.assertEqual(boots(dom.guest()), 1, dom.serial_tail())
+
+    def test_guest_reboot_shuts_the_domain_off_and_start_boots_clean(self):
+        dom = self.domain(scenario="os-reboot", extra_append="writes=0 idle-ms=0")
+        dom.start()
+        self.check_shut_off(dom, "guest", "guest-reset")
+        # The management layer starts it again: a new KVM VM, no pins.
+        dom.start()
+        lines = dom.wait_guest(lambda g: any("idle-done" in l for l in g))
+        early = [l for l in lines if "early-cr0" in l]
+        self.assertEqual([(l["applied"], l["gp"]) for l in early], [("yes", "0")], dom.serial_tail())
+
+    def test_virsh_reset_shuts_the_domain_off(self):
+        dom = self.domain(scenario="os-boot", extra_append="writes=0 idle-ms=30000")
+        dom.start()
+        dom.wait_guest(lambda g: any("idle" in l and "ms" in l for l in g))
+        virsh("reset", dom.name)
+        self.check_shut_off(dom, "host", "host-qmp-system-reset")
+
+    def test_reset_verdict_shuts_the_domain_off(self):
+        dom = self.domain(scenario="os-boot", extra_append="writes=1 idle-ms=0",
+                          heki={"on-denial": "reset"})
+        dom.start()
+        self.check_shut_off(dom, "panic", "guest-panic")
+        [denial] = self.wait_qmp(dom, "HEKI_DENIAL")
+        self.assertEqual(denial["verdict"], "reset")
 
 
 class Monitor(LibvirtCase):
