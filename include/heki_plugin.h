@@ -334,12 +334,12 @@ char *heki_plugin_query(HekiPlugin *plugin);
 
 /* ---- reset (issue 11) ----------------------------------------------- */
 
-/* Why the VMM is about to reset the VM. */
+/* Why the VMM is about to reset the VM (QEMU's cause in brackets). */
 typedef enum HekiResetCause {
-    HEKI_RESET_CAUSE_GUEST = 0,  /* the guest: a reboot, a triple fault (QEMU: guest-reset) */
-    HEKI_RESET_CAUSE_HOST = 1,   /* the operator or management (QEMU: system_reset) */
-    HEKI_RESET_CAUSE_PANIC = 2,  /* a reset verdict, a panic action (QEMU: guest-panic) */
-    HEKI_RESET_CAUSE_OTHER = 3   /* any other reason the VMM resets the VM */
+    HEKI_RESET_CAUSE_GUEST = 0, /* a reboot, a triple fault (guest-reset) */
+    HEKI_RESET_CAUSE_HOST = 1,  /* the operator (host-qmp-system-reset) */
+    HEKI_RESET_CAUSE_PANIC = 2, /* a reset verdict, a panic (guest-panic) */
+    HEKI_RESET_CAUSE_OTHER = 3  /* any other reason */
 } HekiResetCause;
 
 /*

@@ -37,10 +37,10 @@ def tearDownModule():
 
 
 class LibvirtCase(unittest.TestCase):
-    def domain(self, **kwargs):
+    def domain(self, suffix="", **kwargs):
         """A domain named after the test (events are told apart by name)."""
         started = time.monotonic()
-        label = self._testMethodName.removeprefix("test_").replace("_", "-")
+        label = self._testMethodName.removeprefix("test_").replace("_", "-") + suffix
         dom = Domain(events.conn, label, **kwargs)
         self.addCleanup(lambda: print(f"[{time.monotonic() - started:.2f} s]", end=" ",
                                       flush=True))
@@ -68,14 +68,27 @@ class LibvirtCase(unittest.TestCase):
                       f"{events.lifecycle_of(dom.name)}; state {dom.state()!r}")
 
     def check_restarts(self, verdict):
-        """<on_crash>restart: the panicked guest boots again."""
+        """<on_crash>restart: libvirt restarts the panicked guest in the same
+        QEMU (system_reset, then cont): a reset of a pinned VM, which the
+        reset rule turns into a power-off, so the domain ends shut off and
+        is never rebooted under its pins. With on-reset=keep-pins (the RFC)
+        the guest boots again."""
         dom = self.domain(scenario="pin-deny",
                           heki={"on-denial": verdict}, on_crash="restart")
         dom.start()
         self.assert_panicked(dom, verdict)
+        dom.wait_state("shut off (shutdown)")
+        [heki_reset] = self.wait_qmp(dom, "HEKI_RESET")
+        self.assertEqual((heki_reset["cause"], heki_reset["verdict"]), ("host", "poweroff"), heki_reset)
+        self.assertEqual(boots(dom.guest()), 1, dom.serial_tail())
+
+        rfc = self.domain("-keep-pins", scenario="pin-deny",
+                          heki={"on-denial": verdict, "on-reset": "keep-pins"}, on_crash="restart")
+        rfc.start()
+        self.assert_panicked(rfc, verdict)
         # Each boot pins and is denied again: the loop is the policy's.
-        dom.wait_guest(lambda g: boots(g) >= 2)
-        self.assertTrue(dom.dom.isActive(), dom.state())
+        rfc.wait_guest(lambda g: boots(g) >= 2)
+        self.assertTrue(rfc.dom.isActive(), rfc.state())
 
     def assert_panicked(self, dom, verdict, count=1):
         """GUEST_PANICKED with the Heki information, as QMP gave it to libvirt."""
