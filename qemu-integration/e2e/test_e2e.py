@@ -476,7 +476,8 @@ class Startup(unittest.TestCase):
 HEKI_OPTIONS = ["abi", "exit-configure", "exit-denial", "cap-configure", "cap-denial",
                 "configure-exits", "denial-exits", "on-denial", "on-denial-cr0",
                 "on-denial-cr4", "require-cr0", "require-cr4", "on-weak-pinning",
-                "pin-deadline", "vm-name", "audit-log", "rate-limit", "require-caps"]
+                "pin-deadline", "vm-name", "audit-log", "rate-limit", "require-caps",
+                "on-reset"]
 
 
 class Configuration(unittest.TestCase):
@@ -593,7 +594,7 @@ class Schema(unittest.TestCase):
 
         for event in ("HEKI_CONFIGURE", "HEKI_DENIAL", "HEKI_WEAK_PINNING",
                       "HEKI_MALFORMED_EXIT", "HEKI_CAPABILITY", "HEKI_SUPPRESSED",
-                      "HEKI_POLICY"):
+                      "HEKI_POLICY", "HEKI_RESET"):
             self.assertEqual(by_name[event]["meta-type"], "event", event)
             self.assertNotEqual(by_name[event]["arg-type"], "any", event)
         denial = members(by_name["HEKI_DENIAL"]["arg-type"])

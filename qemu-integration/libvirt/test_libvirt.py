@@ -170,7 +170,7 @@ class PauseVerdict(LibvirtCase):
         # Why it crashed must reach management before QEMU is gone.
         self.assertEqual(self.wait_qmp(dom, "HEKI_DENIAL")[0]["verdict"], "pause")
 
-    def test_restart_boots_the_guest_again(self):
+    def test_restart_shuts_off_unless_keep_pins(self):
         self.check_restarts("pause")
 
     def test_the_reason_comes_before_the_panic(self):
@@ -251,24 +251,28 @@ class PinnedReset(LibvirtCase):
     with HEKI_RESET before SHUTDOWN; `virsh start` then boots a new VM, whose
     early boot is clean."""
 
-    def check_shut_off(self, dom, cause, reason):
+    def check_shut_off(self, dom, cause, reason, guest):
         dom.wait_state("shut off (shutdown)")
-        [heki_reset] = self.wait_qmp(dom, "HEKI_RESET")
+        heki_reset = self.wait_qmp(dom, "HEKI_RESET")[0]
         self.assertEqual((heki_reset["cause"], heki_reset["verdict"], heki_reset["pinned-cr0"]),
                          (cause, "poweroff", CR0_WP), heki_reset)
-        [shutdown] = self.wait_qmp(dom, "SHUTDOWN")
-        self.assertEqual(shutdown.get("reason"), reason, shutdown)
+        # The second SHUTDOWN, if any, is libvirt's SIGTERM (host-signal).
+        shutdown = self.wait_qmp(dom, "SHUTDOWN")[0]
+        self.assertEqual(shutdown, {"guest": guest, "reason": reason})
         names = [e for e, _ in events.qmp_of(dom.name) if e in ("HEKI_RESET", "SHUTDOWN", "RESET")]
-        self.assertEqual(names, ["HEKI_RESET", "SHUTDOWN"], names)
-        self.assertIn(("stopped", "shutdown"), events.lifecycle_of(dom.name))
-        self.assertNotIn(("reboot", ""), events.lifecycle_of(dom.name))
-        self.assertNotIn(("crashed", "panicked"), events.lifecycle_of(dom.name))
+        self.assertEqual(names[:2], ["HEKI_RESET", "SHUTDOWN"], names)
+        self.assertNotIn("RESET", names)
+        lifecycle = events.lifecycle_of(dom.name)
+        self.assertIn(("shutdown", "guest" if guest else "host"), lifecycle)
+        self.assertIn(("stopped", "shutdown"), lifecycle)
+        self.assertNotIn(("reboot", ""), lifecycle)
+        self.assertNotIn(("crashed", "panicked"), lifecycle)
         self.assertEqual(boots(dom.guest()), 1, dom.serial_tail())
 
     def test_guest_reboot_shuts_the_domain_off_and_start_boots_clean(self):
         dom = self.domain(scenario="os-reboot", extra_append="writes=0 idle-ms=0")
         dom.start()
-        self.check_shut_off(dom, "guest", "guest-reset")
+        self.check_shut_off(dom, "guest", "guest-reset", True)
         # The management layer starts it again: a new KVM VM, no pins.
         dom.start()
         lines = dom.wait_guest(lambda g: any("idle-done" in l for l in g))
@@ -280,13 +284,13 @@ class PinnedReset(LibvirtCase):
         dom.start()
         dom.wait_guest(lambda g: any("idle" in l and "ms" in l for l in g))
         virsh("reset", dom.name)
-        self.check_shut_off(dom, "host", "host-qmp-system-reset")
+        self.check_shut_off(dom, "host", "host-qmp-system-reset", False)
 
     def test_reset_verdict_shuts_the_domain_off(self):
         dom = self.domain(scenario="os-boot", extra_append="writes=1 idle-ms=0",
                           heki={"on-denial": "reset"})
         dom.start()
-        self.check_shut_off(dom, "panic", "guest-panic")
+        self.check_shut_off(dom, "panic", "guest-panic", True)
         [denial] = self.wait_qmp(dom, "HEKI_DENIAL")
         self.assertEqual(denial["verdict"], "reset")
 
