@@ -197,7 +197,9 @@ class Verdicts(unittest.TestCase):
 
     def test_reset_of_the_pinned_vm_powers_off(self):
         # The reset rule (test_reset.py): a pinned VM is not reset in place.
-        run = self.run_vm(heki={"on-denial": "reset"}, scenario="pin-deny")
+        # The guest idles after its denied write: the reset comes first.
+        run = self.run_vm(heki={"on-denial": "reset"}, scenario="os-boot",
+                          extra_append="writes=1 idle-ms=10000")
         run.start()
         self.assertEqual(run.wait(), 0, run.stderr)
         names = [e["event"] for e in run.qmp.events]

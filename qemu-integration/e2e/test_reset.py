@@ -101,8 +101,9 @@ class PinnedReset(ResetCase):
         self.assertTrue(any("os-reboot" in l for l in run.guest()), run.guest_text())
 
     def test_reset_verdict_powers_off(self):
+        # idle-ms: the vCPU runs on until the reset; the guest must not end first.
         run = self.run_vm(heki={"on-denial": "reset"}, scenario="os-boot",
-                          extra_append="writes=1 idle-ms=0")
+                          extra_append="writes=1 idle-ms=10000")
         run.start()
         self.check_powered_off(run, "panic", "guest-panic", True)
         names = run.qmp.names()

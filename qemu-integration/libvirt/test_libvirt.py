@@ -287,7 +287,8 @@ class PinnedReset(LibvirtCase):
         self.check_shut_off(dom, "host", "host-qmp-system-reset", False)
 
     def test_reset_verdict_shuts_the_domain_off(self):
-        dom = self.domain(scenario="os-boot", extra_append="writes=1 idle-ms=0",
+        # idle-ms: the vCPU runs on until the reset; the guest must not end first.
+        dom = self.domain(scenario="os-boot", extra_append="writes=1 idle-ms=10000",
                           heki={"on-denial": "reset"})
         dom.start()
         self.check_shut_off(dom, "panic", "guest-panic", True)
