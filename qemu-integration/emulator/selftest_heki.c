@@ -256,6 +256,18 @@ void scenario_off(void) {
     CHECK_EQ(vm->info.configure_exits + vm->info.denial_exits + vm->info.denials, 0, "no exit, no denial");
 }
 
+/* The guest pins CR0.WP: KVM_RUN returns the configure exit, whose
+   completion is now pending. */
+static void run_to_pending_pin(Vm *vm, Cpu *c) {
+    MB(c, MB_CMD) = CMD_OP;
+    MB(c, MB_RAX) = FK_KVM_HC_LOCK_CR_UPDATE;
+    MB(c, MB_RBX) = 0;
+    MB(c, MB_RCX) = FK_CR0_WP;
+    MB(c, MB_RDX) = 0;
+    CHECK(ioctl(c->fd, KVM_RUN, 0) == 0, "run to the pin");
+    CHECK_EQ(c->run->exit_reason, vm->info.exit_configure, "configure exit");
+}
+
 /* A VMM that stops a vCPU right after a Heki exit: KVM_RUN with
    immediate_exit completes it and returns EINTR; the state is consistent. */
 void scenario_immediate(void) {
@@ -267,13 +279,7 @@ void scenario_immediate(void) {
     cpu_start(c);
 
     /* A pending configure exit. */
-    MB(c, MB_CMD) = CMD_OP;
-    MB(c, MB_RAX) = FK_KVM_HC_LOCK_CR_UPDATE;
-    MB(c, MB_RBX) = 0;
-    MB(c, MB_RCX) = FK_CR0_WP;
-    MB(c, MB_RDX) = 0;
-    CHECK(ioctl(c->fd, KVM_RUN, 0) == 0, "run to the pin");
-    CHECK_EQ(c->run->exit_reason, vm->info.exit_configure, "configure exit");
+    run_to_pending_pin(vm, c);
     c->run->immediate_exit = 1;
     int rc = ioctl(c->fd, KVM_RUN, 0);
     CHECK(rc == -1 && errno == EINTR, "immediate_exit with a pending configure: EINTR (rc %d)", rc);
@@ -332,13 +338,7 @@ void scenario_reset_pending(void) {
     int err;
     enable_cap(vm->fd, vm->info.cap_configure, 3, &err);
     cpu_start(c);
-    MB(c, MB_CMD) = CMD_OP;
-    MB(c, MB_RAX) = FK_KVM_HC_LOCK_CR_UPDATE;
-    MB(c, MB_RBX) = 0;
-    MB(c, MB_RCX) = FK_CR0_WP;
-    MB(c, MB_RDX) = 0;
-    CHECK(ioctl(c->fd, KVM_RUN, 0) == 0, "run to the pin");
-    CHECK_EQ(c->run->exit_reason, vm->info.exit_configure, "configure exit");
+    run_to_pending_pin(vm, c);
     struct kvm_regs regs;
     get_regs(c, &regs);
     uint64_t moved = SYM_guest_op_out + 0x40;
