@@ -356,7 +356,8 @@ typedef enum HekiResetCause {
  *    EXIT (on-reset=exit: end the VMM with a failure status) or RESET
  *    (on-reset=keep-pins: the RFC's reset in place, pins and ledger kept),
  *    announced by a HEKI_RESET event delivered before this returns (event,
- *    audit log, log), after the events the vCPUs had queued.
+ *    audit log, log), after the events the vCPUs had queued (called from
+ *    inside one of the plugin's callbacks: at its next dispatch).
  * Main loop thread.  An unknown cause is reported as OTHER.  NULL plugin:
  * RESET.
  */

@@ -65,9 +65,11 @@ extension Plugin {
         let granted = claim(.configure).granted
         let unseen = verifiedNumbers == nil ? [] : ControlRegister.allCases.filter { !granted.contains($0) }
         guard pinned.contains(where: { $0 != 0 }) || !unseen.isEmpty else { return .reset }
-        flush()  // the exits' events first: they say how the VM got its pins
+        let verdict = config.onReset.verdict
         announce(.reset(ResetReport(cause: cause, pinned: pinned, unseen: unseen, rule: config.onReset)))
-        flush()
-        return config.onReset.verdict
+        // The exits' events first: they say how the VM got its pins. A
+        // callback may free the plugin: nothing touches self after this.
+        flush(queueFirst: true)
+        return verdict
     }
 }

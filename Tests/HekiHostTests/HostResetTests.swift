@@ -112,6 +112,19 @@ final class HostResetTests: XCTestCase {
         XCTAssertEqual(s.count("HEKI_RESET"), 0)
     }
 
+    /// A host that frees the plugin from HEKI_RESET's callback (a QMP client
+    /// that tears the VM down) gets the verdict all the same.
+    func testFreeFromTheResetEventCallback() throws {
+        let t = try pinnedVM([])
+        fh_vm_set_event_hook(t.vm, { vm, name, _ in
+            if let name, String(cString: name) == "HEKI_RESET" { fh_vm_free_plugin(OpaquePointer(vm)) }
+        }, UnsafeMutableRawPointer(t.vm))
+        XCTAssertEqual(fh_vm_reset(t.vm, host), verdictPoweroff)
+        XCTAssertNil(fh_vm_plugin(t.vm))
+        XCTAssertEqual(t.events.last?.name, "HEKI_RESET")
+        XCTAssertEqual(fh_vm_callback_violations(t.vm), 0)
+    }
+
     func testBadOnResetIsRefused() throws {
         let t = TestVM(lib: try PluginLibrary.require())
         XCTAssertFalse(t.create(["on-reset=reboot"]))
