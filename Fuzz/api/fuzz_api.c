@@ -284,10 +284,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         case 14: heki_plugin_flush(s->plugin); break; /* NULL is ignored */
         case 15: { /* any cause; its HEKI_RESET's callbacks may free the plugin (op 9) */
             bool none = !s->plugin;
+            uint64_t announced = s->host.events[FZ_RESET];
             HekiVerdict v = heki_plugin_reset(s->plugin, (HekiResetCause)word(&c));
             if (v != HEKI_VERDICT_RESET && v != HEKI_VERDICT_POWEROFF && v != HEKI_VERDICT_EXIT)
                 fz_fail("reset verdict %d", (int)v);
             if (none && v != HEKI_VERDICT_RESET) fz_fail("reset(NULL) %d", (int)v);
+            if (v != HEKI_VERDICT_RESET && s->host.events[FZ_RESET] != announced + 1)
+                fz_fail("reset verdict %d without its HEKI_RESET", (int)v);
             break;
         }
         }

@@ -20,10 +20,11 @@
 #include "heki_kernel_model.h"
 
 /* Event kinds, in the order of the plugin's EventKind, then HEKI_POLICY
-   (made on the main loop by heki_plugin_set_policy, never coalesced). */
+   and HEKI_RESET (made on the main loop by heki_plugin_set_policy and
+   heki_plugin_reset, never coalesced). */
 enum {
     FZ_CONFIGURE, FZ_DENIAL, FZ_WEAK_PINNING, FZ_MALFORMED, FZ_CAPABILITY,
-    FZ_SUPPRESSED, FZ_POLICY, FZ_KINDS
+    FZ_SUPPRESSED, FZ_POLICY, FZ_RESET, FZ_KINDS
 };
 
 #define FZ_MAX_CHECKED 8
