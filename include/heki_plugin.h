@@ -414,5 +414,35 @@ void heki_plugin_free_state(uint8_t *data);
  */
 int heki_plugin_restore_state(HekiPlugin *plugin, const uint8_t *data,
                               uint32_t size, char **error);
+/* ---- reset (issue 11) ----------------------------------------------- */
+
+/* Why the VMM is about to reset the VM (QEMU's cause in brackets). */
+typedef enum HekiResetCause {
+    HEKI_RESET_CAUSE_GUEST = 0, /* a reboot, a triple fault (guest-reset) */
+    HEKI_RESET_CAUSE_HOST = 1,  /* the operator (host-qmp-system-reset) */
+    HEKI_RESET_CAUSE_PANIC = 2, /* a reset verdict, a panic (guest-panic) */
+    HEKI_RESET_CAUSE_OTHER = 3  /* any other reason */
+} HekiResetCause;
+
+/*
+ * The VMM is about to reset the whole VM (all vCPUs stopped, every pending
+ * Heki exit completed: KVM_RUN with immediate_exit set, as KVM keeps the
+ * completion armed across KVM_SET_REGS/SREGS).  Heki pins live in KVM and
+ * no ioctl clears them, so a reset in place leaves a rebooting guest with
+ * its old pins: the first CR0 write without WP of its early boot is denied.
+ * Returns what the VMM does instead of the reset:
+ *  - the VM has no pin (and every pin would have been seen): RESET, the
+ *    reset goes ahead, nothing is reported;
+ *  - otherwise the on-reset option decides: POWEROFF (on-reset=poweroff,
+ *    the default: a fresh VM has no pins, the management layer starts one),
+ *    EXIT (on-reset=exit: end the VMM with a failure status) or RESET
+ *    (on-reset=keep-pins: the RFC's reset in place, pins and ledger kept),
+ *    announced by a HEKI_RESET event delivered before this returns (event,
+ *    audit log, log), after the events the vCPUs had queued (called from
+ *    inside one of the plugin's callbacks: at its next dispatch).
+ * Main loop thread.  An unknown cause is reported as OTHER.  NULL plugin:
+ * RESET.
+ */
+HekiVerdict heki_plugin_reset(HekiPlugin *plugin, HekiResetCause cause);
 
 #endif /* HEKI_PLUGIN_H */

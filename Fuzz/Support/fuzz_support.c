@@ -186,7 +186,7 @@ ORACLE uint64_t fz_json_number_in(const char *json, const char *scope, const cha
 
 static const char *const kind_names[FZ_KINDS] = {
     "HEKI_CONFIGURE", "HEKI_DENIAL", "HEKI_WEAK_PINNING", "HEKI_MALFORMED_EXIT",
-    "HEKI_CAPABILITY", "HEKI_SUPPRESSED", "HEKI_POLICY", "HEKI_MIGRATION",
+    "HEKI_CAPABILITY", "HEKI_SUPPRESSED", "HEKI_POLICY", "HEKI_MIGRATION", "HEKI_RESET",
 };
 
 ORACLE static int kind_of(const char *name) {
@@ -207,6 +207,9 @@ ORACLE static void on_event(void *opaque, const char *name, const char *data) {
         fz_fail("HEKI_POLICY without changed: %s", data);
     if (kind == FZ_MIGRATION && (!strstr(data, "\"action\":\"") || !strstr(data, "\"reason\":\"")))
         fz_fail("HEKI_MIGRATION without action or reason: %s", data);
+    if (kind == FZ_RESET && !strstr(data, "\"verdict\":\"poweroff\"") &&
+        !strstr(data, "\"verdict\":\"exit\"") && !strstr(data, "\"verdict\":\"reset\""))
+        fz_fail("HEKI_RESET without a reset verdict: %s", data);
     if (kind == FZ_SUPPRESSED) {
         const char *event = strstr(data, "\"event\":\"");
         if (!event) fz_fail("HEKI_SUPPRESSED without event: %s", data);
@@ -217,7 +220,7 @@ ORACLE static void on_event(void *opaque, const char *name, const char *data) {
             if (strncmp(event, kind_names[i], n) == 0 && event[n] == '"') coalesced = i;
         }
         if (coalesced < 0 || coalesced == FZ_SUPPRESSED || coalesced == FZ_CAPABILITY ||
-            coalesced == FZ_POLICY || coalesced == FZ_MIGRATION)
+            coalesced == FZ_POLICY || coalesced == FZ_MIGRATION || coalesced == FZ_RESET)
             fz_fail("HEKI_SUPPRESSED of an unexpected kind: %s", data);
         uint64_t count = fz_json_number(data, "count");
         if (count == 0) fz_fail("HEKI_SUPPRESSED with count 0: %s", data);

@@ -12,8 +12,9 @@
  *   enable_caps (NULL error or not, any number of times), start,
  *   cap_result (raw kind and raw KVM result), the three number getters
  *   (raw kind), query (also of NULL), handle_exit (raw 96 bytes, raw vCPU,
- *   NULL plugin, NULL run), dispatch, free_string(NULL), abi_version, and
- *   "free the plugin from inside its next event callback".
+ *   NULL plugin, NULL run), dispatch, free_string(NULL), abi_version,
+ *   reset (raw cause), and "free the plugin from inside its next event
+ *   callback".
  * The HekiHost is a heap block of exactly HekiHost.size bytes, so reading
  * past the size the host gave is an AddressSanitizer report.
  *
@@ -281,7 +282,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             break;
         case 13: set_policy(s, &c); break;
         case 14: heki_plugin_flush(s->plugin); break; /* NULL is ignored */
-        default: break;
+        case 15: { /* any cause; its HEKI_RESET's callbacks may free the plugin (op 9) */
+            bool none = !s->plugin;
+            uint64_t announced = s->host.events[FZ_RESET];
+            HekiVerdict v = heki_plugin_reset(s->plugin, (HekiResetCause)word(&c));
+            if (v != HEKI_VERDICT_RESET && v != HEKI_VERDICT_POWEROFF && v != HEKI_VERDICT_EXIT)
+                fz_fail("reset verdict %d", (int)v);
+            if (none && v != HEKI_VERDICT_RESET) fz_fail("reset(NULL) %d", (int)v);
+            if (v != HEKI_VERDICT_RESET && s->host.events[FZ_RESET] != announced + 1)
+                fz_fail("reset verdict %d without its HEKI_RESET", (int)v);
+            break;
+        }
         }
     }
     for (int i = 0; i < 2; i++) free_slot(&slots[i]);

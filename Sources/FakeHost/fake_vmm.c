@@ -19,7 +19,7 @@ void fh_free_string(char *string) { g_free(string); }
 
 /* ---- VM ---------------------------------------------------------------- */
 
-typedef enum { OP_PIN, OP_HYPERCALL, OP_WRITE_CR, OP_RAW } OpKind;
+typedef enum { OP_PIN, OP_HYPERCALL, OP_WRITE_CR, OP_RAW, OP_REBOOT } OpKind;
 
 typedef struct {
     OpKind kind;
@@ -82,6 +82,7 @@ struct FhVm {
     atomic_int running;
     atomic_int stop; /* FH_STOP_NONE or a verdict */
     uint64_t resets, pauses, poweroffs, exit_requests;
+    int last_reset_verdict; /* what heki_plugin_reset made of the last reset */
     atomic_uint_fast64_t host_handled;
 
     GMutex lock; /* the recorded lists (callbacks may, wrongly, come from anywhere) */
@@ -573,6 +574,11 @@ int fh_vm_op_raw_exit(FhVm *vm, uint32_t vcpu, uint32_t exit_reason, const uint6
     return add_op(vm, vcpu, &op);
 }
 
+int fh_vm_op_reboot(FhVm *vm, uint32_t vcpu) {
+    Op op = {.kind = OP_REBOOT, .repeat = 1};
+    return add_op(vm, vcpu, &op);
+}
+
 void fh_vm_clear_programs(FhVm *vm) {
     for (uint32_t i = 0; i < vm->nvcpus; i++) {
         g_array_set_size(vm->vcpus[i]->program, 0);
@@ -593,6 +599,8 @@ static FkResult execute(Vcpu *v, const Op *op) {
     case OP_RAW:
         fk_run_write_raw(v->run, op->exit_reason, op->words);
         return FK_EXIT;
+    case OP_REBOOT:
+        return FK_OK; /* the vCPU thread asks for the reset */
     }
     return FK_BAD;
 }
@@ -610,6 +618,10 @@ static void *vcpu_thread(void *arg) {
         if (++v->done >= op->repeat) {
             v->pc++;
             v->done = 0;
+        }
+        if (op->kind == OP_REBOOT) {
+            request_stop(vm, FH_STOP_GUEST_RESET); /* as KVM_EXIT_SHUTDOWN does */
+            break;
         }
         if (r != FK_EXIT)
             continue;
@@ -666,8 +678,10 @@ int fh_vm_run(FhVm *vm) {
         vm->poweroffs++;
         break;
     case HEKI_VERDICT_RESET:
-        vm->resets++;
-        fk_vm_reset(vm->kernel); /* CR state reset; the pins stay */
+        fh_vm_reset(vm, HEKI_RESET_CAUSE_PANIC);
+        break;
+    case FH_STOP_GUEST_RESET:
+        fh_vm_reset(vm, HEKI_RESET_CAUSE_GUEST);
         break;
     case HEKI_VERDICT_EXIT:
         vm->exit_requests++;
@@ -676,6 +690,50 @@ int fh_vm_run(FhVm *vm) {
         break;
     }
     return stop;
+}
+
+/* KVM_RUN with immediate_exit = 1: the kernel completes what the last
+   exit left pending (rax = 0, or the #GP) and returns before the guest
+   runs.  Without it, the completion stays armed across KVM_SET_REGS and
+   lands on whatever state the VMM put in meanwhile. */
+static void complete_pending(FhVm *vm) {
+    for (uint32_t i = 0; i < vm->nvcpus; i++)
+        fk_vcpu_complete(vm->vcpus[i]->fk);
+}
+
+int fh_vm_reset(FhVm *vm, HekiResetCause cause) {
+    complete_pending(vm);
+    int verdict = vm->plugin ? (int)vm->api->reset(vm->plugin, cause) : HEKI_VERDICT_RESET;
+    vm->last_reset_verdict = verdict;
+    switch (verdict) {
+    case HEKI_VERDICT_RESET:
+        vm->resets++;
+        fk_vm_reset(vm->kernel); /* CR state reset; the pins stay */
+        break;
+    case HEKI_VERDICT_POWEROFF:
+        vm->poweroffs++;
+        break;
+    default:
+        vm->exit_requests++; /* EXIT, and anything outside the ABI */
+        break;
+    }
+    return verdict;
+}
+
+int fh_vm_last_reset_verdict(FhVm *vm) { return vm->last_reset_verdict; }
+
+FhVcpuState fh_vm_save_vcpu(FhVm *vm, uint32_t index) {
+    FhVcpuState state = {0};
+    if (index >= vm->nvcpus)
+        return state;
+    FkVcpu *v = vm->vcpus[index]->fk;
+    fk_vcpu_complete(v); /* KVM_RUN with immediate_exit before KVM_GET_REGS */
+    state.cr0 = fk_vcpu_cr(v, 0);
+    state.cr4 = fk_vcpu_cr(v, 4);
+    state.rax = fk_vcpu_rax(v);
+    state.rip = fk_vcpu_rip(v);
+    state.gp_count = fk_vcpu_gp_count(v);
+    return state;
 }
 
 int fh_vm_stop_reason(FhVm *vm) { return atomic_load(&vm->stop); }

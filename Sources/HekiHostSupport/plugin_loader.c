@@ -45,6 +45,8 @@ _Static_assert(HS_SAME_TYPE(heki_plugin_save_state, int (*)(HekiPlugin *, uint8_
 _Static_assert(HS_SAME_TYPE(heki_plugin_free_state, void (*)(uint8_t *)), "free_state");
 _Static_assert(HS_SAME_TYPE(heki_plugin_restore_state, int (*)(HekiPlugin *, const uint8_t *, uint32_t, char **)),
                "restore_state");
+_Static_assert(HS_SAME_TYPE(heki_plugin_reset, HekiVerdict (*)(HekiPlugin *, HekiResetCause)),
+               "reset");
 
 struct HsLibrary {
     void *handle;
@@ -127,6 +129,7 @@ HsLibrary *hs_library_open(const char *path, uint32_t expected_abi_version, char
         {"heki_plugin_save_state", (void **)&a->save_state},
         {"heki_plugin_free_state", (void **)&a->free_state},
         {"heki_plugin_restore_state", (void **)&a->restore_state},
+        {"heki_plugin_reset", (void **)&a->reset},
     };
     for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++) {
         if (!resolve(handle, syms[i].name, syms[i].slot, path, error)) {

@@ -443,7 +443,8 @@ void fk_vcpu_reset(FkVcpu *v) {
     v->cr4 = FK_RESET_CR4;
     v->rax = 0;
     v->rip = 0;
-    v->pending = FK_PENDING_NONE;
+    /* v->pending stays: KVM's complete_userspace_io survives KVM_SET_REGS
+       and KVM_SET_SREGS and runs at the next KVM_RUN, on the reset state. */
 }
 
 uint32_t fk_run_exit_reason(const struct kvm_run *run) {

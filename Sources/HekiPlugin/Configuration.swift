@@ -21,6 +21,8 @@ struct Configuration: Sendable {
     var auditLogPath: String? = nil
     var rateLimit: UInt32 = 100
     var requireCaps = false
+    /// on-reset: what a reset of a pinned VM becomes (Reset.swift).
+    var onReset = ResetRule.poweroff
 
     var abiName: String { abi?.name ?? "auto" }
     var overridesCaps: Bool { capConfigureOverride != nil || capDenialOverride != nil }

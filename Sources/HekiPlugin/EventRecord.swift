@@ -132,7 +132,11 @@ enum Announcement {
     /// refused, restored or rejected.
     case migration(MigrationReport)
 
+    /// HEKI_RESET for heki_plugin_reset of a pinned VM: what the reset became.
+    case reset(ResetReport)
+
     /// Not an EventKind: never rate-limited or queued.
     static let policyEventName = "HEKI_POLICY"
     static let migrationEventName = "HEKI_MIGRATION"
+    static let resetEventName = "HEKI_RESET"
 }

@@ -29,6 +29,7 @@ final class EventRenderer {
     private let eventNames: UnsafeBufferPointer<ByteString>    // by EventKind.rawValue
     private let policyEventName: ByteString
     private let migrationEventName: ByteString
+    private let resetEventName: ByteString
 
     static let bufferSize = 32 * 1024
     /// The largest data or log line of a bulk kind: the vm-name fragments,
@@ -55,6 +56,7 @@ final class EventRenderer {
         eventNames = arena.table(EventKind.allCases.map { arena.string($0.eventName) })
         policyEventName = arena.string(Announcement.policyEventName)
         migrationEventName = arena.string(Announcement.migrationEventName)
+        resetEventName = arena.string(Announcement.resetEventName)
         let longestName = ControlRegister.allCases.flatMap { register in
             (0..<64).map { register.bitNames.names(of: 1 << UInt64($0)).first?.utf8.count ?? 0 }
         }.max() ?? 0
@@ -77,6 +79,7 @@ final class EventRenderer {
         switch announcement {
         case .policy: return policyEventName.cString
         case .migration: return migrationEventName.cString
+        case .reset: return resetEventName.cString
         case .kernelCheck, .hostCannotCheck: return eventNames[Int(EventKind.capability.rawValue)].cString
         }
     }
@@ -103,6 +106,7 @@ final class EventRenderer {
             case .saved: report.enforced.isEmpty && report.restoredOnly.isEmpty ? HEKI_LOG_INFO : HEKI_LOG_WARNING
             case .refused, .restored, .rejected: HEKI_LOG_WARNING
             }
+        case .reset: HEKI_LOG_WARNING  // the reset asked for is not what happens, or boots under old pins
         }
     }
 
@@ -196,6 +200,15 @@ final class EventRenderer {
             object.add("source-vm-name", report.source?.vmName)
             object.add("source-profile", report.source?.profile)
             object.add("source-migration", report.source?.migration.name)
+        case let .reset(report):
+            object.add("cause", report.cause.name)
+            for (register, bits) in zip(ControlRegister.allCases, report.pinned) {
+                object.add("pinned-" + register.name, hex: bits)
+                object.add("pinned-" + register.name + "-bits", register.bitNames.names(of: bits))
+            }
+            object.add("unseen", report.unseen.map(\.name))
+            object.add("on-reset", report.rule.rawValue)
+            object.add("verdict", report.rule.verdict.name)
         }
         dataBuffer.append(text: object.rendered)
         return dataBuffer.cString()
@@ -379,6 +392,16 @@ final class EventRenderer {
                 }.joined(separator: ", ") + ", migration \(policy.migration.name)")
         case let .migration(report):
             message.append(text: "migration \(report.action.rawValue): " + report.reason)
+        case let .reset(report):
+            let pins = zip(ControlRegister.allCases, report.pinned).map { register, bits in
+                let names = register.bitNames.names(of: bits)
+                return "\(register.name) " + (names.isEmpty ? "none" : names.joined(separator: "+"))
+            }.joined(separator: ", ")
+            let unseen = report.unseen.isEmpty ? "" : ", pins unseen for " + report.unseen.map(\.name).joined(separator: "+")
+            message.append(text: "\(report.cause.name) reset of a pinned VM (\(pins)\(unseen)): on-reset \(report.rule.rawValue), "
+                + (report.rule == .keepPins ? "reset in place: the pins stay in KVM and boot code cannot clear them"
+                   : report.rule == .poweroff ? "powered off instead: a new VM starts without pins"
+                   : "the VMM exits instead: a new VM starts without pins"))
         }
         return message.cString()
     }

@@ -156,6 +156,11 @@ public func heki_plugin_handle_exit(_ plugin: OpaquePointer?, _ vcpuIndex: UInt3
 }
 
 @c @implementation
+public func heki_plugin_reset(_ plugin: OpaquePointer?, _ cause: HekiResetCause) -> HekiVerdict {
+    withPlugin(plugin, Verdict.reset.cValue) { $0.reset(cause: ResetCause(cause)).cValue }
+}
+
+@c @implementation
 public func heki_plugin_query(_ plugin: OpaquePointer?) -> UnsafeMutablePointer<CChar>? {
     withPlugin(plugin, nil) { cString($0.queryJSON()) }
 }

@@ -11,7 +11,7 @@ enum Options {
         "abi", "exit-configure", "exit-denial", "cap-configure", "cap-denial",
         "configure-exits", "denial-exits", "on-denial", "on-denial-cr0", "on-denial-cr4",
         "require-cr0", "require-cr4", "on-weak-pinning", "vm-name", "audit-log",
-        "rate-limit", "require-caps", "pin-deadline", "migration",
+        "rate-limit", "require-caps", "pin-deadline", "migration", "on-reset",
     ]
     static let numberOverrides = ["exit-configure", "exit-denial", "cap-configure", "cap-denial"]
     static let maxPinDeadline: UInt32 = 86_400
@@ -83,6 +83,11 @@ enum Options {
                     }
                     config.pinDeadline = seconds
                 }
+            case "on-reset":
+                guard let rule = ResetRule(rawValue: value) else {
+                    throw OptionError(key, "'\(printable(value))' is not one of \(ResetRule.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                config.onReset = rule
             case _ where Policy.keys.contains(key): try set(key, value, in: &config.policy, abi: config.abi)
             default: break
             }

@@ -263,9 +263,15 @@ final class Plugin {
     /// heki_plugin_flush: what the vCPUs queued, delivered now, before the
     /// host reports a verdict's consequences. Inside one of our own
     /// callbacks (a dispatch, a flush, the teardown) it does nothing.
-    func flush() {
+    func flush() { flush(queueFirst: false) }
+
+    /// `queueFirst`: the vCPUs' events before the main loop's own (a
+    /// reset's HEKI_RESET after the denial that asked for it). A free from
+    /// one of the callbacks ends the plugin when this returns.
+    func flush(queueFirst: Bool) {
         guard !dispatching, !finishing else { return }
         asDispatch {
+            if queueFirst { drain() }
             deliverAnnouncements()
             drain()
             if tellMigrationBlocker() { deliverAnnouncements() }

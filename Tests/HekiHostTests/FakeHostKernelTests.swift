@@ -289,11 +289,19 @@ final class FakeHostKernelTests: XCTestCase {
         fk_vcpu_lock_cr(k.v0, 0, GuestCR0.wp, 0); fk_vcpu_complete(k.v0)
         XCTAssertEqual(fk_vcpu_write_cr(k.vcpus[1], 0, 0), FK_EXIT)
         fk_vm_reset(k.vm)
-        XCTAssertEqual(fk_vcpu_pending(k.vcpus[1]), FK_PENDING_NONE, "reset drops the pending exit")
+        XCTAssertEqual(fk_vcpu_pending(k.vcpus[1]), FK_PENDING_DENIAL, "the completion stays armed, as in KVM")
         XCTAssertEqual(fk_vcpu_gp_count(k.vcpus[1]), 0)
         XCTAssertEqual(fk_vcpu_cr(k.vcpus[1], 0), GuestCR0.reset)
+        XCTAssertEqual(fk_vcpu_complete(k.vcpus[1]), FK_PENDING_DENIAL, "the next KVM_RUN runs it")
+        XCTAssertEqual(fk_vcpu_gp_count(k.vcpus[1]), 1, "a #GP into the new boot")
         XCTAssertEqual(fk_vcpu_cr(k.v0, 4), 0)
         XCTAssertEqual(fk_vm_pinned(k.vm, 0), GuestCR0.wp, "pins survive a reset")
+        // A pending pin completed after the reset: rax = 0, rip past a VMCALL that is not there.
+        XCTAssertEqual(fk_vcpu_lock_cr(k.vcpus[1], 4, GuestCR4.smep, 0), FK_EXIT)
+        fk_vm_reset(k.vm)
+        XCTAssertEqual(fk_vcpu_complete(k.vcpus[1]), FK_PENDING_CONFIGURE)
+        XCTAssertEqual(fk_vcpu_rip(k.vcpus[1]), UInt64(FK_VMCALL_LENGTH))
+        XCTAssertEqual(fk_vcpu_rax(k.vcpus[1]), 0)
         // The open problem: the rebooting guest cannot write a GuestCR0 without WP.
         XCTAssertEqual(fk_vcpu_write_cr(k.v0, 0, GuestCR0.pe), FK_EXIT)
     }

@@ -29,6 +29,7 @@ final class HostHarnessTests: XCTestCase {
             ("heki_plugin_migration_status", address(api.migration_status)),
             ("heki_plugin_save_state", address(api.save_state)), ("heki_plugin_free_state", address(api.free_state)),
             ("heki_plugin_restore_state", address(api.restore_state)),
+            ("heki_plugin_reset", address(api.reset)),
         ]
         XCTAssertEqual(Set(slots.map(\.name)), HeaderFunctions.names, "the table covers the header")
         let handle = try XCTUnwrap(dlopen(hs_library_path(lib), RTLD_NOW | RTLD_NOLOAD), "already loaded")

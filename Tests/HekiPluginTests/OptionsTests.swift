@@ -27,6 +27,20 @@ import Testing
         #expect(config.policy.requireCR0 == 0 && config.policy.requireCR4 == 0)
         #expect(config.rateLimit == 100 && config.requireCaps == false)
         #expect(config.vmName == nil && config.auditLogPath == nil)
+        #expect(config.onReset == .poweroff, "a reset of a pinned VM powers it off")
+    }
+
+    @Test func onResetIsPoweroffExitOrKeepPins() throws {
+        #expect(try parse("on-reset=exit").onReset == .exit)
+        #expect(try parse("on-reset=keep-pins").onReset == .keepPins)
+        #expect(try parse("on-reset=poweroff").onReset.verdict == .poweroff)
+        #expect(throws: OptionError("on-reset", "'reset' is not one of poweroff, exit, keep-pins")) {
+            try parse("on-reset=reset")
+        }
+        #expect(throws: OptionError("on-reset", "cannot change while the VM runs; the keys that can: "
+                                    + Policy.keys.joined(separator: ", "))) {
+            try Options.parsePolicy(["on-reset=exit"], onto: Policy(), config: Configuration())
+        }
     }
 
     private func numbers(_ config: Configuration) -> [UInt32] {

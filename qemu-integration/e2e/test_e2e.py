@@ -195,8 +195,24 @@ class Verdicts(unittest.TestCase):
     def test_exit_under_no_shutdown_waits_for_management(self):
         self.check_under_no_shutdown("exit")
 
-    def test_reset_reboots_and_pins_survive(self):
-        run = self.run_vm(heki={"on-denial": "reset"}, scenario="pin-deny")
+    def test_reset_of_the_pinned_vm_powers_off(self):
+        # The reset rule (test_reset.py): a pinned VM is not reset in place.
+        # The guest idles after its denied write: the reset comes first.
+        run = self.run_vm(heki={"on-denial": "reset"}, scenario="os-boot",
+                          extra_append="writes=1 idle-ms=10000")
+        run.start()
+        self.assertEqual(run.wait(), 0, run.stderr)
+        names = [e["event"] for e in run.qmp.events]
+        self.assertLess(names.index("HEKI_DENIAL"), names.index("HEKI_RESET"), names)
+        self.assertLess(names.index("HEKI_RESET"), names.index("SHUTDOWN"), names)
+        self.assertNotIn("RESET", names)
+        self.assertEqual(panics(run), [])   # a reset is no panic
+        shutdown = [e["data"] for e in run.qmp.events if e["event"] == "SHUTDOWN"]
+        self.assertEqual(shutdown, [{"guest": True, "reason": "guest-panic"}])
+        self.assertEqual(len([l for l in run.guest() if "boot" in l]), 1)
+
+    def test_reset_with_keep_pins_reboots_and_pins_survive(self):
+        run = self.run_vm(heki={"on-denial": "reset", "on-reset": "keep-pins"}, scenario="pin-deny")
         run.start()
         run.qmp.wait_events(lambda e: e["event"] == "RESET", 2)
         query = run.qmp.command("query-heki")
@@ -204,7 +220,8 @@ class Verdicts(unittest.TestCase):
         self.assertEqual(resets[0], {"guest": True, "reason": "guest-panic"})
         self.assertEqual(panics(run), [])   # a reset is no panic
         names = [e["event"] for e in run.qmp.events]
-        self.assertLess(names.index("HEKI_DENIAL"), names.index("RESET"), names)
+        self.assertLess(names.index("HEKI_DENIAL"), names.index("HEKI_RESET"), names)
+        self.assertLess(names.index("HEKI_RESET"), names.index("RESET"), names)
         self.assertEqual(run.status(), "running")
         self.assertEqual(run.quit(), 0)
         boots = [l for l in run.guest() if "boot" in l]
@@ -462,7 +479,7 @@ HEKI_OPTIONS = ["abi", "exit-configure", "exit-denial", "cap-configure", "cap-de
                 "configure-exits", "denial-exits", "on-denial", "on-denial-cr0",
                 "on-denial-cr4", "require-cr0", "require-cr4", "on-weak-pinning",
                 "pin-deadline", "vm-name", "audit-log", "rate-limit", "require-caps",
-                "migration"]
+                "migration", "on-reset"]
 
 
 class Configuration(unittest.TestCase):
@@ -579,7 +596,7 @@ class Schema(unittest.TestCase):
 
         for event in ("HEKI_CONFIGURE", "HEKI_DENIAL", "HEKI_WEAK_PINNING",
                       "HEKI_MALFORMED_EXIT", "HEKI_CAPABILITY", "HEKI_SUPPRESSED",
-                      "HEKI_POLICY"):
+                      "HEKI_POLICY", "HEKI_RESET"):
             self.assertEqual(by_name[event]["meta-type"], "event", event)
             self.assertNotEqual(by_name[event]["arg-type"], "any", event)
         denial = members(by_name["HEKI_DENIAL"]["arg-type"])

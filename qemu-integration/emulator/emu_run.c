@@ -113,7 +113,10 @@ static int gp_at_out(EmuVcpu *v, struct kvm_regs *regs) {
 
 /* complete_heki_configure_exit / complete_heki_denial_exit, on re-entry.
    The PIO was settled before the exit, so this is plain state: the real
-   KVM_RUN that follows honours the caller's immediate_exit by itself. */
+   KVM_RUN that follows honours the caller's immediate_exit by itself.
+   Applied to whatever state the vCPU has now, as KVM applies
+   complete_userspace_io after a KVM_SET_REGS (a reset): rax = 0 and rip
+   moved past an instruction's length, or a #GP.  A VMM completes first. */
 static int complete_heki(EmuVcpu *v) {
     struct kvm_regs regs;
     switch (fk_vcpu_complete(v->fk)) {
@@ -122,8 +125,7 @@ static int complete_heki(EmuVcpu *v) {
         if (vcpu_ioctl(v, KVM_GET_REGS, &regs, "KVM_GET_REGS") < 0)
             return -1;
         regs.rax = fk_vcpu_rax(v->fk);
-        if (regs.rip == v->out_rip) /* else the VMM moved it (reset): leave it */
-            regs.rip = v->next_rip;
+        regs.rip += v->next_rip - v->out_rip; /* kvm_skip_emulated_instruction */
         return vcpu_ioctl(v, KVM_SET_REGS, &regs, "KVM_SET_REGS");
     case FK_PENDING_DENIAL:
         emu_trace(v, "complete denial: #GP(0) at rip=%#llx", (unsigned long long)v->out_rip);

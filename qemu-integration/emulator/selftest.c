@@ -37,6 +37,7 @@ static const Scenario scenarios[] = {
     {"v3", {"HEKI_EMU_ABI=v3"}},
     {"heki-off", {"HEKI_EMU_HEKI=off"}},
     {"immediate-exit", {0}},
+    {"reset-pending", {0}},
     {"hostile", {0}},
     {"storm", {0}},
     {"kick", {0}},
@@ -63,6 +64,8 @@ static int run_scenario(const char *name) {
         scenario_off();
     else if (!strcmp(name, "immediate-exit"))
         scenario_immediate();
+    else if (!strcmp(name, "reset-pending"))
+        scenario_reset_pending();
     else if (!strcmp(name, "hostile"))
         scenario_hostile();
     else if (!strcmp(name, "storm"))

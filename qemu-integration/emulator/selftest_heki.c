@@ -256,6 +256,18 @@ void scenario_off(void) {
     CHECK_EQ(vm->info.configure_exits + vm->info.denial_exits + vm->info.denials, 0, "no exit, no denial");
 }
 
+/* The guest pins CR0.WP: KVM_RUN returns the configure exit, whose
+   completion is now pending. */
+static void run_to_pending_pin(Vm *vm, Cpu *c) {
+    MB(c, MB_CMD) = CMD_OP;
+    MB(c, MB_RAX) = FK_KVM_HC_LOCK_CR_UPDATE;
+    MB(c, MB_RBX) = 0;
+    MB(c, MB_RCX) = FK_CR0_WP;
+    MB(c, MB_RDX) = 0;
+    CHECK(ioctl(c->fd, KVM_RUN, 0) == 0, "run to the pin");
+    CHECK_EQ(c->run->exit_reason, vm->info.exit_configure, "configure exit");
+}
+
 /* A VMM that stops a vCPU right after a Heki exit: KVM_RUN with
    immediate_exit completes it and returns EINTR; the state is consistent. */
 void scenario_immediate(void) {
@@ -267,13 +279,7 @@ void scenario_immediate(void) {
     cpu_start(c);
 
     /* A pending configure exit. */
-    MB(c, MB_CMD) = CMD_OP;
-    MB(c, MB_RAX) = FK_KVM_HC_LOCK_CR_UPDATE;
-    MB(c, MB_RBX) = 0;
-    MB(c, MB_RCX) = FK_CR0_WP;
-    MB(c, MB_RDX) = 0;
-    CHECK(ioctl(c->fd, KVM_RUN, 0) == 0, "run to the pin");
-    CHECK_EQ(c->run->exit_reason, vm->info.exit_configure, "configure exit");
+    run_to_pending_pin(vm, c);
     c->run->immediate_exit = 1;
     int rc = ioctl(c->fd, KVM_RUN, 0);
     CHECK(rc == -1 && errno == EINTR, "immediate_exit with a pending configure: EINTR (rc %d)", rc);
@@ -320,6 +326,33 @@ void scenario_immediate(void) {
     CHECK_EQ(MB(c, MB_GP_EIP), SYM_guest_op_out, "#GP saved eip");
     vm_info(vm);
     CHECK_EQ(vm->info.denial_exits, 1, "model: one denial exit");
+}
+
+/* A VMM that resets a vCPU (KVM_SET_REGS) during a Heki exit, without
+   completing it first: as KVM keeps complete_userspace_io armed, the next
+   KVM_RUN applies the completion to the new state (the kernel model's
+   fk_vcpu_reset keeps it too).  Why a VMM completes before a reset. */
+void scenario_reset_pending(void) {
+    Vm *vm = vm_new(true);
+    Cpu *c = cpu_new(vm, 0, BOOT_CR0, BOOT_CR4);
+    int err;
+    enable_cap(vm->fd, vm->info.cap_configure, 3, &err);
+    cpu_start(c);
+    run_to_pending_pin(vm, c);
+    struct kvm_regs regs;
+    get_regs(c, &regs);
+    uint64_t moved = SYM_guest_op_out + 0x40;
+    regs.rip = moved; /* the VMM's reset state */
+    regs.rax = 0x1234;
+    if (ioctl(c->fd, KVM_SET_REGS, &regs) < 0)
+        die("KVM_SET_REGS");
+    c->run->immediate_exit = 1;
+    int rc = ioctl(c->fd, KVM_RUN, 0);
+    CHECK(rc == -1 && errno == EINTR, "immediate_exit after the reset: EINTR (rc %d)", rc);
+    c->run->immediate_exit = 0;
+    get_regs(c, &regs);
+    CHECK_EQ(regs.rax, 0, "the armed completion wrote rax over the reset state");
+    CHECK_EQ(regs.rip, moved + 2, "and moved rip past an OUT that is not there");
 }
 
 /* Hostile or foreign uses of the port, and fd bookkeeping. */

@@ -92,6 +92,7 @@ void scenario_sequence(bool caps, bool payload);
 void scenario_v3(void);
 void scenario_off(void);
 void scenario_immediate(void);
+void scenario_reset_pending(void);
 void scenario_hostile(void);
 void scenario_storm(void);
 void scenario_kick(void);

@@ -38,6 +38,8 @@
         .set SC_BENCH,          6
         .set SC_NO_PIN,         7
         .set SC_PIN_WAIT,       8
+        .set SC_OS_BOOT,        9       // os-boot.S
+        .set SC_OS_REBOOT,      10
 
         // per-vCPU record, 64 bytes, written only by its own vCPU
         .set PC_GP,             0       // #GP(0) taken at the Heki port

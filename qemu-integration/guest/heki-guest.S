@@ -21,6 +21,7 @@
 #include "smp.S"         // SMP: trampoline, AP entry, start and waits
 #include "work.S"        // per-vCPU work: denied, allowed and unpinned writes
 #include "scenarios.S"   // scenarios: bad-pins, bench
+#include "os-boot.S"     // scenarios: os-boot, os-reboot (boots like an OS)
 #include "report.S"      // reports and the exit
 #include "exceptions.S"  // exceptions: IDT, #GP handler, unexpected vectors
 #include "serial.S"      // serial output

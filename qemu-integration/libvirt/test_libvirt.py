@@ -37,10 +37,10 @@ def tearDownModule():
 
 
 class LibvirtCase(unittest.TestCase):
-    def domain(self, **kwargs):
+    def domain(self, suffix="", **kwargs):
         """A domain named after the test (events are told apart by name)."""
         started = time.monotonic()
-        label = self._testMethodName.removeprefix("test_").replace("_", "-")
+        label = self._testMethodName.removeprefix("test_").replace("_", "-") + suffix
         dom = Domain(events.conn, label, **kwargs)
         self.addCleanup(lambda: print(f"[{time.monotonic() - started:.2f} s]", end=" ",
                                       flush=True))
@@ -68,14 +68,27 @@ class LibvirtCase(unittest.TestCase):
                       f"{events.lifecycle_of(dom.name)}; state {dom.state()!r}")
 
     def check_restarts(self, verdict):
-        """<on_crash>restart: the panicked guest boots again."""
+        """<on_crash>restart: libvirt restarts the panicked guest in the same
+        QEMU (system_reset, then cont): a reset of a pinned VM, which the
+        reset rule turns into a power-off, so the domain ends shut off and
+        is never rebooted under its pins. With on-reset=keep-pins (the RFC)
+        the guest boots again."""
         dom = self.domain(scenario="pin-deny",
                           heki={"on-denial": verdict}, on_crash="restart")
         dom.start()
         self.assert_panicked(dom, verdict)
+        dom.wait_state("shut off (shutdown)")
+        [heki_reset] = self.wait_qmp(dom, "HEKI_RESET")
+        self.assertEqual((heki_reset["cause"], heki_reset["verdict"]), ("host", "poweroff"), heki_reset)
+        self.assertEqual(boots(dom.guest()), 1, dom.serial_tail())
+
+        rfc = self.domain("-keep-pins", scenario="pin-deny",
+                          heki={"on-denial": verdict, "on-reset": "keep-pins"}, on_crash="restart")
+        rfc.start()
+        self.assert_panicked(rfc, verdict)
         # Each boot pins and is denied again: the loop is the policy's.
-        dom.wait_guest(lambda g: boots(g) >= 2)
-        self.assertTrue(dom.dom.isActive(), dom.state())
+        rfc.wait_guest(lambda g: boots(g) >= 2)
+        self.assertTrue(rfc.dom.isActive(), rfc.state())
 
     def assert_panicked(self, dom, verdict, count=1):
         """GUEST_PANICKED with the Heki information, as QMP gave it to libvirt."""
@@ -157,7 +170,7 @@ class PauseVerdict(LibvirtCase):
         # Why it crashed must reach management before QEMU is gone.
         self.assertEqual(self.wait_qmp(dom, "HEKI_DENIAL")[0]["verdict"], "pause")
 
-    def test_restart_boots_the_guest_again(self):
+    def test_restart_shuts_off_unless_keep_pins(self):
         self.check_restarts("pause")
 
     def test_the_reason_comes_before_the_panic(self):
@@ -218,8 +231,9 @@ class EndingVerdicts(LibvirtCase):
     def test_exit_restart(self):
         self.check_restarts("exit")
 
-    def test_reset_reboots_without_a_crash(self):
-        dom = self.domain(scenario="pin-deny", heki={"on-denial": "reset"})
+    def test_reset_with_keep_pins_reboots_without_a_crash(self):
+        # The RFC's reset in place (on-reset=keep-pins): pins kept, the guest reboots.
+        dom = self.domain(scenario="pin-deny", heki={"on-denial": "reset", "on-reset": "keep-pins"})
         dom.start()
         dom.wait_guest(lambda g: boots(g) >= 2)
         self.wait_lifecycle(dom, ("reboot", ""))
@@ -228,6 +242,58 @@ class EndingVerdicts(LibvirtCase):
         self.assertEqual(resets[0].get("reason"), "guest-panic", resets)
         self.assertEqual(self.qmp(dom, "GUEST_PANICKED"), [])
         self.assertNotIn(("crashed", "panicked"), events.lifecycle_of(dom.name))
+
+
+class PinnedReset(LibvirtCase):
+    """The reset rule under libvirt (-no-shutdown): a reset of a pinned VM
+    is a power-off with the reset's cause, so the domain ends "shut off
+    (shutdown)" through <on_poweroff>destroy, never rebooted under its pins,
+    with HEKI_RESET before SHUTDOWN; `virsh start` then boots a new VM, whose
+    early boot is clean."""
+
+    def check_shut_off(self, dom, cause, reason, guest):
+        dom.wait_state("shut off (shutdown)")
+        heki_reset = self.wait_qmp(dom, "HEKI_RESET")[0]
+        self.assertEqual((heki_reset["cause"], heki_reset["verdict"], heki_reset["pinned-cr0"]),
+                         (cause, "poweroff", CR0_WP), heki_reset)
+        # The second SHUTDOWN, if any, is libvirt's SIGTERM (host-signal).
+        shutdown = self.wait_qmp(dom, "SHUTDOWN")[0]
+        self.assertEqual(shutdown, {"guest": guest, "reason": reason})
+        names = [e for e, _ in events.qmp_of(dom.name) if e in ("HEKI_RESET", "SHUTDOWN", "RESET")]
+        self.assertEqual(names[:2], ["HEKI_RESET", "SHUTDOWN"], names)
+        self.assertNotIn("RESET", names)
+        lifecycle = events.lifecycle_of(dom.name)
+        self.assertIn(("shutdown", "guest" if guest else "host"), lifecycle)
+        self.assertIn(("stopped", "shutdown"), lifecycle)
+        self.assertNotIn(("reboot", ""), lifecycle)
+        self.assertNotIn(("crashed", "panicked"), lifecycle)
+        self.assertEqual(boots(dom.guest()), 1, dom.serial_tail())
+
+    def test_guest_reboot_shuts_the_domain_off_and_start_boots_clean(self):
+        dom = self.domain(scenario="os-reboot", extra_append="writes=0 idle-ms=0")
+        dom.start()
+        self.check_shut_off(dom, "guest", "guest-reset", True)
+        # The management layer starts it again: a new KVM VM, no pins.
+        dom.start()
+        lines = dom.wait_guest(lambda g: any("idle-done" in l for l in g))
+        early = [l for l in lines if "early-cr0" in l]
+        self.assertEqual([(l["applied"], l["gp"]) for l in early], [("yes", "0")], dom.serial_tail())
+
+    def test_virsh_reset_shuts_the_domain_off(self):
+        dom = self.domain(scenario="os-boot", extra_append="writes=0 idle-ms=30000")
+        dom.start()
+        dom.wait_guest(lambda g: any("idle" in l and "ms" in l for l in g))
+        virsh("reset", dom.name)
+        self.check_shut_off(dom, "host", "host-qmp-system-reset", False)
+
+    def test_reset_verdict_shuts_the_domain_off(self):
+        # idle-ms: the vCPU runs on until the reset; the guest must not end first.
+        dom = self.domain(scenario="os-boot", extra_append="writes=1 idle-ms=10000",
+                          heki={"on-denial": "reset"})
+        dom.start()
+        self.check_shut_off(dom, "panic", "guest-panic", True)
+        [denial] = self.wait_qmp(dom, "HEKI_DENIAL")
+        self.assertEqual(denial["verdict"], "reset")
 
 
 class Monitor(LibvirtCase):

@@ -20,11 +20,12 @@
 #include "heki_kernel_model.h"
 
 /* Event kinds, in the order of the plugin's EventKind, then HEKI_POLICY
-   (made on the main loop by heki_plugin_set_policy, never coalesced) and
-   HEKI_MIGRATION (the main loop's too). */
+   (made on the main loop by heki_plugin_set_policy, never coalesced),
+   HEKI_MIGRATION and HEKI_RESET (the main loop's too: the state functions
+   and heki_plugin_reset). */
 enum {
     FZ_CONFIGURE, FZ_DENIAL, FZ_WEAK_PINNING, FZ_MALFORMED, FZ_CAPABILITY,
-    FZ_SUPPRESSED, FZ_POLICY, FZ_MIGRATION, FZ_KINDS
+    FZ_SUPPRESSED, FZ_POLICY, FZ_MIGRATION, FZ_RESET, FZ_KINDS
 };
 
 #define FZ_MAX_CHECKED 8

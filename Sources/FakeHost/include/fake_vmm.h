@@ -162,21 +162,44 @@ int fh_vm_op_write_cr(FhVm *vm, uint32_t vcpu, int cr, uint64_t value, uint64_t 
    exits to the VMM, without the kernel model (foreign or malformed exits). */
 int fh_vm_op_raw_exit(FhVm *vm, uint32_t vcpu, uint32_t exit_reason,
                       const uint64_t *words8, uint64_t repeat);
+/* The guest asks for a reset (a reboot, a triple fault: KVM_EXIT_SHUTDOWN):
+   the VM stops with FH_STOP_GUEST_RESET and fh_vm_reset(GUEST) follows. */
+int fh_vm_op_reboot(FhVm *vm, uint32_t vcpu);
 /* Drops all programs (not the counters). */
 void fh_vm_clear_programs(FhVm *vm);
 
 /* Stop reasons: the verdict that stopped the VM. */
 #define FH_STOP_NONE 0 /* every program ran to its end */
+#define FH_STOP_GUEST_RESET 16 /* a vCPU ran fh_vm_op_reboot */
 
 /* Runs every vCPU's program (from where it stopped last time; a pending
    exit is completed first, as KVM_RUN does) on its own thread until all are
    done or a verdict stops the VM; meanwhile this thread iterates the
    context.  PAUSE stops the VM (all vCPUs stop at their next exit
-   boundary); POWEROFF/EXIT stop it; RESET stops it and then resets the vCPUs
-   (fk_vm_reset: CR state reset, pins kept).  Returns the stop reason
-   (FH_STOP_NONE or the HekiVerdict that stopped it first). */
+   boundary); POWEROFF/EXIT stop it; RESET (and FH_STOP_GUEST_RESET) stop
+   it, then fh_vm_reset(PANIC, or GUEST).  Returns the stop reason
+   (FH_STOP_NONE, FH_STOP_GUEST_RESET or the HekiVerdict that stopped it
+   first). */
 int fh_vm_run(FhVm *vm);
 int fh_vm_stop_reason(FhVm *vm);
+
+/* A reset of the stopped VM, as a VMM does it: every pending exit is
+   completed first (KVM_RUN with immediate_exit), then heki_plugin_reset
+   says what the reset becomes: RESET (fk_vm_reset: CR state reset, pins
+   kept; counted in fh_vm_resets), POWEROFF (fh_vm_poweroffs) or EXIT
+   (fh_vm_exit_requests).  Without a plugin: RESET.  Returns that verdict. */
+int fh_vm_reset(FhVm *vm, HekiResetCause cause);
+/* What the last fh_vm_reset became (0, RESUME, before any). */
+int fh_vm_last_reset_verdict(FhVm *vm);
+
+/* A vCPU's registers as a VMM saves them (migration, snapshot): its pending
+   exit is completed first (KVM_RUN with immediate_exit), so the saved rax
+   holds the hypercall's result and a denial's #GP is delivered.  Zeros for
+   a bad index. */
+typedef struct FhVcpuState {
+    uint64_t cr0, cr4, rax, rip, gp_count;
+} FhVcpuState;
+FhVcpuState fh_vm_save_vcpu(FhVm *vm, uint32_t index);
 
 /* Main loop helpers (this thread). */
 void fh_vm_iterate_until_idle(FhVm *vm);

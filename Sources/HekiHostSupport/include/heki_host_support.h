@@ -47,6 +47,7 @@ typedef struct HsPluginApi {
     void (*free_state)(uint8_t *data);
     int (*restore_state)(HekiPlugin *plugin, const uint8_t *data, uint32_t size,
                          char **error);
+    HekiVerdict (*reset)(HekiPlugin *plugin, HekiResetCause cause);
 } HsPluginApi;
 
 typedef struct HsLibrary HsLibrary;

@@ -167,7 +167,8 @@ uint64_t fk_vm_denial_mask(const FkVm *vm);
 /* kvm->heki_pinned_cr0 / _cr4: OR-ed, never unpinned.  cr other than 0/4: 0. */
 uint64_t fk_vm_pinned(const FkVm *vm, int cr);
 
-/* System reset of every vCPU of the VM (fk_vcpu_reset).  The pins are kept:
+/* System reset of every vCPU of the VM (fk_vcpu_reset; pending completions
+   stay armed).  The pins are kept:
    the patch has no way to clear them, which is the RFC's stated open problem
    (reboot, kexec, hibernation would need it). */
 void fk_vm_reset(FkVm *vm);
@@ -216,9 +217,12 @@ FkResult fk_vcpu_write_cr(FkVcpu *vcpu, int cr, uint64_t value);
    rax = 0, rip += 3, hypercalls++; denial: #GP injected).  Returns what was
    pending. */
 FkPending fk_vcpu_complete(FkVcpu *vcpu);
-/* Reset of this vCPU: CR0/CR4 to the reset values, rax = rip = 0, and a
-   pending completion is dropped (the VMM resets the vCPU instead of
-   re-entering).  Pins are per VM and survive. */
+/* Reset of this vCPU (the VMM's KVM_SET_REGS/SREGS): CR0/CR4 to the reset
+   values, rax = rip = 0.  A pending completion stays, as KVM's
+   complete_userspace_io does: the next fk_vcpu_complete (KVM_RUN) applies
+   it to the reset state (rax = 0 and rip += 3 past a VMCALL that is not
+   there, or a #GP into the new boot), so a VMM completes first.  Pins are
+   per VM and survive. */
 void fk_vcpu_reset(FkVcpu *vcpu);
 
 /* Helpers over a kvm_run buffer (memcpy, no alignment assumptions): the one
