@@ -89,7 +89,8 @@ typedef enum {
  * size has no way to give KVM's answers, so the plugin enables nothing for
  * it (heki_plugin_cap_mask() is 0) and says so in a HEKI_CAPABILITY event.
  * HEKI_HOST_SIZE_1_1 adds check_extension, enable_cap and apply_verdict;
- * HEKI_HOST_SIZE_1_2 adds migration_blocker.
+ * HEKI_HOST_SIZE_1_2 adds migration_blocker.  A field that `size` covers
+ * only in part is taken as absent (NULL).
  */
 typedef struct HekiHost {
     /*
@@ -414,7 +415,7 @@ void heki_plugin_free_state(uint8_t *data);
  */
 int heki_plugin_restore_state(HekiPlugin *plugin, const uint8_t *data,
                               uint32_t size, char **error);
-/* ---- reset (issue 11) ----------------------------------------------- */
+/* ---- reset (heki-plugin 1.2) ---- */
 
 /* Why the VMM is about to reset the VM (QEMU's cause in brackets). */
 typedef enum HekiResetCause {

@@ -57,14 +57,15 @@ public func heki_plugin_new(
     guard size >= Int(HEKI_HOST_SIZE_1_0) else {
         return fail("heki-plugin: HekiHost.size is \(size) bytes; ABI version 1 needs at least \(HEKI_HOST_SIZE_1_0)")
     }
-    // The fields the host's size covers; the rest stay zero (NULL).
+    // The fields the host's size covers whole; the rest stay zero (NULL).
+    // Every field after `size` is a pointer: a size that ends inside one
+    // (say 60) must not hand the plugin half a function pointer.
     var hostCopy = HekiHost()
     withUnsafeMutableBytes(of: &hostCopy) { copy in
-        copy.copyMemory(from: UnsafeRawBufferPointer(start: host, count: min(size, copy.count)))
+        let whole = min(size, copy.count) & ~(MemoryLayout<UnsafeRawPointer>.alignment - 1)
+        copy.copyMemory(from: UnsafeRawBufferPointer(start: host, count: whole))
     }
-    // A field the size only partly covers is not the host's.
-    if size < Int(HEKI_HOST_SIZE_1_2) { hostCopy.migration_blocker = nil }
-    let hostCanCheck = size >= Int(HEKI_HOST_SIZE_1_1) && hostCopy.check_extension != nil && hostCopy.enable_cap != nil
+    let hostCanCheck = hostCopy.check_extension != nil && hostCopy.enable_cap != nil
     let list: [String]
     switch arguments(argc, argv) {
     case let .success(strings): list = strings
