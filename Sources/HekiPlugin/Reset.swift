@@ -64,12 +64,23 @@ extension Plugin {
         // pins the ledger never saw: safe means taking it as pinned.
         let granted = claim(.configure).granted
         let unseen = verifiedNumbers == nil ? [] : ControlRegister.allCases.filter { !granted.contains($0) }
-        guard pinned.contains(where: { $0 != 0 }) || !unseen.isEmpty else { return .reset }
+        guard pinned.contains(where: { $0 != 0 }) || !unseen.isEmpty else {
+            forgetRestoredPins()
+            return .reset
+        }
         let verdict = config.onReset.verdict
+        if verdict == .reset { forgetRestoredPins() }
         announce(.reset(ResetReport(cause: cause, pinned: pinned, unseen: unseen, rule: config.onReset)))
         // The exits' events first: they say how the VM got its pins. A
         // callback may free the plugin: nothing touches self after this.
         flush(queueFirst: true)
         return verdict
+    }
+
+    /// A reset in place starts a new boot: pins restored from a migration
+    /// source described the guest that is gone (this kernel never enforced
+    /// them), so query and the next migration stop carrying them.
+    private func forgetRestoredPins() {
+        migration.setRestored(RegisterPair(cr0: 0, cr4: 0))
     }
 }

@@ -117,6 +117,25 @@ final class HostMigrationTests: XCTestCase {
         source.freePlugin()
     }
 
+    /// A reset in place on the destination (nothing pinned there) boots a
+    /// new guest: the restored pins belonged to the old one and are dropped.
+    func testAResetInPlaceForgetsRestoredPins() throws {
+        let source = try started(["migration=allow-unprotected"])
+        source.pin(cr: 0, GuestCR0.wp)
+        XCTAssertEqual(source.run(), FH_STOP_NONE)
+        let bytes = try save(source).mapError { $0 as Error }.get()
+        source.freePlugin()
+        let destination = try started([])
+        XCTAssertNil(restore(destination, bytes))
+        XCTAssertEqual(status(destination), HEKI_MIGRATION_CARRY)
+        XCTAssertEqual(fh_vm_reset(destination.vm, HEKI_RESET_CAUSE_GUEST), Int32(verdictReset),
+                       "no pin on this kernel: a plain reset")
+        XCTAssertEqual(status(destination), HEKI_MIGRATION_FREE, "nothing left to carry")
+        XCTAssertEqual(destination.query().object("pins")?.object("cr0")?.strings("restored-only-bits"), [])
+        destination.freePlugin()
+        XCTAssertEqual(destination.count("HEKI_RESET"), 0, "an unpinned VM's reset is not announced")
+    }
+
     func testCorruptBytesChangeNothingAndAreReported() throws {
         let source = try TestVM.started(["migration=allow-unprotected"])
         source.pin(cr: 0, GuestCR0.wp)
