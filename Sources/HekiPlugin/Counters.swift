@@ -3,8 +3,9 @@ import Synchronization
 /// Exact counts of what the plugin saw, kept on the exit path with relaxed
 /// atomics (each counter is independent; readers want totals, not order).
 final class Counters: Sendable {
-    /// Exits per (kind, register) for configure, denial and weak pinning.
-    private let perRegister: InlineArray<6, Atomic<UInt64>>
+    /// Exits per (kind, register) for configure, denial and weak pinning,
+    /// per vCPU shard.
+    private let perRegister = ShardedCounts()
     let malformedExits = Atomic<UInt64>(0)
     let capabilityReports = Atomic<UInt64>(0)
     /// Per event kind: counts already reported in HEKI_SUPPRESSED.
@@ -15,7 +16,6 @@ final class Counters: Sendable {
     let auditFailures = Atomic<UInt64>(0)
 
     init() {
-        perRegister = InlineArray { _ in Atomic(0) }
         summarised = InlineArray { _ in Atomic(0) }
     }
 
@@ -23,14 +23,15 @@ final class Counters: Sendable {
         Int(kind.rawValue) * 2 + Int(register.rawValue)
     }
 
-    /// `kind` is .configure, .denial or .weakPinning.
-    @inline(__always)
-    func count(_ kind: EventKind, _ register: ControlRegister) {
-        perRegister[Counters.index(kind, register)].wrappingAdd(1, ordering: .relaxed)
+    /// `kind` is .configure, .denial or .weakPinning; `vcpu` picks the
+    /// shard. Returns the shard's count before (a cheap, per-vCPU tick).
+    @inline(__always) @discardableResult
+    func count(_ kind: EventKind, _ register: ControlRegister, vcpu: UInt32 = 0) -> UInt64 {
+        perRegister.increment(Counters.index(kind, register), shard: vcpu)
     }
 
     func total(_ kind: EventKind, _ register: ControlRegister) -> UInt64 {
-        perRegister[Counters.index(kind, register)].load(ordering: .relaxed)
+        perRegister.total(Counters.index(kind, register))
     }
 
     func addSummarised(_ kind: EventKind, _ count: UInt64) {

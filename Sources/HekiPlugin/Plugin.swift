@@ -19,9 +19,11 @@ final class Plugin {
     let counters = Counters()
     let limiter: RateLimiter
     private let queue = EventQueue(capacity: Plugin.queueCapacity)
+    /// Turns the queued records' stamp counters into the wall clock (main loop).
+    private var stamps = StampClock()
     private let renderer: EventRenderer
     private let audit: AuditLog?
-    private var source: MainLoopSource!
+    private let source: MainLoopSource
     /// Per exit kind: the exit claimed, the mask granted, KVM's result;
     /// nothing claimed until heki_plugin_enable_caps enabled the capability.
     private let claims = ExitClaims()
@@ -66,12 +68,13 @@ final class Plugin {
         audit = try config.auditLogPath.map { path throws(StartError) in try AuditLog(path: path) }
         context = g_main_context_ref(host.context ?? g_main_context_default())
         do {
-            source = try MainLoopSource(context: context, opaque: Unmanaged.passUnretained(self).toOpaque()) { opaque in
-                Unmanaged<Plugin>.fromOpaque(opaque!).takeUnretainedValue().dispatch()
-            }
+            source = try MainLoopSource(context: context)
         } catch {
             g_main_context_unref(context)
             throw error
+        }
+        source.attach(opaque: Unmanaged.passUnretained(self).toOpaque()) { opaque in
+            Unmanaged<Plugin>.fromOpaque(opaque!).takeUnretainedValue().dispatch()
         }
         if !hostCanCheck {
             // Said once, at the first dispatch: nothing will be enabled.
@@ -82,9 +85,10 @@ final class Plugin {
     // MARK: The vCPU side
 
     /// The path of one exit: decode, ledger, policy, record. Any vCPU
-    /// thread; no lock, no allocation, no call into the host. Inlined into
-    /// the export: one function, one prologue.
-    @inline(__always)
+    /// thread; no lock, no allocation, no call into the host. One function
+    /// the export calls directly (inlined, it would sit in a closure with
+    /// its result returned through memory).
+    @inline(never)
     func handleExit(vcpu: UInt32, run: OpaquePointer) -> Verdict {
         let configure = claims.claim(.configure)
         let denial = claims.claim(.denial)
@@ -95,36 +99,38 @@ final class Plugin {
             counters.malformedExits.wrappingAdd(1, ordering: .relaxed)
             record(.malformedExit(MalformedExitEvent(
                 vcpu: vcpu, kind: kind, exit: (kind == .configure ? configure : denial).exit ?? 0,
-                reason: reason, register: register, problem: problem)))
+                reason: reason, register: register, problem: problem)), vcpu: vcpu)
             return .notHeki
         case let .configure(register, bits):
-            let policy = self.policy.current()
+            let policy = self.policy.exitPolicy(register)
             let pinned = ledger.pin(bits, on: register)
-            counters.count(.configure, register)
-            let (verdict, missing) = policy.judgePin(on: register, pinnedNow: pinned)
-            record(.configure(PinEvent(vcpu: vcpu, register: register, exit: configure.exit ?? 0, bits: bits,
-                                       pinned: pinned, verdict: verdict)))
+            let tick = counters.count(.configure, register, vcpu: vcpu)
+            let (verdict, missing) = policy.judgePin(pinnedNow: pinned)
+            record(.configure(PinEvent(vcpu: vcpu, register: register, exit: configure.claimedExit, bits: bits,
+                                       pinned: pinned, verdict: verdict)), vcpu: vcpu, tick: tick)
             if missing != 0 {
-                counters.count(.weakPinning, register)
+                let tick = counters.count(.weakPinning, register, vcpu: vcpu)
                 record(.weakPinning(WeakPinningEvent(vcpu: vcpu, register: register, pinned: pinned,
-                                                     required: policy.required(register), missing: missing,
-                                                     verdict: verdict)))
+                                                     required: policy.required, missing: missing,
+                                                     verdict: verdict)), vcpu: vcpu, tick: tick)
             }
             return verdict
         case let .denial(register, value):
-            let policy = self.policy.current()
             let pinned = ledger.pins(register)
-            counters.count(.denial, register)
-            var (verdict, violated) = policy.judgeDenial(on: register, value: value, pinned: pinned)
+            let tick = counters.count(.denial, register, vcpu: vcpu)
+            var (verdict, violated) = self.policy.exitPolicy(register).judgeDenial(value: value, pinned: pinned)
             // A denial means the guest has booted far enough to pin: judge
             // the registers it never pinned now if the deadline has not. The
-            // denial's own verdict wins unless it is resume.
+            // denial's own verdict wins unless it is resume. Both from one
+            // whole policy (this happens once per VM).
             if !bootJudged.load(ordering: .relaxed) {
+                let policy = self.policy.current()
+                (verdict, violated) = policy.judgeDenial(on: register, value: value, pinned: pinned)
                 let weak = judgeBoot(vcpu: vcpu, exit: configure, policy: policy)
                 if verdict == .resume { verdict = weak }
             }
-            record(.denial(DenialEvent(vcpu: vcpu, register: register, exit: denial.exit ?? 0, value: value,
-                                       pinned: pinned, violated: violated, verdict: verdict)))
+            record(.denial(DenialEvent(vcpu: vcpu, register: register, exit: denial.claimedExit, value: value,
+                                       pinned: pinned, violated: violated, verdict: verdict)), vcpu: vcpu, tick: tick)
             return verdict
         }
     }
@@ -141,26 +147,29 @@ final class Plugin {
             let required = policy.required(register)
             guard required != 0, configure.granted.contains(register), ledger.pins(register) == 0 else { continue }
             verdict = policy.onWeakPinning
-            counters.count(.weakPinning, register)
+            counters.count(.weakPinning, register, vcpu: vcpu ?? 0)
             record(.weakPinning(WeakPinningEvent(vcpu: vcpu, register: register, pinned: 0, required: required,
-                                                 missing: required, verdict: verdict)))
+                                                 missing: required, verdict: verdict)), vcpu: vcpu ?? 0)
         }
         return verdict
     }
 
     /// Queues `record` for the main loop, or counts it for a summary when the
-    /// rate limit or a full queue holds it back. Never blocks.
+    /// rate limit or a full queue holds it back. Never blocks. `vcpu` picks
+    /// the counters' shard; `tick`, the vCPU's count of this kind before
+    /// this event, says when a full rate window is checked against the
+    /// clock (RateLimiter.clockSamplePeriod).
     @inline(__always)
-    private func record(_ payload: EventPayload) {
+    private func record(_ payload: EventPayload, vcpu: UInt32, tick: UInt64 = 0) {
         let record = EventRecord(payload: payload)
-        if limiter.admit(record.kind) {
+        if limiter.admit(record.kind, sampleClock: tick & (RateLimiter.clockSamplePeriod - 1) == 0) {
             // Stamped once a cell is reserved: a full queue costs no clock read.
-            if queue.push(record, stampingTime: true) {
+            if queue.push(record, stamping: true) {
                 source.wake()
                 return
             }
         }
-        if limiter.suppress(record.kind) { source.wake() }
+        if limiter.suppress(record.kind, vcpu: vcpu) { source.wake() }
     }
 
     // MARK: Capabilities
@@ -197,7 +206,7 @@ final class Plugin {
                 failure = "heki-plugin: require-caps=on: KVM refused capability \(cap) (heki \(kind.name), mask \(mask.spelling)): \(errorName(result))"
             }
             counters.capabilityReports.wrappingAdd(1, ordering: .relaxed)
-            record(.capability(CapabilityEvent(kind: kind, capability: cap, mask: mask, result: result)))
+            record(.capability(CapabilityEvent(kind: kind, capability: cap, mask: mask, result: result)), vcpu: 0)
         }
         return failure
     }
@@ -319,7 +328,9 @@ final class Plugin {
     /// the source fires again at once (`wake`).
     private func drain(all: Bool = false) {
         var budget = Plugin.queueCapacity
-        while all || budget > 0, let record = queue.pop() {
+        stamps.anchor()
+        while all || budget > 0, var record = queue.pop() {
+            record.timeMicros = stamps.micros(of: UInt64(bitPattern: record.timeMicros))
             deliver(record)
             budget -= 1
         }
@@ -332,6 +343,7 @@ final class Plugin {
     @discardableResult
     private func summarise(force: Bool) -> Int64? {
         let now = RateLimiter.currentWindow()
+        limiter.reopen(now)
         var next: UInt64? = nil
         for kind in EventKind.allCases where kind != .suppressed {
             let index = Int(kind.rawValue)
@@ -348,7 +360,8 @@ final class Plugin {
                 next = min(next ?? .max, due)
             }
         }
-        return next.map { Int64($0) * 1_000_000 + 1_000 }
+        // The windows are the coarse clock's seconds, up to a tick behind.
+        return next.map { Int64($0) * 1_000_000 + 1_000 + RateLimiter.coarseLagMicros }
     }
 
     /// Renders one record and hands it to every sink.

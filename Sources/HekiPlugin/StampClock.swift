@@ -1,0 +1,53 @@
+import CBridge
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Turns the stamp counter a vCPU puts on a queued record
+/// (`cbridge_stamp_counter`: the TSC, a few ns on the exit path, against
+/// ~30 ns for the wall clock) into wall-clock microseconds. The main loop
+/// owns it and calibrates it: at each drain it takes an anchor (counter,
+/// monotonic and wall clock together); a record's time is the anchor's wall
+/// clock minus the counter ticks since the record, at the rate measured
+/// from the plugin's start to that anchor (monotonic, so a wall-clock step
+/// does not skew the rate). Every record comes after the start, so the
+/// error stays about a microsecond even right after it.
+struct StampClock {
+    private let originCounter: UInt64
+    private let originMonotonic: Int64
+    private var counter: UInt64
+    private var wallNanos: Int64
+    private var nanosPerTick: Double = 0
+
+    init() {
+        let now = StampClock.read()
+        (originCounter, originMonotonic) = (now.counter, now.monotonic)
+        (counter, wallNanos) = (now.counter, now.wall)
+    }
+
+    private static func read() -> (counter: UInt64, monotonic: Int64, wall: Int64) {
+        let counter = cbridge_stamp_counter()
+        var monotonic = timespec(), wall = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &monotonic)
+        clock_gettime(CLOCK_REALTIME, &wall)
+        func nanos(_ t: timespec) -> Int64 { Int64(t.tv_sec) &* 1_000_000_000 &+ Int64(t.tv_nsec) }
+        return (counter, nanos(monotonic), nanos(wall))
+    }
+
+    /// Main loop, before popping records: a new anchor.
+    mutating func anchor() {
+        let now = StampClock.read()
+        (counter, wallNanos) = (now.counter, now.wall)
+        let ticks = now.counter &- originCounter, nanos = now.monotonic &- originMonotonic
+        if ticks > 0 && ticks < 1 << 62 && nanos > 0 { nanosPerTick = Double(nanos) / Double(ticks) }
+    }
+
+    /// Wall-clock microseconds since the epoch of a record stamped `stamp`.
+    func micros(of stamp: UInt64) -> Int64 {
+        // Records are at most seconds old; the clamp keeps a bad counter
+        // (a CPU whose TSC jumped) from overflowing the conversion.
+        let behind = min(max(Double(Int64(bitPattern: counter &- stamp)) * nanosPerTick, -1e15), 1e15)
+        let nanos = wallNanos &- Int64(behind)
+        return nanos >= 0 ? nanos / 1_000 : (nanos - 999) / 1_000
+    }
+}
