@@ -8,16 +8,20 @@ exc_stubs:
         .long exc_24, exc_25, exc_26, exc_27, exc_28, exc_29, exc_30, exc_31
 
 scenario_names:                                 // index = SC_*
-        .long sn_pin_deny, sn_pin_only, sn_weak, sn_bad_pins, sn_unpinned, sn_storm, sn_bench, sn_no_pin, 0
+        .long sn_pin_deny, sn_pin_only, sn_weak, sn_bad_pins, sn_unpinned, sn_storm, sn_bench, sn_no_pin
+        .long sn_io_bench, 0
 prepare_table:
         .long prepare_pins, prepare_pins, prepare_weak, prepare_bad_pins, prepare_none, prepare_pins, prepare_pins
+        .long prepare_none
         .long prepare_none
 work_table:
         .long deny_writes, work_none, work_none, work_none, work_unpinned, deny_writes, work_bench
         .long work_idle
+        .long work_io_bench
 report_table:
         .long report_deny, report_no_gp, report_no_gp, report_no_gp, report_unpinned, report_deny, report_bench
         .long report_no_gp
+        .long report_bench
 
 // bad-pins cases: name, rax, rbx, rcx, rdx, expected rax
 bad_pin_cases:
@@ -38,6 +42,7 @@ sn_unpinned:    .asciz "unpinned-writes"
 sn_storm:       .asciz "storm"
 sn_bench:       .asciz "bench"
 sn_no_pin:      .asciz "no-pin"
+sn_io_bench:    .asciz "io-bench"
 key_scenario:   .asciz "scenario="
 key_cpus:       .asciz "cpus="
 key_writes:     .asciz "writes="
