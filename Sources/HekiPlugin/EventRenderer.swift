@@ -11,8 +11,10 @@ import CHekiPlugin
 /// Main loop thread only; a result is valid until the next render.
 final class EventRenderer {
     private let config: Configuration
-    private var dataBuffer = ByteWriter(capacity: EventRenderer.bufferSize)
-    private var lineBuffer = ByteWriter(capacity: EventRenderer.bufferSize)
+    // Main loop only, never reentered: no dynamic exclusivity checks (four
+    // per event, about a tenth of its rendering).
+    @exclusivity(unchecked) private var dataBuffer = ByteWriter(capacity: EventRenderer.bufferSize)
+    @exclusivity(unchecked) private var lineBuffer = ByteWriter(capacity: EventRenderer.bufferSize)
     private let arena = ByteArena()
     /// "vm NAME" (printable), or nil without vm-name: the one spelling of
     /// the subject of every log line.
@@ -248,12 +250,9 @@ final class EventRenderer {
         data.append(byte: 0x22)
         data.append(listKey)
         var first = true
-        bitNames[register].forEachName(of: value) { name in
-            if !first { data.append(byte: 0x2c) }
+        bitNames[register].forEachName(of: value, quoted: true) { element in  // ,"name"
+            if first { data.append(droppingFirst: element) } else { data.append(element) }
             first = false
-            data.append(byte: 0x22)
-            data.append(name)
-            data.append(byte: 0x22)
         }
         data.append(byte: 0x5d)  // ]
     }
