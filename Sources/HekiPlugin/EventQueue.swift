@@ -1,4 +1,3 @@
-import CBridge
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -64,7 +63,7 @@ final class EventQueue: @unchecked Sendable {
                     successOrdering: .relaxed, failureOrdering: .relaxed)
                 if exchanged {
                     (records + cell).initialize(to: record)
-                    if stamping { records[cell].timeMicros = Int64(bitPattern: cbridge_stamp_counter()) }
+                    if stamping { records[cell].timeMicros = Int64(bitPattern: StampClock.counter()) }
                     sequences[cell].store(position &+ 1 &- cell, ordering: .releasing)
                     return true
                 }
