@@ -31,6 +31,33 @@ final class EventRenderer {
     private let eventNames: UnsafeBufferPointer<ByteString>    // by EventKind.rawValue
     private let policyEventName: ByteString
 
+    /// The bytes every plugin renders with (names of registers, bits,
+    /// verdicts, events): made once per process, so heki_plugin_new makes
+    /// only its VM's few strings.
+    private struct Names: @unchecked Sendable {
+        let arena = ByteArena()
+        let registerNames: UnsafeBufferPointer<ByteString>
+        let bitNames: UnsafeBufferPointer<BitNameBytes>
+        let verdictNames: UnsafeBufferPointer<ByteString>
+        let eventNames: UnsafeBufferPointer<ByteString>
+        let policyEventName: ByteString
+        /// The longest name of a single bit.
+        let longestBitName: Int
+
+        init() {
+            let arena = self.arena
+            registerNames = arena.table(ControlRegister.allCases.map { arena.string($0.name) })
+            bitNames = arena.table(ControlRegister.allCases.map { BitNameBytes($0.bitNames, arena: arena) })
+            verdictNames = arena.table(Verdict.allCases.sorted { $0.rawValue < $1.rawValue }.map { arena.string($0.name) })
+            eventNames = arena.table(EventKind.allCases.map { arena.string($0.eventName) })
+            policyEventName = arena.string(Announcement.policyEventName)
+            longestBitName = ControlRegister.allCases.flatMap { register in
+                (0..<64).map { register.bitNames.names(of: 1 << UInt64($0)).first?.utf8.count ?? 0 }
+            }.max() ?? 0
+        }
+    }
+    private static let names = Names()
+
     static let bufferSize = 32 * 1024
     /// The largest data or log line of a bulk kind: the vm-name fragments,
     /// three lists of at most 64 names (each quoted, with a comma), three
@@ -50,15 +77,10 @@ final class EventRenderer {
         }
         vcpuSubject = arena.string("heki: " + (vmLabel.map { $0 + " " } ?? "") + "vcpu ")
         vmSubject = arena.string("heki: " + (vmLabel.map { $0 + ": " } ?? ""))
-        registerNames = arena.table(ControlRegister.allCases.map { arena.string($0.name) })
-        bitNames = arena.table(ControlRegister.allCases.map { BitNameBytes($0.bitNames, arena: arena) })
-        verdictNames = arena.table(Verdict.allCases.sorted { $0.rawValue < $1.rawValue }.map { arena.string($0.name) })
-        eventNames = arena.table(EventKind.allCases.map { arena.string($0.eventName) })
-        policyEventName = arena.string(Announcement.policyEventName)
-        let longestName = ControlRegister.allCases.flatMap { register in
-            (0..<64).map { register.bitNames.names(of: 1 << UInt64($0)).first?.utf8.count ?? 0 }
-        }.max() ?? 0
-        maximumBulkBytes = (vmNameField?.count ?? 0) + vcpuSubject.count + 3 * 64 * (longestName + 3) + 512
+        let names = EventRenderer.names
+        (registerNames, bitNames, verdictNames) = (names.registerNames, names.bitNames, names.verdictNames)
+        (eventNames, policyEventName) = (names.eventNames, names.policyEventName)
+        maximumBulkBytes = (vmNameField?.count ?? 0) + vcpuSubject.count + 3 * 64 * (names.longestBitName + 3) + 512
     }
 
     deinit {
