@@ -18,29 +18,18 @@ the verdict; it asserts nothing (no timed assertion anywhere).
 
 import os
 import statistics
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e"))
-from hekiqemu import GUEST_PASS, Run  # noqa: E402
-from roundtrip import tsc_mhz  # noqa: E402
+from roundtrip import guest_ops, tsc_mhz
 
 ITERS = int(os.environ.get("HEKI_IO_ITERS", "200000"))
 ROUNDS = int(os.environ.get("HEKI_IO_ROUNDS", "5"))
 
 
 def io_ticks(heki):
-    run = Run(heki=heki, scenario="io-bench", extra_append=f"iters={ITERS}")
-    try:
-        run.start()
-        status = run.wait(300)
-        if status != GUEST_PASS:
-            raise SystemExit(f"io-bench guest failed ({status}):\n{run.guest_text()}")
-        for line in run.guest():
-            if line.get("op") == "io":
-                return int(line["median-ticks"]), int(line["min-ticks"])
-        raise SystemExit(f"io-bench guest reported no io line:\n{run.guest_text()}")
-    finally:
-        run.close()
+    ops = guest_ops(heki, "io-bench", ITERS)
+    if "io" not in ops:
+        raise SystemExit("io-bench guest reported no io line")
+    return int(ops["io"]["median-ticks"]), int(ops["io"]["min-ticks"])
 
 
 def main():
