@@ -328,8 +328,12 @@ final class Plugin {
     /// the source fires again at once (`wake`).
     private func drain(all: Bool = false) {
         var budget = Plugin.queueCapacity
-        stamps.anchor()
+        var anchored = false
         while all || budget > 0, var record = queue.pop() {
+            if !anchored {  // once per drain that has records
+                stamps.anchor()
+                anchored = true
+            }
             record.timeMicros = stamps.micros(of: UInt64(bitPattern: record.timeMicros))
             deliver(record)
             budget -= 1
