@@ -8,7 +8,7 @@
  *   ledger   the shared pins: a load, and an atomic OR only when the pin adds
  *            bits (configure);
  *   verdict  on-denial / on-weak-pinning from the policy; the violated bits;
- *   enqueue  a 48-byte record pushed into a bounded Vyukov MPSC ring of 4096
+ *   enqueue  a 56-byte record (the plugin's size) pushed into a bounded Vyukov MPSC ring of 4096
  *            with an eventfd wake at most once per drain; when the ring is
  *            full, an exact overflow count per kind in a per-vCPU cache line
  *            (no line written by every exit of every vCPU).
