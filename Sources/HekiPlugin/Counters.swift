@@ -3,9 +3,11 @@ import Synchronization
 /// Exact counts of what the plugin saw, kept on the exit path with relaxed
 /// atomics (each counter is independent; readers want totals, not order).
 final class Counters: Sendable {
-    /// Exits per (kind, register) for configure, denial and weak pinning,
-    /// per vCPU shard.
+    /// Events per (kind, register) for configure, denial and weak pinning
+    /// that went out individually (queued), per vCPU shard; the rest are
+    /// the limiter's held-back counts. Each event adds to one of the two.
     private let perRegister = ShardedCounts()
+    private let limiter: RateLimiter
     let malformedExits = Atomic<UInt64>(0)
     let capabilityReports = Atomic<UInt64>(0)
     /// Per event kind: counts already reported in HEKI_SUPPRESSED.
@@ -15,23 +17,21 @@ final class Counters: Sendable {
     /// Audit lines that could not be written.
     let auditFailures = Atomic<UInt64>(0)
 
-    init() {
+    init(limiter: RateLimiter) {
+        self.limiter = limiter
         summarised = InlineArray { _ in Atomic(0) }
     }
 
-    private static func index(_ kind: EventKind, _ register: ControlRegister) -> Int {
-        Int(kind.rawValue) * 2 + Int(register.rawValue)
+    /// One event of `kind` (.configure, .denial or .weakPinning) went out
+    /// individually; `vcpu` picks the shard.
+    @inline(__always)
+    func countQueued(_ kind: EventKind, _ register: ControlRegister?, vcpu: UInt32) {
+        perRegister.increment(RateLimiter.slot(kind, register), shard: vcpu)
     }
 
-    /// `kind` is .configure, .denial or .weakPinning; `vcpu` picks the
-    /// shard. Returns the shard's count before (a cheap, per-vCPU tick).
-    @inline(__always) @discardableResult
-    func count(_ kind: EventKind, _ register: ControlRegister, vcpu: UInt32 = 0) -> UInt64 {
-        perRegister.increment(Counters.index(kind, register), shard: vcpu)
-    }
-
+    /// Every event of `kind` on `register`: queued or held back.
     func total(_ kind: EventKind, _ register: ControlRegister) -> UInt64 {
-        perRegister.total(Counters.index(kind, register))
+        perRegister.total(RateLimiter.slot(kind, register)) &+ limiter.heldBackTotal(kind, register)
     }
 
     func addSummarised(_ kind: EventKind, _ count: UInt64) {

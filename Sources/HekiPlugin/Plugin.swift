@@ -16,7 +16,7 @@ final class Plugin {
     let hostCanCheck: Bool
     private let context: OpaquePointer
     let ledger = PinLedger()
-    let counters = Counters()
+    let counters: Counters
     let limiter: RateLimiter
     private let queue = EventQueue(capacity: Plugin.queueCapacity)
     /// Turns the queued records' stamp counters into the wall clock (main loop).
@@ -63,6 +63,7 @@ final class Plugin {
         self.host = host
         self.hostCanCheck = hostCanCheck
         limiter = RateLimiter(limit: config.rateLimit)
+        counters = Counters(limiter: limiter)
         renderer = EventRenderer(config: config)
         // The audit file first: it needs no context, so failing leaves nothing to undo.
         audit = try config.auditLogPath.map { path throws(StartError) in try AuditLog(path: path) }
@@ -84,11 +85,17 @@ final class Plugin {
 
     // MARK: The vCPU side
 
-    /// The path of one exit: decode, ledger, policy, record. Any vCPU
-    /// thread; no lock, no allocation, no call into the host. One function
-    /// the export calls directly (inlined, it would sit in a closure with
-    /// its result returned through memory).
+    /// heki_plugin_handle_exit's body, one jump from the export: the
+    /// plugin an argument (a method's self would be the callee-saved r13
+    /// the C caller expects back) and the C verdict returned.
     @inline(never)
+    static func handleExit(_ plugin: Plugin, vcpu: UInt32, run: OpaquePointer) -> HekiVerdict {
+        plugin.handleExit(vcpu: vcpu, run: run).cValue
+    }
+
+    /// The path of one exit: decode, ledger, policy, record. Any vCPU
+    /// thread; no lock, no allocation, no call into the host.
+    @inline(always)
     func handleExit(vcpu: UInt32, run: OpaquePointer) -> Verdict {
         let configure = claims.claim(.configure)
         let denial = claims.claim(.denial)
@@ -97,27 +104,25 @@ final class Plugin {
             return .notHeki
         case let .malformed(kind, reason, register, problem):
             counters.malformedExits.wrappingAdd(1, ordering: .relaxed)
-            record(.malformedExit(MalformedExitEvent(
+            recordRare(.malformedExit(MalformedExitEvent(
                 vcpu: vcpu, kind: kind, exit: (kind == .configure ? configure : denial).exit ?? 0,
                 reason: reason, register: register, problem: problem)), vcpu: vcpu)
             return .notHeki
         case let .configure(register, bits):
             let policy = self.policy.exitPolicy(register)
             let pinned = ledger.pin(bits, on: register)
-            let tick = counters.count(.configure, register, vcpu: vcpu)
             let (verdict, missing) = policy.judgePin(pinnedNow: pinned)
             record(.configure(PinEvent(vcpu: vcpu, register: register, exit: configure.claimedExit, bits: bits,
-                                       pinned: pinned, verdict: verdict)), vcpu: vcpu, tick: tick)
+                                       pinned: pinned, verdict: verdict)), vcpu: vcpu, register: register,
+                   tick: limiter.tick(.configure, register, vcpu: vcpu))
             if missing != 0 {
-                let tick = counters.count(.weakPinning, register, vcpu: vcpu)
-                record(.weakPinning(WeakPinningEvent(vcpu: vcpu, register: register, pinned: pinned,
+                recordRare(.weakPinning(WeakPinningEvent(vcpu: vcpu, register: register, pinned: pinned,
                                                      required: policy.required, missing: missing,
-                                                     verdict: verdict)), vcpu: vcpu, tick: tick)
+                                                     verdict: verdict)), vcpu: vcpu, register: register)
             }
             return verdict
         case let .denial(register, value):
             let pinned = ledger.pins(register)
-            let tick = counters.count(.denial, register, vcpu: vcpu)
             var (verdict, violated) = self.policy.exitPolicy(register).judgeDenial(value: value, pinned: pinned)
             // A denial means the guest has booted far enough to pin: judge
             // the registers it never pinned now if the deadline has not. The
@@ -130,7 +135,8 @@ final class Plugin {
                 if verdict == .resume { verdict = weak }
             }
             record(.denial(DenialEvent(vcpu: vcpu, register: register, exit: denial.claimedExit, value: value,
-                                       pinned: pinned, violated: violated, verdict: verdict)), vcpu: vcpu, tick: tick)
+                                       pinned: pinned, violated: violated, verdict: verdict)), vcpu: vcpu, register: register,
+                   tick: limiter.tick(.denial, register, vcpu: vcpu))
             return verdict
         }
     }
@@ -147,29 +153,38 @@ final class Plugin {
             let required = policy.required(register)
             guard required != 0, configure.granted.contains(register), ledger.pins(register) == 0 else { continue }
             verdict = policy.onWeakPinning
-            counters.count(.weakPinning, register, vcpu: vcpu ?? 0)
-            record(.weakPinning(WeakPinningEvent(vcpu: vcpu, register: register, pinned: 0, required: required,
-                                                 missing: required, verdict: verdict)), vcpu: vcpu ?? 0)
+            recordRare(.weakPinning(WeakPinningEvent(vcpu: vcpu, register: register, pinned: 0, required: required,
+                                                 missing: required, verdict: verdict)), vcpu: vcpu ?? 0, register: register)
         }
         return verdict
     }
 
     /// Queues `record` for the main loop, or counts it for a summary when the
-    /// rate limit or a full queue holds it back. Never blocks. `vcpu` picks
-    /// the counters' shard; `tick`, the vCPU's count of this kind before
-    /// this event, says when a full rate window is checked against the
-    /// clock (RateLimiter.clockSamplePeriod).
-    @inline(__always)
-    private func record(_ payload: EventPayload, vcpu: UInt32, tick: UInt64 = 0) {
+    /// rate limit or a full queue holds it back: either way one count (the
+    /// per-register counter or the limiter's held-back count), which is
+    /// what `Counters.total` adds up. Never blocks. `vcpu` picks the
+    /// counts' shard; `register` is the event's, for the kinds counted per
+    /// register. The vCPU's held-back count says when a full rate window is
+    /// checked against the clock (RateLimiter.clockSamplePeriod).
+    @inline(always)
+    private func record(_ payload: EventPayload, vcpu: UInt32, register: ControlRegister? = nil, tick: UInt64 = 0) {
         let record = EventRecord(payload: payload)
         if limiter.admit(record.kind, sampleClock: tick & (RateLimiter.clockSamplePeriod - 1) == 0) {
             // Stamped once a cell is reserved: a full queue costs no clock read.
             if queue.push(record, stamping: true) {
+                counters.countQueued(record.kind, register, vcpu: vcpu)
                 source.wake()
                 return
             }
         }
-        if limiter.suppress(record.kind, vcpu: vcpu) { source.wake() }
+        if limiter.suppress(record.kind, register: register, vcpu: vcpu) { source.wake() }
+    }
+
+    /// `record` out of line, for the events no storm is made of: the exit
+    /// path inlines only its configure and denial.
+    @inline(never)
+    private func recordRare(_ payload: EventPayload, vcpu: UInt32, register: ControlRegister? = nil) {
+        record(payload, vcpu: vcpu, register: register)
     }
 
     // MARK: Capabilities
@@ -206,7 +221,7 @@ final class Plugin {
                 failure = "heki-plugin: require-caps=on: KVM refused capability \(cap) (heki \(kind.name), mask \(mask.spelling)): \(errorName(result))"
             }
             counters.capabilityReports.wrappingAdd(1, ordering: .relaxed)
-            record(.capability(CapabilityEvent(kind: kind, capability: cap, mask: mask, result: result)), vcpu: 0)
+            recordRare(.capability(CapabilityEvent(kind: kind, capability: cap, mask: mask, result: result)), vcpu: 0)
         }
         return failure
     }

@@ -5,6 +5,9 @@ import Synchronization
 /// written by every exit of every vCPU (the 4-thread cost stays that of one
 /// thread). vCPU `n` uses shard `n % shards`; readers sum the shards.
 /// A noncopyable struct, so its owner reaches the counts in one load.
+/// Adds and sums are sequentially consistent (RateLimiter.suppress and
+/// takePending order them against a flag); on x86 that is the same lock
+/// add and plain loads as relaxed.
 struct ShardedCounts: ~Copyable, @unchecked Sendable {
     static let shards = 16
     /// Counts per shard: one cache line of 8-byte counters.
@@ -29,22 +32,23 @@ struct ShardedCounts: ~Copyable, @unchecked Sendable {
     }
 
     /// Adds one to `slot` in `shard`'s line; returns that shard's count before.
-    @inline(__always)
+    @inline(__always) @discardableResult
     func increment(_ slot: Int, shard: UInt32) -> UInt64 {
-        words[word(slot, shard)].wrappingAdd(1, ordering: .relaxed).oldValue
+        words[word(slot, shard)].wrappingAdd(1, ordering: .sequentiallyConsistent).oldValue
+    }
+
+    /// `slot` in `shard`'s line alone.
+    @inline(__always)
+    func load(_ slot: Int, shard: UInt32) -> UInt64 {
+        words[word(slot, shard)].load(ordering: .relaxed)
     }
 
     /// The sum over the shards.
     func total(_ slot: Int) -> UInt64 {
         var sum: UInt64 = 0
-        for shard in 0..<UInt32(ShardedCounts.shards) { sum &+= words[word(slot, shard)].load(ordering: .relaxed) }
-        return sum
-    }
-
-    /// Takes the sum over the shards, leaving 0: each count is taken once.
-    func take(_ slot: Int) -> UInt64 {
-        var sum: UInt64 = 0
-        for shard in 0..<UInt32(ShardedCounts.shards) { sum &+= words[word(slot, shard)].exchange(0, ordering: .relaxed) }
+        for shard in 0..<UInt32(ShardedCounts.shards) {
+            sum &+= words[word(slot, shard)].load(ordering: .sequentiallyConsistent)
+        }
         return sum
     }
 }
