@@ -192,14 +192,60 @@ static unsigned char *new_run(int denial) {
     return run;
 }
 
-/* ---- 1. handle_exit: ns per call, plugin vs the C reference --------------- */
+/* ---- 0. clock reads: what each choice of stamp costs --------------------- */
+
+static inline uint64_t read_tsc(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    return __builtin_ia32_rdtsc();
+#else
+    return now_ns();
+#endif
+}
+
+static double clock_run(int which, long n) {
+    volatile uint64_t sink = 0;
+    struct timespec t;
+    uint64_t c0 = thread_cpu_ns();
+    for (long i = 0; i < n; i++) {
+        switch (which) {
+        case 0: clock_gettime(CLOCK_MONOTONIC, &t); sink += (uint64_t)t.tv_nsec; break;
+        case 1: clock_gettime(CLOCK_MONOTONIC_COARSE, &t); sink += (uint64_t)t.tv_nsec; break;
+        case 2: sink += (uint64_t)g_get_real_time(); break;
+        default: sink += read_tsc(); break;
+        }
+    }
+    return (double)(thread_cpu_ns() - c0) / (double)n;
+}
+
+static void bench_clocks(int repeats, long n) {
+    static const char *names[] = { "CLOCK_MONOTONIC (g_get_monotonic_time)", "CLOCK_MONOTONIC_COARSE (rate window)",
+                                   "g_get_real_time (CLOCK_REALTIME)", "rdtsc (event stamp)" };
+    for (int which = 0; which < 4; which++) {
+        double ns[64];
+        clock_run(which, n / 10);
+        for (int r = 0; r < repeats; r++) ns[r] = clock_run(which, n);
+        result_add("clock", names[which], "ns/read", stat_of(ns, repeats), "back to back, CPU ns per read");
+    }
+}
+
+/* ---- 1. handle_exit: ns per call, plugin vs the minimal C reference ------- */
+
+/* The two paths of an exit: `storm`, the sustained storm (the plugin at its
+   default rate limit coalesces; the reference's ring is full and it counts
+   the overflow); `individual`, every event queued for the main loop (the
+   plugin with rate-limit=0; the queue is drained between batches, outside
+   the timed part). */
+enum { PATH_STORM, PATH_INDIVIDUAL };
+/* Per thread between drains: the threads' batches together stay below the
+   4096-record queue, so no event of the individual path is coalesced. */
+enum { INDIVIDUAL_BATCH_TOTAL = 3072 };
 
 typedef struct {
     int use_ref;
     HekiPlugin *plugin;
     RefHandler *ref;
-    int denial;
-    long calls;
+    int denial, path;
+    long calls, batch; /* batch: calls between two drains (individual path) */
     uint32_t vcpu;
     pthread_barrier_t *barrier;
     uint64_t cpu_ns;
@@ -210,21 +256,36 @@ typedef struct {
 static void *hx_thread(void *arg) {
     HxThread *t = arg;
     unsigned char *run = new_run(t->denial);
-    long sum = 0;
     pthread_barrier_wait(t->barrier);
-    long allocations0 = hs_alloc_thread_count();
-    hs_alloc_count_on_thread(true);
-    uint64_t c0 = thread_cpu_ns();
-    if (t->use_ref) {
-        for (long i = 0; i < t->calls; i++) sum += ref_api.handle_exit(t->ref, t->vcpu, run);
-    } else {
-        for (long i = 0; i < t->calls; i++)
-            sum += plugin_api.handle_exit(t->plugin, t->vcpu, (const struct kvm_run *)run);
+    uint64_t cpu = 0;
+    long sum = 0, allocations = 0;
+    long per_batch = t->path == PATH_INDIVIDUAL ? t->batch : t->calls;
+    for (long done = 0; done < t->calls; done += per_batch) {
+        long n = t->calls - done < per_batch ? t->calls - done : per_batch;
+        long allocations0 = hs_alloc_thread_count();
+        hs_alloc_count_on_thread(true);
+        uint64_t c0 = thread_cpu_ns();
+        if (t->use_ref) {
+            for (long i = 0; i < n; i++) sum += ref_api.handle_exit(t->ref, t->vcpu, run);
+        } else {
+            for (long i = 0; i < n; i++)
+                sum += plugin_api.handle_exit(t->plugin, t->vcpu, (const struct kvm_run *)run);
+        }
+        cpu += thread_cpu_ns() - c0;
+        hs_alloc_count_on_thread(false);
+        allocations += hs_alloc_thread_count() - allocations0;
+        if (t->path == PATH_INDIVIDUAL) {
+            /* The main loop's part, untimed: one thread drains while the others wait. */
+            pthread_barrier_wait(t->barrier);
+            if (t->vcpu == 0) {
+                if (t->use_ref) ref_api.drain(t->ref);
+                else plugin_api.flush(t->plugin);
+            }
+            pthread_barrier_wait(t->barrier);
+        }
     }
-    uint64_t c1 = thread_cpu_ns();
-    hs_alloc_count_on_thread(false);
-    t->allocations = hs_alloc_thread_count() - allocations0;
-    t->cpu_ns = c1 - c0;
+    t->allocations = allocations;
+    t->cpu_ns = cpu;
     t->verdict_sum = sum;
     munmap(run, 4096);
     return NULL;
@@ -233,13 +294,16 @@ static void *hx_thread(void *arg) {
 static long total_exit_calls, total_exit_allocations;
 
 /* Returns CPU ns per call (sum of the threads' CPU time / calls). */
-static double hx_run(int use_ref, HekiPlugin *plugin, RefHandler *ref, int denial, int threads, long calls) {
+static double hx_run(int use_ref, HekiPlugin *plugin, RefHandler *ref, int denial, int path, int threads, long calls) {
     pthread_t ids[16];
     HxThread args[16];
     pthread_barrier_t barrier;
     pthread_barrier_init(&barrier, NULL, (unsigned)threads);
+    /* The storm's 100 individual events a second never fill the queue. */
+    if (!use_ref && path == PATH_STORM) plugin_api.flush(plugin);
     for (int i = 0; i < threads; i++) {
-        args[i] = (HxThread){ use_ref, plugin, ref, denial, calls, (uint32_t)i, &barrier, 0, 0, 0 };
+        args[i] = (HxThread){ use_ref, plugin, ref, denial, path, calls, INDIVIDUAL_BATCH_TOTAL / threads,
+                              (uint32_t)i, &barrier, 0, 0, 0 };
         pthread_create(&ids[i], NULL, hx_thread, &args[i]);
     }
     uint64_t cpu = 0;
@@ -257,45 +321,66 @@ static double hx_run(int use_ref, HekiPlugin *plugin, RefHandler *ref, int denia
     return (double)cpu / (double)(calls * threads);
 }
 
-static void bench_handle_exit(int repeats, long calls_per_thread) {
-    GMainContext *context = g_main_context_new();
-    const char *options[] = { "vm-name=bench" }; /* rate-limit: the default 100/s */
-    EventTally quiet = { 0 };
-    HekiPlugin *plugin = make_plugin(context, 1, options, NULL, &quiet);
-    RefHandler *ref = ref_api.new_(EXIT_CONFIGURE, EXIT_DENIAL, 100);
+static RefHandler *make_ref(void) {
+    RefHandler *ref = ref_api.new_(EXIT_CONFIGURE, EXIT_DENIAL, 0);
     ref_api.cap_result(ref, 0, 3, 0);
     ref_api.cap_result(ref, 1, 3, 0);
-    static const int thread_counts[] = { 1, 4 };
-    for (int denial = 0; denial <= 1; denial++) {
-        for (int ti = 0; ti < 2; ti++) {
-            int threads = thread_counts[ti];
-            long calls = calls_per_thread / threads;
-            double plugin_ns[64], ref_ns[64], ratio[64];
-            hx_run(0, plugin, ref, denial, threads, calls / 10); /* warm-up */
-            hx_run(1, plugin, ref, denial, threads, calls / 10);
-            for (int r = 0; r < repeats; r++) {
-                if (r % 2) {
-                    ref_ns[r] = hx_run(1, plugin, ref, denial, threads, calls);
-                    plugin_ns[r] = hx_run(0, plugin, ref, denial, threads, calls);
-                } else {
-                    plugin_ns[r] = hx_run(0, plugin, ref, denial, threads, calls);
-                    ref_ns[r] = hx_run(1, plugin, ref, denial, threads, calls);
+    return ref;
+}
+
+static void bench_handle_exit(int repeats, long calls_per_thread) {
+    static const char *path_names[] = { "storm", "individual" };
+    for (int path = PATH_STORM; path <= PATH_INDIVIDUAL; path++) {
+        GMainContext *context = g_main_context_new();
+        /* storm: the default rate limit, 100/s; individual: none. */
+        const char *options[] = { "vm-name=bench", "rate-limit=0" };
+        EventTally quiet = { 0 };
+        HekiPlugin *plugin = make_plugin(context, path == PATH_STORM ? 1 : 2, options, NULL, &quiet);
+        RefHandler *ref = make_ref();
+        long calls_total = path == PATH_STORM ? calls_per_thread : calls_per_thread / 4;
+        for (int denial = 0; denial <= 1; denial++) {
+            static const int thread_counts[] = { 1, 4 };
+            double median_plugin[2], median_ref[2];
+            for (int ti = 0; ti < 2; ti++) {
+                int threads = thread_counts[ti];
+                long calls = calls_total / threads;
+                double plugin_ns[64], ref_ns[64], ratio[64];
+                hx_run(0, plugin, ref, denial, path, threads, calls / 10); /* warm-up; fills the ref's ring */
+                hx_run(1, plugin, ref, denial, path, threads, path == PATH_STORM ? 8192 + calls / 10 : calls / 10);
+                for (int r = 0; r < repeats; r++) {
+                    if (r % 2) {
+                        ref_ns[r] = hx_run(1, plugin, ref, denial, path, threads, calls);
+                        plugin_ns[r] = hx_run(0, plugin, ref, denial, path, threads, calls);
+                    } else {
+                        plugin_ns[r] = hx_run(0, plugin, ref, denial, path, threads, calls);
+                        ref_ns[r] = hx_run(1, plugin, ref, denial, path, threads, calls);
+                    }
+                    ratio[r] = plugin_ns[r] / ref_ns[r];
                 }
-                ratio[r] = plugin_ns[r] / ref_ns[r];
+                char name[96];
+                const char *what = denial ? "DENIAL" : "CONFIGURE";
+                const char *s = threads > 1 ? "s" : "";
+                Stat p = stat_of(plugin_ns, repeats), c = stat_of(ref_ns, repeats);
+                median_plugin[ti] = p.median;
+                median_ref[ti] = c.median;
+                snprintf(name, sizeof name, "%s %s %d thread%s: plugin", what, path_names[path], threads, s);
+                result_add("exit", name, "ns/call", p, "CPU ns per call");
+                snprintf(name, sizeof name, "%s %s %d thread%s: minimal C", what, path_names[path], threads, s);
+                result_add("exit", name, "ns/call", c, "CPU ns per call");
+                snprintf(name, sizeof name, "%s %s %d thread%s: plugin / C", what, path_names[path], threads, s);
+                result_add("exit", name, "ratio", stat_of(ratio, repeats), "target <= 1.3");
             }
             char name[96];
             const char *what = denial ? "DENIAL" : "CONFIGURE";
-            snprintf(name, sizeof name, "handle_exit %s %d thread%s: plugin", what, threads, threads > 1 ? "s" : "");
-            result_add("exit", name, "ns/call", stat_of(plugin_ns, repeats), "CPU ns per call");
-            snprintf(name, sizeof name, "handle_exit %s %d thread%s: C reference", what, threads, threads > 1 ? "s" : "");
-            result_add("exit", name, "ns/call", stat_of(ref_ns, repeats), "CPU ns per call");
-            snprintf(name, sizeof name, "handle_exit %s %d thread%s: plugin / C", what, threads, threads > 1 ? "s" : "");
-            result_add("exit", name, "ratio", stat_of(ratio, repeats), "target <= 1.3");
+            snprintf(name, sizeof name, "%s %s: plugin 4 threads / 1", what, path_names[path]);
+            result_value("exit", name, "ratio", median_plugin[1] / median_plugin[0], "medians; target <= 1.2");
+            snprintf(name, sizeof name, "%s %s: minimal C 4 threads / 1", what, path_names[path]);
+            result_value("exit", name, "ratio", median_ref[1] / median_ref[0], "medians");
         }
+        plugin_api.plugin_free(plugin);
+        ref_api.free_(ref);
+        g_main_context_unref(context);
     }
-    plugin_api.plugin_free(plugin);
-    ref_api.free_(ref);
-    g_main_context_unref(context);
 }
 
 static int event_index(const char *name) {
@@ -644,35 +729,55 @@ static void bench_load(const char *self, const char *path, int repeats) {
 COUNTED(counted_plugin, plugin_api.handle_exit(self, 0, (const struct kvm_run *)run))
 COUNTED(counted_ref, ref_api.handle_exit(self, 0, run))
 
-static int count_sample(const char *which, int denial, long n) {
+/* `heki-bench count PLUGIN REF plugin|ref configure|denial N storm|individual`:
+   N calls of one path, inside counted_* only (the warm-up and the drains of
+   the individual path are outside it). */
+static int count_sample(const char *which, int denial, long n, int path) {
     unsigned char *run = new_run(denial);
-    if (strcmp(which, "plugin") == 0) {
-        GMainContext *context = g_main_context_new();
-        const char *options[] = { "vm-name=bench" };
+    int plugin_side = strcmp(which, "plugin") == 0;
+    GMainContext *context = g_main_context_new();
+    HekiPlugin *plugin = NULL;
+    RefHandler *ref = NULL;
+    void *self;
+    if (plugin_side) {
+        const char *options[] = { "vm-name=bench", "rate-limit=0" };
         EventTally quiet = { 0 };
-        HekiPlugin *plugin = make_plugin(context, 1, options, NULL, &quiet);
+        plugin = make_plugin(context, path == PATH_STORM ? 1 : 2, options, NULL, &quiet);
         pin_smep(plugin);
-        counted_plugin(plugin, run, 1000); /* past the first window's 100 events */
-        counted_plugin(plugin, run, n);
-        plugin_api.plugin_free(plugin);
-        g_main_context_unref(context);
+        self = plugin;
     } else {
-        RefHandler *ref = ref_api.new_(EXIT_CONFIGURE, EXIT_DENIAL, 100);
-        ref_api.cap_result(ref, 0, 3, 0);
-        ref_api.cap_result(ref, 1, 3, 0);
+        ref = make_ref();
         unsigned char *pin = new_run(0);
         ref_api.handle_exit(ref, 0, pin);
-        counted_ref(ref, run, 1000);
-        counted_ref(ref, run, n);
-        ref_api.free_(ref);
+        munmap(pin, 4096);
+        self = ref;
     }
+    /* Warm-up: past the plugin's first window (100 events) and the ref's ring (4096). */
+    for (long i = 0; i < 5000; i++) {
+        if (plugin_side) plugin_api.handle_exit(plugin, 0, (const struct kvm_run *)run);
+        else ref_api.handle_exit(ref, 0, run);
+    }
+    for (long done = 0; done < n;) {
+        long batch = path == PATH_STORM ? n : INDIVIDUAL_BATCH_TOTAL;
+        if (batch > n - done) batch = n - done;
+        if (path == PATH_INDIVIDUAL) {
+            if (plugin_side) plugin_api.flush(plugin);
+            else ref_api.drain(ref);
+        }
+        if (plugin_side) counted_plugin(self, run, batch);
+        else counted_ref(self, run, batch);
+        done += batch;
+    }
+    if (plugin) plugin_api.plugin_free(plugin);
+    if (ref) ref_api.free_(ref);
+    g_main_context_unref(context);
+    munmap(run, 4096);
     return 0;
 }
 
-/* Runs `heki-bench count ...` under valgrind; returns instructions per call
-   (the warm-up's 1000 calls are counted too, hence N + 1000), or -1. */
+/* Runs `heki-bench count ...` under valgrind; returns instructions per call, or -1. */
 static double callgrind_per_call(const char *self, const char *plugin, const char *ref, const char *which,
-                                 int denial, long n) {
+                                 int denial, int path, long n) {
     char out[] = "/tmp/heki-bench-callgrind-XXXXXX";
     int fd = mkstemp(out);
     if (fd < 0) return -1;
@@ -687,7 +792,7 @@ static double callgrind_per_call(const char *self, const char *plugin, const cha
         dup2(null, 1);
         dup2(null, 2);
         execlp("valgrind", "valgrind", "--tool=callgrind", out_arg, toggle, self, "count", plugin, ref, which,
-               denial ? "denial" : "configure", count, (char *)NULL);
+               denial ? "denial" : "configure", count, path == PATH_STORM ? "storm" : "individual", (char *)NULL);
         _exit(127);
     }
     int status = 0;
@@ -698,7 +803,7 @@ static double callgrind_per_call(const char *self, const char *plugin, const cha
     while (f && fgets(line, sizeof line, f)) {
         unsigned long long total;
         if (sscanf(line, "totals: %llu", &total) == 1 || sscanf(line, "summary: %llu", &total) == 1)
-            per_call = (double)total / (double)(n + 1000);
+            per_call = (double)total / (double)n;
     }
     if (f) fclose(f);
     unlink(out);
@@ -710,17 +815,20 @@ static void bench_instructions(const char *self, const char *plugin, const char 
         printf("| instr     | valgrind not installed: instruction counts skipped\n");
         return;
     }
-    for (int denial = 0; denial <= 1; denial++) {
-        const char *what = denial ? "DENIAL" : "CONFIGURE";
-        double p = callgrind_per_call(self, plugin, ref, "plugin", denial, 100000);
-        double r = callgrind_per_call(self, plugin, ref, "ref", denial, 100000);
-        char name[96];
-        snprintf(name, sizeof name, "handle_exit %s: plugin", what);
-        result_value("instr", name, "instr/call", p, "callgrind, 1 thread, incl. clock reads");
-        snprintf(name, sizeof name, "handle_exit %s: C reference", what);
-        result_value("instr", name, "instr/call", r, "callgrind, 1 thread, incl. clock reads");
-        snprintf(name, sizeof name, "handle_exit %s: plugin / C", what);
-        result_value("instr", name, "ratio", p > 0 && r > 0 ? p / r : -1, "noise-free; target <= 1.3");
+    static const char *path_names[] = { "storm", "individual" };
+    for (int path = PATH_STORM; path <= PATH_INDIVIDUAL; path++) {
+        for (int denial = 0; denial <= 1; denial++) {
+            const char *what = denial ? "DENIAL" : "CONFIGURE";
+            double p = callgrind_per_call(self, plugin, ref, "plugin", denial, path, 100000);
+            double r = callgrind_per_call(self, plugin, ref, "ref", denial, path, 100000);
+            char name[96];
+            snprintf(name, sizeof name, "%s %s: plugin", what, path_names[path]);
+            result_value("instr", name, "instr/call", p, "callgrind, 1 thread");
+            snprintf(name, sizeof name, "%s %s: minimal C", what, path_names[path]);
+            result_value("instr", name, "instr/call", r, "callgrind, 1 thread");
+            snprintf(name, sizeof name, "%s %s: plugin / C", what, path_names[path]);
+            result_value("instr", name, "ratio", p > 0 && r > 0 ? p / r : -1, "noise-free; target <= 1.3");
+        }
     }
 }
 
@@ -744,10 +852,11 @@ static int wanted(const char *group) {
 
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "load-sample") == 0) return load_sample(argv[2]);
-    if (argc == 7 && strcmp(argv[1], "count") == 0) {
+    if (argc == 8 && strcmp(argv[1], "count") == 0) {
         load_plugin(argv[2]);
         load_ref(argv[3]);
-        return count_sample(argv[4], strcmp(argv[5], "denial") == 0, atol(argv[6]));
+        return count_sample(argv[4], strcmp(argv[5], "denial") == 0, atol(argv[6]),
+                            strcmp(argv[7], "individual") == 0 ? PATH_INDIVIDUAL : PATH_STORM);
     }
     if (argc < 4) {
         fprintf(stderr, "usage: heki-bench PLUGIN.so REF.so JSON-OUT [quick]\n");
@@ -778,6 +887,7 @@ int main(int argc, char **argv) {
     printf("|-----------|----------------------------------------------|------------|------------|------------|--------------|------\n");
 
     int repeats = quick ? 3 : 11;
+    if (wanted("clock")) bench_clocks(repeats, 2000000);
     if (wanted("exit")) bench_handle_exit(repeats, quick ? 400000 : 2000000);
     if (wanted("instr")) bench_instructions(self, argv[1], argv[2]);
     if (wanted("dispatch")) bench_dispatch(quick ? 3 : 9, quick ? 0.2 : 0.5);

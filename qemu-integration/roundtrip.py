@@ -32,17 +32,21 @@ def tsc_mhz():
     return None
 
 
-def bench(heki):
-    run = Run(heki=heki, scenario="bench", extra_append=f"iters={ITERS}")
+def guest_ops(heki, scenario, iters):
+    """Runs a timing scenario; its `bench op=...` lines by op."""
+    run = Run(heki=heki, scenario=scenario, extra_append=f"iters={iters}")
     try:
         run.start()
         status = run.wait(300)
         if status != GUEST_PASS:
-            raise SystemExit(f"bench guest failed ({status}):\n{run.guest_text()}")
-        return {l["op"]: int(l["median-ticks"]) for l in run.guest()
-                if "op" in l and "median-ticks" in l}
+            raise SystemExit(f"{scenario} guest failed ({status}):\n{run.guest_text()}")
+        return {l["op"]: l for l in run.guest() if "op" in l and "median-ticks" in l}
     finally:
         run.close()
+
+
+def bench(heki):
+    return {op: int(line["median-ticks"]) for op, line in guest_ops(heki, "bench", ITERS).items()}
 
 
 def main():

@@ -20,9 +20,10 @@ struct ByteWriter {
 
     @inline(__always) mutating func reset() { count = 0 }
 
-    /// Room for `bytes` more (and the NUL of `cString`).
+    /// Room for `bytes` more (and the NUL of `cString`), plus the 16 bytes
+    /// a ByteString's whole-block copy may write past its end.
     @inline(__always) mutating func reserve(_ bytes: Int) {
-        if count + bytes + 1 > capacity { grow(to: count + bytes + 1) }
+        if count + bytes + 17 > capacity { grow(to: count + bytes + 17) }
     }
 
     @inline(never) private mutating func grow(to needed: Int) {
@@ -66,7 +67,23 @@ struct ByteWriter {
         append(text.utf8Start, text.utf8CodeUnitCount)
     }
 
-    @inline(__always) mutating func append(_ text: ByteString) { append(text.bytes, text.count) }
+    /// A short ByteString is copied as its whole 16-byte block (ByteArena
+    /// pads every string to one), then the count moves by its length.
+    @inline(__always) mutating func append(_ text: ByteString) {
+        if text.count <= 16 {
+            let source = UnsafeRawPointer(text.bytes), target = UnsafeMutableRawPointer(base + count)
+            target.storeBytes(of: source.load(as: UInt64.self), as: UInt64.self)
+            target.storeBytes(of: source.load(fromByteOffset: 8, as: UInt64.self), toByteOffset: 8, as: UInt64.self)
+            count += text.count
+        } else {
+            append(text.bytes, text.count)
+        }
+    }
+
+    /// `text` without its first byte (a list's first element without its comma).
+    @inline(__always) mutating func append(droppingFirst text: ByteString) {
+        append(text.bytes + 1, text.count - 1)
+    }
 
     @inline(__always) mutating func append(byte: UInt8) {
         base[count] = byte
@@ -107,19 +124,33 @@ struct ByteWriter {
     }
 
     /// "0x" and lower-case hex digits, no padding: String(value, radix: 16).
+    /// All 16 digits are made at once, 8 per word (each nibble spread to a
+    /// byte, then to its ASCII digit), and the significant ones copied.
+    @inline(__always)
     mutating func appendHex(_ value: UInt64) {
         base[count] = 0x30
         base[count + 1] = 0x78
+        count += 2
         let digits = value == 0 ? 1 : (67 - value.leadingZeroBitCount) / 4
-        var rest = value
-        var index = count + 2 + digits
-        repeat {
-            index -= 1
-            let nibble = UInt8(truncatingIfNeeded: rest) & 0xf
-            base[index] = nibble &+ (nibble < 10 ? 0x30 : 0x57)
-            rest >>= 4
-        } while index > count + 2
-        count += 2 + digits
+        var text = (ByteWriter.hexDigits(UInt32(truncatingIfNeeded: value >> 32)),
+                    ByteWriter.hexDigits(UInt32(truncatingIfNeeded: value)))
+        withUnsafeBytes(of: &text) { bytes in
+            append(bytes.baseAddress!.assumingMemoryBound(to: UInt8.self) + (16 - digits), digits)
+        }
+    }
+
+    /// The 8 hex digits of `value`, most significant first in memory.
+    @inline(__always)
+    private static func hexDigits(_ value: UInt32) -> UInt64 {
+        var spread = UInt64(value)
+        spread = (spread | spread << 16) & 0x0000_ffff_0000_ffff
+        spread = (spread | spread << 8) & 0x00ff_00ff_00ff_00ff
+        spread = (spread | spread << 4) & 0x0f0f_0f0f_0f0f_0f0f
+        // Nibble k is byte k: the lowest byte, first in memory, must be the
+        // most significant digit.
+        let letters = ((spread &+ 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101
+        let ascii = spread &+ 0x3030_3030_3030_3030 &+ letters &* 0x27
+        return ascii.byteSwapped.littleEndian
     }
 
     /// NUL-terminates and returns the start, as a C string.
@@ -143,12 +174,15 @@ struct ByteString {
 final class ByteArena {
     private var blocks: [UnsafeMutableRawPointer] = []
 
+    /// NUL-terminated and zero-padded to whole 16-byte blocks, 8-aligned
+    /// (ByteWriter copies short ones as one block).
     func string(_ string: String) -> ByteString {
         var copy = string
         return copy.withUTF8 { utf8 in
-            let block = UnsafeMutablePointer<UInt8>.allocate(capacity: utf8.count + 1)
+            let size = (utf8.count + 16) & ~15
+            let block = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 16)
+                .initializeMemory(as: UInt8.self, repeating: 0, count: size)
             if let source = utf8.baseAddress { block.update(from: source, count: utf8.count) }
-            block[utf8.count] = 0
             blocks.append(UnsafeMutableRawPointer(block))
             return ByteString(bytes: UnsafePointer(block), count: utf8.count)
         }
@@ -172,6 +206,9 @@ struct BitNameBytes {
     private let namedMask: UInt64
     /// By bit index: the name ("bit<N>" when unnamed).
     private let byBit: UnsafeBufferPointer<ByteString>
+    /// The same two tables as JSON list elements: `,"name"`.
+    private let quotedTableNames: UnsafeBufferPointer<ByteString>
+    private let quotedByBit: UnsafeBufferPointer<ByteString>
     /// The table lists single bits in ascending order (CR0's and CR4's do):
     /// then the named bits come out by walking the set bits of the value.
     private let ascending: Bool
@@ -179,17 +216,22 @@ struct BitNameBytes {
     init(_ names: BitNames, arena: ByteArena) {
         tableBits = arena.table(names.table.map(\.bit))
         tableNames = arena.table(names.table.map { arena.string($0.name) })
+        quotedTableNames = arena.table(names.table.map { arena.string(",\"\($0.name)\"") })
         namedMask = names.table.reduce(0) { $0 | $1.bit }
-        byBit = arena.table((0..<64).map { index in
-            arena.string(names.table.first { $0.bit == 1 << UInt64(index) }?.name ?? "bit\(index)")
-        })
+        let byIndex: [String] = (0..<64).map { index in
+            names.table.first { $0.bit == 1 << UInt64(index) }?.name ?? "bit\(index)"
+        }
+        byBit = arena.table(byIndex.map { arena.string($0) })
+        quotedByBit = arena.table(byIndex.map { arena.string(",\"\($0)\"") })
         ascending = names.table.allSatisfy { $0.bit.nonzeroBitCount == 1 }
             && zip(names.table, names.table.dropFirst()).allSatisfy { $0.bit < $1.bit }
     }
 
     /// Calls `body` with each name of `value`, in BitNames.names(of:) order.
+    /// `quoted`: each as a JSON list element, `,"name"`.
     @inline(__always)
-    func forEachName(of value: UInt64, _ body: (ByteString) -> Void) {
+    func forEachName(of value: UInt64, quoted: Bool = false, _ body: (ByteString) -> Void) {
+        let byBit = quoted ? quotedByBit : self.byBit, tableNames = quoted ? quotedTableNames : self.tableNames
         var named = value & namedMask
         if ascending {
             while named != 0 {

@@ -20,9 +20,13 @@ struct Claim: RawRepresentable, Equatable {
     var exit: UInt32? { isClaimed ? UInt32(truncatingIfNeeded: rawValue >> 32) : nil }
     var granted: ExitReasonMask { ExitReasonMask(rawValue: rawValue & ExitReasonMask.all.rawValue) }
 
+    /// One compare: the exit number and the claimed bit together.
     @inline(__always) func claims(_ number: UInt32) -> Bool {
-        rawValue & Claim.claimedBit != 0 && UInt32(truncatingIfNeeded: rawValue >> 32) == number
+        rawValue >> 31 == UInt64(number) << 1 | 1
     }
+
+    /// The exit number of a claim known to be claimed (it matched an exit).
+    @inline(__always) var claimedExit: UInt32 { UInt32(truncatingIfNeeded: rawValue >> 32) }
 }
 
 /// What heki_plugin_enable_caps made of each exit kind: the claim (exit

@@ -3,8 +3,11 @@ import Synchronization
 /// Exact counts of what the plugin saw, kept on the exit path with relaxed
 /// atomics (each counter is independent; readers want totals, not order).
 final class Counters: Sendable {
-    /// Exits per (kind, register) for configure, denial and weak pinning.
-    private let perRegister: InlineArray<6, Atomic<UInt64>>
+    /// Events per (kind, register) for configure, denial and weak pinning
+    /// that went out individually (queued), per vCPU shard; the rest are
+    /// the limiter's held-back counts. Each event adds to one of the two.
+    private let perRegister = ShardedCounts()
+    private let limiter: RateLimiter
     let malformedExits = Atomic<UInt64>(0)
     let capabilityReports = Atomic<UInt64>(0)
     /// Per event kind: counts already reported in HEKI_SUPPRESSED.
@@ -14,28 +17,26 @@ final class Counters: Sendable {
     /// Audit lines that could not be written.
     let auditFailures = Atomic<UInt64>(0)
 
-    init() {
-        perRegister = InlineArray { _ in Atomic(0) }
+    init(limiter: RateLimiter) {
+        self.limiter = limiter
         summarised = InlineArray { _ in Atomic(0) }
     }
 
-    private static func index(_ kind: EventKind, _ register: ControlRegister) -> Int {
-        Int(kind.rawValue) * 2 + Int(register.rawValue)
-    }
-
-    /// `kind` is .configure, .denial or .weakPinning.
+    /// One event of `kind` (.configure, .denial or .weakPinning) went out
+    /// individually; `vcpu` picks the shard.
     @inline(__always)
-    func count(_ kind: EventKind, _ register: ControlRegister) {
-        perRegister[Counters.index(kind, register)].wrappingAdd(1, ordering: .relaxed)
+    func countQueued(_ kind: EventKind, _ register: ControlRegister?, vcpu: UInt32) {
+        perRegister.increment(RateLimiter.slot(kind, register), shard: vcpu)
     }
 
     /// A restored state's counts, added (the destination continues the source's totals).
     func add(_ kind: EventKind, _ register: ControlRegister, _ count: UInt64) {
-        perRegister[Counters.index(kind, register)].wrappingAdd(count, ordering: .relaxed)
+        perRegister.add(RateLimiter.slot(kind, register), count, shard: 0)
     }
 
+    /// Every event of `kind` on `register`: queued or held back.
     func total(_ kind: EventKind, _ register: ControlRegister) -> UInt64 {
-        perRegister[Counters.index(kind, register)].load(ordering: .relaxed)
+        perRegister.total(RateLimiter.slot(kind, register)) &+ limiter.heldBackTotal(kind, register)
     }
 
     func addSummarised(_ kind: EventKind, _ count: UInt64) {

@@ -1,15 +1,27 @@
-import CGLib
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A bounded multi-producer, single-consumer queue of event records
 /// (Vyukov's bounded queue): vCPU threads push without locks or allocation,
 /// the main loop pops. A push into a full queue fails at once; the caller
 /// counts what it could not push.
+///
+/// Its memory is an anonymous mapping, untouched until used: the kernel
+/// maps a zero page at a cell's first write, so a new plugin costs no
+/// 260 KB of writes (heki_plugin_new stays fast; calloc would clear reused
+/// heap memory) and a VM that never storms never touches most of its queue.
+/// Hence a cell's sequence is kept relative to its index (Vyukov's
+/// sequence - cell), whose start is 0.
 final class EventQueue: @unchecked Sendable {
     private let capacity: Int
     private let mask: Int
-    /// Per cell: the position it expects to be written (pos) or read (pos+1).
+    private let mappedBytes: Int
+    /// Per cell, minus the cell's index: the position it expects to be
+    /// written (pos) or read (pos+1).
     private let sequences: UnsafeMutablePointer<Atomic<Int>>
+    /// Written before read: a cell is read only after its push.
     private let records: UnsafeMutablePointer<EventRecord>
     private let enqueuePosition = Atomic<Int>(0)
     /// Only the consumer (the main loop thread) touches this.
@@ -21,38 +33,40 @@ final class EventQueue: @unchecked Sendable {
         while size < requested { size <<= 1 }
         capacity = size
         mask = size - 1
-        sequences = .allocate(capacity: size)
-        records = .allocate(capacity: size)
-        for index in 0..<size {
-            (sequences + index).initialize(to: Atomic(index))
-            (records + index).initialize(to: EventRecord(payload: .suppressed(SuppressedEvent(coalesced: .configure, count: 0))))
+        // Atomic<Int> and EventRecord are plain words: zero bytes are a
+        // valid Atomic(0), records are raw memory until pushed.
+        let sequenceBytes = size * MemoryLayout<Atomic<Int>>.stride
+        mappedBytes = sequenceBytes + size * MemoryLayout<EventRecord>.stride
+        let memory = mmap(nil, mappedBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        guard let memory, memory != MAP_FAILED else {
+            fatalError("heki-plugin: no memory for the event queue")
         }
+        sequences = memory.bindMemory(to: Atomic<Int>.self, capacity: size)
+        records = (memory + sequenceBytes).bindMemory(to: EventRecord.self, capacity: size)
     }
 
     deinit {
-        sequences.deinitialize(count: capacity)
-        sequences.deallocate()
-        records.deinitialize(count: capacity)
-        records.deallocate()
+        munmap(UnsafeMutableRawPointer(sequences), mappedBytes)
     }
 
-    /// Any thread. False when the queue is full. `stampingTime`: sets the
-    /// record's `timeMicros` to the wall clock once a cell is reserved.
+    /// Any thread. False when the queue is full. `stamping`: sets the
+    /// record's `timeMicros` to the stamp counter (StampClock turns it into
+    /// the wall clock) once a cell is reserved: a full queue reads no clock.
     @inline(__always)
-    func push(_ record: EventRecord, stampingTime: Bool = false) -> Bool {
+    func push(_ record: EventRecord, stamping: Bool = false) -> Bool {
         var position = enqueuePosition.load(ordering: .relaxed)
         while true {
             let cell = position & mask
-            let sequence = sequences[cell].load(ordering: .acquiring)
+            let sequence = sequences[cell].load(ordering: .acquiring) &+ cell
             let difference = sequence &- position
             if difference == 0 {
                 let (exchanged, current) = enqueuePosition.weakCompareExchange(
                     expected: position, desired: position &+ 1,
                     successOrdering: .relaxed, failureOrdering: .relaxed)
                 if exchanged {
-                    records[cell] = record
-                    if stampingTime { records[cell].timeMicros = Int64(g_get_real_time()) }
-                    sequences[cell].store(position &+ 1, ordering: .releasing)
+                    (records + cell).initialize(to: record)
+                    if stamping { records[cell].timeMicros = Int64(bitPattern: StampClock.counter()) }
+                    sequences[cell].store(position &+ 1 &- cell, ordering: .releasing)
                     return true
                 }
                 position = current
@@ -68,10 +82,10 @@ final class EventQueue: @unchecked Sendable {
     /// still being written: its producer wakes the consumer when done).
     func pop() -> EventRecord? {
         let cell = dequeuePosition & mask
-        let sequence = sequences[cell].load(ordering: .acquiring)
+        let sequence = sequences[cell].load(ordering: .acquiring) &+ cell
         guard sequence == dequeuePosition &+ 1 else { return nil }
         let record = records[cell]
-        sequences[cell].store(dequeuePosition &+ capacity, ordering: .releasing)
+        sequences[cell].store(dequeuePosition &+ capacity &- cell, ordering: .releasing)
         dequeuePosition &+= 1
         return record
     }

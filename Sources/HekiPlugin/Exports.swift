@@ -153,7 +153,7 @@ public func heki_plugin_cap_result(_ plugin: OpaquePointer?, _ kind: HekiExitKin
 @c @implementation
 public func heki_plugin_handle_exit(_ plugin: OpaquePointer?, _ vcpuIndex: UInt32, _ run: OpaquePointer?) -> HekiVerdict {
     guard let run else { return Verdict.notHeki.cValue }
-    return withPlugin(plugin, Verdict.notHeki.cValue) { $0.handleExit(vcpu: vcpuIndex, run: run).cValue }
+    return withPlugin(plugin, Verdict.notHeki.cValue) { Plugin.handleExit($0, vcpu: vcpuIndex, run: run) }
 }
 
 @c @implementation

@@ -48,6 +48,14 @@ struct JSONObject {
 
     static func quote(_ string: String, into out: inout String) {
         out += "\""
+        // Most text (keys, names, numbers' spellings) needs no escape: one
+        // append. 0xe2 leads U+2028 and U+2029 (and others: the slow path
+        // decides).
+        if !string.utf8.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5c || $0 == 0x7f || $0 == 0xe2 }) {
+            out += string
+            out += "\""
+            return
+        }
         for scalar in string.unicodeScalars {
             switch scalar {
             case "\"": out += "\\\""

@@ -7,8 +7,12 @@ import Synchronization
 /// use, then publishes it by bumping the generation; a reader that sees the
 /// generation move while it read reads again. So each exit is judged wholly
 /// by one policy, and a writer stopped halfway delays no reader.
+/// An exit needs only its register's part of the policy: that part is also
+/// kept in one word per register (`exitPolicy`), read with one load.
 final class LivePolicy: Sendable {
     private let generation = Atomic<UInt64>(0)
+    /// Per register: ExitPolicy of the policy in force.
+    private let exitWords: InlineArray<2, Atomic<UInt64>>
     /// The two slots (fields rather than an array: no bounds checks on the
     /// exit path).
     private let even: Slot
@@ -17,6 +21,13 @@ final class LivePolicy: Sendable {
     init(_ policy: Policy) {
         even = Slot(policy.words)
         odd = Slot(policy.words)
+        exitWords = InlineArray { Atomic(ExitPolicy(policy, ControlRegister.allCases[$0]).rawValue) }
+    }
+
+    /// What an exit of `register` is judged by: one load. Any thread.
+    @inline(__always)
+    func exitPolicy(_ register: ControlRegister) -> ExitPolicy {
+        ExitPolicy(rawValue: exitWords[Int(register.rawValue)].load(ordering: .relaxed))
     }
 
     /// The policy an exit is judged by. Any thread. `midway` runs between
@@ -41,6 +52,9 @@ final class LivePolicy: Sendable {
         atomicMemoryFence(ordering: .releasing)
         if next & 1 == 0 { even.store(policy.words) } else { odd.store(policy.words) }
         generation.store(next, ordering: .releasing)
+        for register in ControlRegister.allCases {
+            exitWords[Int(register.rawValue)].store(ExitPolicy(policy, register).rawValue, ordering: .relaxed)
+        }
     }
 
     /// One slot: Policy's three words.

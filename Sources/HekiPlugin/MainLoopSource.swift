@@ -16,9 +16,9 @@ final class MainLoopSource {
     /// before it drains, so no push is ever left unseen.
     private let wakePending = Atomic<Bool>(false)
 
-    /// `dispatch(opaque)` runs each time the source fires.
-    init(context: OpaquePointer, opaque: UnsafeMutableRawPointer,
-         dispatch: @convention(c) (UnsafeMutableRawPointer?) -> Int32) throws(StartError) {
+    /// Made before its owner is whole (so the owner holds it in a `let`,
+    /// read on the exit path without a retain); `attach` starts it.
+    init(context: OpaquePointer) throws(StartError) {
         let fd = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
         guard fd >= 0 else {
             throw StartError(resource: "eventfd: \(String(cString: strerror(errno)))")
@@ -28,6 +28,10 @@ final class MainLoopSource {
         source = g_source_new(MainLoopSource.funcs, UInt32(MemoryLayout<GSource>.size))
         g_source_set_name(source, "heki-plugin")
         g_source_add_unix_fd(source, fd, G_IO_IN)
+    }
+
+    /// `dispatch(opaque)` runs each time the source fires, from now on.
+    func attach(opaque: UnsafeMutableRawPointer, dispatch: @convention(c) (UnsafeMutableRawPointer?) -> Int32) {
         g_source_set_callback(source, dispatch, opaque, nil)
         g_source_attach(source, context)
     }
@@ -45,10 +49,14 @@ final class MainLoopSource {
     /// Any thread: makes the main loop dispatch soon. Never blocks.
     @inline(__always)
     func wake() {
-        if !wakePending.exchange(true, ordering: .acquiringAndReleasing) {
-            var one: UInt64 = 1
-            _ = write(eventFD, &one, 8)
-        }
+        if !wakePending.exchange(true, ordering: .acquiringAndReleasing) { signal() }
+    }
+
+    /// Out of line: the exit path's frame stays free of the write's buffer.
+    @inline(never)
+    private func signal() {
+        var one: UInt64 = 1
+        _ = write(eventFD, &one, 8)
     }
 
     /// Main loop thread, at the start of a dispatch, before draining:

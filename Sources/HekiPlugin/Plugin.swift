@@ -16,14 +16,16 @@ final class Plugin {
     let hostCanCheck: Bool
     private let context: OpaquePointer
     let ledger = PinLedger()
-    let counters = Counters()
+    let counters: Counters
     let limiter: RateLimiter
     /// Pins restored from a source, the blocker told to the host.
     let migration = MigrationState()
     private let queue = EventQueue(capacity: Plugin.queueCapacity)
+    /// Turns the queued records' stamp counters into the wall clock (main loop).
+    private var stamps = StampClock()
     private let renderer: EventRenderer
     private let audit: AuditLog?
-    private var source: MainLoopSource!
+    private let source: MainLoopSource
     /// Per exit kind: the exit claimed, the mask granted, KVM's result;
     /// nothing claimed until heki_plugin_enable_caps enabled the capability.
     private let claims = ExitClaims()
@@ -63,17 +65,19 @@ final class Plugin {
         self.host = host
         self.hostCanCheck = hostCanCheck
         limiter = RateLimiter(limit: config.rateLimit)
+        counters = Counters(limiter: limiter)
         renderer = EventRenderer(config: config)
         // The audit file first: it needs no context, so failing leaves nothing to undo.
         audit = try config.auditLogPath.map { path throws(StartError) in try AuditLog(path: path) }
         context = g_main_context_ref(host.context ?? g_main_context_default())
         do {
-            source = try MainLoopSource(context: context, opaque: Unmanaged.passUnretained(self).toOpaque()) { opaque in
-                Unmanaged<Plugin>.fromOpaque(opaque!).takeUnretainedValue().dispatch()
-            }
+            source = try MainLoopSource(context: context)
         } catch {
             g_main_context_unref(context)
             throw error
+        }
+        source.attach(opaque: Unmanaged.passUnretained(self).toOpaque()) { opaque in
+            Unmanaged<Plugin>.fromOpaque(opaque!).takeUnretainedValue().dispatch()
         }
         if !hostCanCheck {
             // Said once, at the first dispatch: nothing will be enabled.
@@ -83,10 +87,17 @@ final class Plugin {
 
     // MARK: The vCPU side
 
+    /// heki_plugin_handle_exit's body, one jump from the export: the
+    /// plugin an argument (a method's self would be the callee-saved r13
+    /// the C caller expects back) and the C verdict returned.
+    @inline(never)
+    static func handleExit(_ plugin: Plugin, vcpu: UInt32, run: OpaquePointer) -> HekiVerdict {
+        plugin.handleExit(vcpu: vcpu, run: run).cValue
+    }
+
     /// The path of one exit: decode, ledger, policy, record. Any vCPU
-    /// thread; no lock, no allocation, no call into the host. Inlined into
-    /// the export: one function, one prologue.
-    @inline(__always)
+    /// thread; no lock, no allocation, no call into the host.
+    @inline(always)
     func handleExit(vcpu: UInt32, run: OpaquePointer) -> Verdict {
         let configure = claims.claim(.configure)
         let denial = claims.claim(.denial)
@@ -95,38 +106,39 @@ final class Plugin {
             return .notHeki
         case let .malformed(kind, reason, register, problem):
             counters.malformedExits.wrappingAdd(1, ordering: .relaxed)
-            record(.malformedExit(MalformedExitEvent(
+            recordRare(.malformedExit(MalformedExitEvent(
                 vcpu: vcpu, kind: kind, exit: (kind == .configure ? configure : denial).exit ?? 0,
-                reason: reason, register: register, problem: problem)))
+                reason: reason, register: register, problem: problem)), vcpu: vcpu)
             return .notHeki
         case let .configure(register, bits):
-            let policy = self.policy.current()
+            let policy = self.policy.exitPolicy(register)
             let pinned = ledger.pin(bits, on: register)
-            counters.count(.configure, register)
-            let (verdict, missing) = policy.judgePin(on: register, pinnedNow: pinned)
-            record(.configure(PinEvent(vcpu: vcpu, register: register, exit: configure.exit ?? 0, bits: bits,
-                                       pinned: pinned, verdict: verdict)))
+            let (verdict, missing) = policy.judgePin(pinnedNow: pinned)
+            record(.configure(PinEvent(vcpu: vcpu, register: register, exit: configure.claimedExit, bits: bits,
+                                       pinned: pinned, verdict: verdict)), vcpu: vcpu, register: register,
+                   tick: limiter.tick(.configure, register, vcpu: vcpu))
             if missing != 0 {
-                counters.count(.weakPinning, register)
-                record(.weakPinning(WeakPinningEvent(vcpu: vcpu, register: register, pinned: pinned,
-                                                     required: policy.required(register), missing: missing,
-                                                     verdict: verdict)))
+                recordRare(.weakPinning(WeakPinningEvent(vcpu: vcpu, register: register, pinned: pinned,
+                                                     required: policy.required, missing: missing,
+                                                     verdict: verdict)), vcpu: vcpu, register: register)
             }
             return verdict
         case let .denial(register, value):
-            let policy = self.policy.current()
             let pinned = ledger.pins(register)
-            counters.count(.denial, register)
-            var (verdict, violated) = policy.judgeDenial(on: register, value: value, pinned: pinned)
+            var (verdict, violated) = self.policy.exitPolicy(register).judgeDenial(value: value, pinned: pinned)
             // A denial means the guest has booted far enough to pin: judge
             // the registers it never pinned now if the deadline has not. The
-            // denial's own verdict wins unless it is resume.
+            // denial's own verdict wins unless it is resume. Both from one
+            // whole policy (this happens once per VM).
             if !bootJudged.load(ordering: .relaxed) {
+                let policy = self.policy.current()
+                (verdict, violated) = policy.judgeDenial(on: register, value: value, pinned: pinned)
                 let weak = judgeBoot(vcpu: vcpu, exit: configure, policy: policy)
                 if verdict == .resume { verdict = weak }
             }
-            record(.denial(DenialEvent(vcpu: vcpu, register: register, exit: denial.exit ?? 0, value: value,
-                                       pinned: pinned, violated: violated, verdict: verdict)))
+            record(.denial(DenialEvent(vcpu: vcpu, register: register, exit: denial.claimedExit, value: value,
+                                       pinned: pinned, violated: violated, verdict: verdict)), vcpu: vcpu, register: register,
+                   tick: limiter.tick(.denial, register, vcpu: vcpu))
             return verdict
         }
     }
@@ -143,26 +155,38 @@ final class Plugin {
             let required = policy.required(register)
             guard required != 0, configure.granted.contains(register), ledger.pins(register) == 0 else { continue }
             verdict = policy.onWeakPinning
-            counters.count(.weakPinning, register)
-            record(.weakPinning(WeakPinningEvent(vcpu: vcpu, register: register, pinned: 0, required: required,
-                                                 missing: required, verdict: verdict)))
+            recordRare(.weakPinning(WeakPinningEvent(vcpu: vcpu, register: register, pinned: 0, required: required,
+                                                 missing: required, verdict: verdict)), vcpu: vcpu ?? 0, register: register)
         }
         return verdict
     }
 
     /// Queues `record` for the main loop, or counts it for a summary when the
-    /// rate limit or a full queue holds it back. Never blocks.
-    @inline(__always)
-    private func record(_ payload: EventPayload) {
+    /// rate limit or a full queue holds it back: either way one count (the
+    /// per-register counter or the limiter's held-back count), which is
+    /// what `Counters.total` adds up. Never blocks. `vcpu` picks the
+    /// counts' shard; `register` is the event's, for the kinds counted per
+    /// register. The vCPU's held-back count says when a full rate window is
+    /// checked against the clock (RateLimiter.clockSamplePeriod).
+    @inline(always)
+    private func record(_ payload: EventPayload, vcpu: UInt32, register: ControlRegister? = nil, tick: UInt64 = 0) {
         let record = EventRecord(payload: payload)
-        if limiter.admit(record.kind) {
+        if limiter.admit(record.kind, sampleClock: tick & (RateLimiter.clockSamplePeriod - 1) == 0) {
             // Stamped once a cell is reserved: a full queue costs no clock read.
-            if queue.push(record, stampingTime: true) {
+            if queue.push(record, stamping: true) {
+                counters.countQueued(record.kind, register, vcpu: vcpu)
                 source.wake()
                 return
             }
         }
-        if limiter.suppress(record.kind) { source.wake() }
+        if limiter.suppress(record.kind, register: register, vcpu: vcpu) { source.wake() }
+    }
+
+    /// `record` out of line, for the events no storm is made of: the exit
+    /// path inlines only its configure and denial.
+    @inline(never)
+    private func recordRare(_ payload: EventPayload, vcpu: UInt32, register: ControlRegister? = nil) {
+        record(payload, vcpu: vcpu, register: register)
     }
 
     // MARK: Capabilities
@@ -199,7 +223,7 @@ final class Plugin {
                 failure = "heki-plugin: require-caps=on: KVM refused capability \(cap) (heki \(kind.name), mask \(mask.spelling)): \(errorName(result))"
             }
             counters.capabilityReports.wrappingAdd(1, ordering: .relaxed)
-            record(.capability(CapabilityEvent(kind: kind, capability: cap, mask: mask, result: result)))
+            recordRare(.capability(CapabilityEvent(kind: kind, capability: cap, mask: mask, result: result)), vcpu: 0)
         }
         return failure
     }
@@ -330,7 +354,13 @@ final class Plugin {
     /// the source fires again at once (`wake`).
     private func drain(all: Bool = false) {
         var budget = Plugin.queueCapacity
-        while all || budget > 0, let record = queue.pop() {
+        var anchored = false
+        while all || budget > 0, var record = queue.pop() {
+            if !anchored {  // once per drain that has records
+                stamps.anchor()
+                anchored = true
+            }
+            record.timeMicros = stamps.micros(of: UInt64(bitPattern: record.timeMicros))
             deliver(record)
             budget -= 1
         }
@@ -343,6 +373,7 @@ final class Plugin {
     @discardableResult
     private func summarise(force: Bool) -> Int64? {
         let now = RateLimiter.currentWindow()
+        limiter.reopen(now)
         var next: UInt64? = nil
         for kind in EventKind.allCases where kind != .suppressed {
             let index = Int(kind.rawValue)
@@ -359,7 +390,8 @@ final class Plugin {
                 next = min(next ?? .max, due)
             }
         }
-        return next.map { Int64($0) * 1_000_000 + 1_000 }
+        // The windows are the coarse clock's seconds, up to a tick behind.
+        return next.map { Int64($0) * 1_000_000 + 1_000 + RateLimiter.coarseLagMicros }
     }
 
     /// Renders one record and hands it to every sink.

@@ -84,8 +84,7 @@ struct Policy: Sendable, Equatable {
     /// pinned after it (`missing`): then on-weak-pinning.
     @inline(__always)
     func judgePin(on register: ControlRegister, pinnedNow: UInt64) -> (verdict: Verdict, missing: UInt64) {
-        let missing = required(register) & ~pinnedNow
-        return (missing == 0 ? .resume : onWeakPinning, missing)
+        ExitPolicy(self, register).judgePin(pinnedNow: pinnedNow)
     }
 
     /// A refused write: the register's denial verdict, and the pinned bits
@@ -93,7 +92,7 @@ struct Policy: Sendable, Equatable {
     /// `pinned` is the plugin's ledger.
     @inline(__always)
     func judgeDenial(on register: ControlRegister, value: UInt64, pinned: UInt64) -> (verdict: Verdict, violated: UInt64) {
-        (onDenial(register), pinned & ~value)
+        ExitPolicy(self, register).judgeDenial(value: value, pinned: pinned)
     }
 
     /// The keys whose value differs in `other` (an override that becomes
@@ -108,5 +107,44 @@ struct Policy: Sendable, Equatable {
         if requireCR4 != other.requireCR4 { changed.append("require-cr4") }
         if migration != other.migration { changed.append("migration") }
         return changed
+    }
+}
+
+/// What an exit of one register needs from the policy, in one word, so a
+/// vCPU reads it with one load (LivePolicy.exitPolicy): the register's
+/// required bits (bits 0-47: every architectural CR0 and CR4 bit is below
+/// 48), on-weak-pinning (byte 6) and the register's denial verdict in force
+/// (byte 7), each as its raw value + 1.
+struct ExitPolicy: RawRepresentable, Sendable {
+    let rawValue: UInt64
+    static let requiredBits: UInt64 = (1 << 48) - 1
+
+    init(rawValue: UInt64) { self.rawValue = rawValue }
+
+    init(_ policy: Policy, _ register: ControlRegister) {
+        func byte(_ verdict: Verdict) -> UInt64 { UInt64(UInt8(truncatingIfNeeded: verdict.rawValue + 1)) }
+        rawValue = policy.required(register) & ExitPolicy.requiredBits
+            | byte(policy.onWeakPinning) << 48 | byte(policy.onDenial(register)) << 56
+    }
+
+    @inline(__always) var required: UInt64 { rawValue & ExitPolicy.requiredBits }
+    @inline(__always) var onWeakPinning: Verdict { ExitPolicy.verdict(rawValue >> 48) }
+    @inline(__always) var onDenial: Verdict { ExitPolicy.verdict(rawValue >> 56) }
+
+    @inline(__always) private static func verdict(_ byte: UInt64) -> Verdict {
+        Verdict(rawValue: Int32(truncatingIfNeeded: byte & 0xff) - 1) ?? .resume
+    }
+
+    /// Policy.judgePin for this register.
+    @inline(__always)
+    func judgePin(pinnedNow: UInt64) -> (verdict: Verdict, missing: UInt64) {
+        let missing = required & ~pinnedNow
+        return (missing == 0 ? .resume : onWeakPinning, missing)
+    }
+
+    /// Policy.judgeDenial for this register.
+    @inline(__always)
+    func judgeDenial(value: UInt64, pinned: UInt64) -> (verdict: Verdict, violated: UInt64) {
+        (onDenial, pinned & ~value)
     }
 }

@@ -9,19 +9,22 @@ exc_stubs:
 
 scenario_names:                                 // index = SC_*
         .long sn_pin_deny, sn_pin_only, sn_weak, sn_bad_pins, sn_unpinned, sn_storm, sn_bench, sn_no_pin
-        .long sn_pin_wait, sn_os_boot, sn_os_reboot, 0
+        .long sn_pin_wait, sn_os_boot, sn_os_reboot, sn_io_bench, 0
 prepare_table:
         .long prepare_pins, prepare_pins, prepare_weak, prepare_bad_pins, prepare_none, prepare_pins, prepare_pins
         .long prepare_none, prepare_pins
         .long prepare_os_boot, prepare_os_boot
+        .long prepare_none
 work_table:
         .long deny_writes, work_none, work_none, work_none, work_unpinned, deny_writes, work_bench
         .long work_idle, work_pin_wait
         .long os_work, os_work
+        .long work_io_bench
 report_table:
         .long report_deny, report_no_gp, report_no_gp, report_no_gp, report_unpinned, report_deny, report_bench
         .long report_no_gp, report_pin_wait
         .long report_deny, report_os_reboot
+        .long report_bench
 
 // bad-pins cases: name, rax, rbx, rcx, rdx, expected rax
 bad_pin_cases:
@@ -45,6 +48,7 @@ sn_no_pin:      .asciz "no-pin"
 sn_pin_wait:    .asciz "pin-wait"
 sn_os_boot:     .asciz "os-boot"
 sn_os_reboot:   .asciz "os-reboot"
+sn_io_bench:    .asciz "io-bench"
 key_scenario:   .asciz "scenario="
 key_cpus:       .asciz "cpus="
 key_writes:     .asciz "writes="

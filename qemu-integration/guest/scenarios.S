@@ -284,3 +284,24 @@ wait_gp:        .long 0
 wait_read_back: .long 0
 wait_outcome:   .long 0
         .text
+// ---------------------------------------------------------------- scenario: io-bench
+// On the BSP: `iters` ordinary I/O exits (outb, KVM_EXIT_IO to QEMU), timed
+// in BENCH_BATCHES batches like `bench`: the exit the plugin must not slow
+// down, with and without it (io_roundtrip.py). Nothing is pinned.
+work_io_bench:
+        testl   %edi, %edi                      // the BSP only
+        jnz     2f
+        movl    $BENCH_BATCHES, bench_batches
+        movl    iters, %eax
+        xorl    %edx, %edx
+        divl    bench_batches
+        testl   %eax, %eax
+        jnz     1f
+        incl    %eax                            // at least one exit per batch
+1:      movl    %eax, bench_per
+        mull    bench_batches
+        movl    %eax, bench_total
+        pushl   $name_io
+        pushl   $op_io
+        call    bench_op
+2:      ret

@@ -1,5 +1,5 @@
 /*
- * CBridge: the kvm_run payload view.  The only place that knows where the
+ * CBridge: the kvm_run payload view, and the exit path's stamp counter.  The only place that knows where the
  * Heki fields sit in struct kvm_run; kvm_run_view.c ties the offsets to
  * <linux/kvm.h> with static assertions.  Swift does the rest.
  */
@@ -8,6 +8,9 @@
 
 #include <stdint.h>
 #include <string.h>
+#if !defined(__x86_64__) && !defined(__i386__)
+#include <time.h>
+#endif
 
 struct kvm_run; /* <linux/kvm.h>; the public header is CHekiPlugin's alone */
 
@@ -36,6 +39,20 @@ static inline CBridgeHekiPayload cbridge_heki_payload(const struct kvm_run *run)
     CBridgeHekiPayload payload;
     memcpy(&payload, (const char *)run + CBRIDGE_KVM_RUN_EXIT_UNION_OFFSET, sizeof payload);
     return payload;
+}
+
+/* The stamp of an event on the exit path: the CPU's timestamp counter
+   (rdtsc, not serializing: a few ns, against ~30 for the wall clock).  The
+   main loop turns it into wall-clock microseconds (StampClock.swift).
+   Elsewhere than x86, the monotonic clock in nanoseconds. */
+static inline uint64_t cbridge_stamp_counter(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    return __builtin_ia32_rdtsc();
+#else
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+#endif
 }
 
 #endif /* HEKI_CBRIDGE_H */
