@@ -119,28 +119,36 @@ final class Plugin {
                    tick: limiter.tick(.configure, register, vcpu: vcpu))
             if missing != 0 {
                 recordRare(.weakPinning(WeakPinningEvent(vcpu: vcpu, register: register, pinned: pinned,
-                                                     required: policy.required, missing: missing,
-                                                     verdict: verdict)), vcpu: vcpu, register: register)
+                                                         required: policy.required, missing: missing,
+                                                         verdict: verdict)), vcpu: vcpu, register: register)
             }
             return verdict
         case let .denial(register, value):
             let pinned = ledger.pins(register)
             var (verdict, violated) = self.policy.exitPolicy(register).judgeDenial(value: value, pinned: pinned)
-            // A denial means the guest has booted far enough to pin: judge
-            // the registers it never pinned now if the deadline has not. The
-            // denial's own verdict wins unless it is resume. Both from one
-            // whole policy (this happens once per VM).
             if !bootJudged.load(ordering: .relaxed) {
-                let policy = self.policy.current()
-                (verdict, violated) = policy.judgeDenial(on: register, value: value, pinned: pinned)
-                let weak = judgeBoot(vcpu: vcpu, exit: configure, policy: policy)
-                if verdict == .resume { verdict = weak }
+                (verdict, violated) = judgeFirstDenial(vcpu: vcpu, register: register, value: value, pinned: pinned,
+                                                       exit: configure)
             }
             record(.denial(DenialEvent(vcpu: vcpu, register: register, exit: denial.claimedExit, value: value,
                                        pinned: pinned, violated: violated, verdict: verdict)), vcpu: vcpu, register: register,
                    tick: limiter.tick(.denial, register, vcpu: vcpu))
             return verdict
         }
+    }
+
+    /// A denial means the guest has booted far enough to pin: judge the
+    /// registers it never pinned now if the deadline has not. The denial's
+    /// own verdict wins unless it is resume. Both from one whole policy.
+    /// Out of line: this happens once per VM.
+    @inline(never)
+    private func judgeFirstDenial(vcpu: UInt32, register: ControlRegister, value: UInt64, pinned: UInt64,
+                                  exit configure: Claim) -> (Verdict, UInt64) {
+        let policy = self.policy.current()
+        var (verdict, violated) = policy.judgeDenial(on: register, value: value, pinned: pinned)
+        let weak = judgeBoot(vcpu: vcpu, exit: configure, policy: policy)
+        if verdict == .resume { verdict = weak }
+        return (verdict, violated)
     }
 
     /// Once per VM: every register with required bits whose configure exits
@@ -156,7 +164,8 @@ final class Plugin {
             guard required != 0, configure.granted.contains(register), ledger.pins(register) == 0 else { continue }
             verdict = policy.onWeakPinning
             recordRare(.weakPinning(WeakPinningEvent(vcpu: vcpu, register: register, pinned: 0, required: required,
-                                                 missing: required, verdict: verdict)), vcpu: vcpu ?? 0, register: register)
+                                                     missing: required, verdict: verdict)),
+                       vcpu: vcpu ?? 0, register: register)
         }
         return verdict
     }
