@@ -441,6 +441,8 @@ typedef enum HekiResetCause {
  *    announced by a HEKI_RESET event delivered before this returns (event,
  *    audit log, log), after the events the vCPUs had queued (called from
  *    inside one of the plugin's callbacks: at its next dispatch).
+ * A RESET also forgets the pins a heki_plugin_restore_state() brought
+ * (restored only): they described the guest that the reset ends.
  * Main loop thread.  An unknown cause is reported as OTHER.  NULL plugin:
  * RESET.
  */
