@@ -65,7 +65,7 @@ public func heki_plugin_new(
         let whole = min(size, copy.count) & ~(MemoryLayout<UnsafeRawPointer>.alignment - 1)
         copy.copyMemory(from: UnsafeRawBufferPointer(start: host, count: whole))
     }
-    let hostCanCheck = hostCopy.check_extension != nil && hostCopy.enable_cap != nil
+    let hostCanCheck = size >= Int(HEKI_HOST_SIZE_1_1) && hostCopy.check_extension != nil && hostCopy.enable_cap != nil
     let list: [String]
     switch arguments(argc, argv) {
     case let .success(strings): list = strings

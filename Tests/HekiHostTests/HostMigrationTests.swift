@@ -136,6 +136,24 @@ final class HostMigrationTests: XCTestCase {
         XCTAssertEqual(destination.count("HEKI_RESET"), 0, "an unpinned VM's reset is not announced")
     }
 
+    /// A size that ends inside migration_blocker (4 bytes short of 1.2)
+    /// covers only half of the pointer: the plugin must take the callback
+    /// as absent, never call through the half it was given.
+    func testASizeEndingInsideAFieldDoesNotHandOverHalfAPointer() throws {
+        let t = TestVM(lib: try PluginLibrary.require())
+        fh_vm_set_migration_blocker(t.vm, true)
+        fh_vm_set_host_size(t.vm, HEKI_HOST_SIZE_1_2 - 4)
+        XCTAssertTrue(t.create([]), t.error)
+        XCTAssertEqual(t.enableCaps(), 0, t.error)
+        t.pin(cr: 0, GuestCR0.wp)
+        XCTAssertEqual(t.run(), FH_STOP_NONE)
+        fh_vm_iterate_until_idle(t.vm)
+        XCTAssertEqual(status(t), HEKI_MIGRATION_BLOCKED)
+        XCTAssertEqual(fh_vm_migration_blocker_calls(t.vm), 0, "the half-covered callback is not called")
+        guard case .failure = save(t) else { return XCTFail("saved without a blocker under migration=block") }
+        t.freePlugin()
+    }
+
     func testCorruptBytesChangeNothingAndAreReported() throws {
         let source = try TestVM.started(["migration=allow-unprotected"])
         source.pin(cr: 0, GuestCR0.wp)
