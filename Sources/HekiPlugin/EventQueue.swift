@@ -27,8 +27,9 @@ final class EventQueue: @unchecked Sendable {
     /// Only the consumer (the main loop thread) touches this.
     private var dequeuePosition = 0
 
-    /// `capacity` is rounded up to a power of two.
-    init(capacity requested: Int) {
+    /// `capacity` is rounded up to a power of two. Nil when the mapping
+    /// fails: heki_plugin_new reports it instead of trapping in the VMM.
+    init?(capacity requested: Int) {
         var size = 1
         while size < requested { size <<= 1 }
         capacity = size
@@ -38,9 +39,7 @@ final class EventQueue: @unchecked Sendable {
         let sequenceBytes = size * MemoryLayout<Atomic<Int>>.stride
         mappedBytes = sequenceBytes + size * MemoryLayout<EventRecord>.stride
         let memory = mmap(nil, mappedBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-        guard let memory, memory != MAP_FAILED else {
-            fatalError("heki-plugin: no memory for the event queue")
-        }
+        guard let memory, memory != MAP_FAILED else { return nil }
         sequences = memory.bindMemory(to: Atomic<Int>.self, capacity: size)
         records = (memory + sequenceBytes).bindMemory(to: EventRecord.self, capacity: size)
     }

@@ -20,7 +20,7 @@ final class Plugin {
     let limiter: RateLimiter
     /// Pins restored from a source, the blocker told to the host.
     let migration = MigrationState()
-    private let queue = EventQueue(capacity: Plugin.queueCapacity)
+    private let queue: EventQueue
     /// Turns the queued records' stamp counters into the wall clock (main loop).
     private var stamps = StampClock()
     private let renderer: EventRenderer
@@ -60,6 +60,10 @@ final class Plugin {
         guard hostCanCheck || !config.requireCaps else {
             throw StartError("require-caps", "on needs a host that lets the plugin check the kernel (HekiHost.check_extension and enable_cap, heki-plugin 1.1)")
         }
+        guard let queue = EventQueue(capacity: Plugin.queueCapacity) else {
+            throw StartError(resource: "no memory for the event queue (\(Plugin.queueCapacity) records)")
+        }
+        self.queue = queue
         self.config = config
         policy = LivePolicy(config.policy)
         self.host = host

@@ -3,8 +3,8 @@ import Testing
 @testable import HekiPlugin
 
 @Suite struct EventQueueTests {
-    @Test func popsInPushOrderAndRefusesPastItsCapacity() {
-        let queue = EventQueue(capacity: 5)  // rounds up to 8
+    @Test func popsInPushOrderAndRefusesPastItsCapacity() throws {
+        let queue = try #require(EventQueue(capacity: 5))  // rounds up to 8
         for index in 0..<8 { #expect(queue.push(sequencedRecord(producer: 0, sequence: UInt64(index)))) }
         #expect(!queue.push(sequencedRecord(producer: 0, sequence: 99)))
         for index in 0..<8 { #expect(queue.pop()?.sequenced?.sequence == UInt64(index)) }
@@ -13,8 +13,8 @@ import Testing
         #expect(queue.pop()?.sequenced?.producer == 7)
     }
 
-    @Test func losesNothingUnderConcurrentProducers() async {
-        let queue = EventQueue(capacity: 1024)
+    @Test func losesNothingUnderConcurrentProducers() async throws {
+        let queue = try #require(EventQueue(capacity: 1024))
         let producers = 4, perProducer = 50_000
         let refusals = Tally()
         var seen = [Int](repeating: 0, count: producers)
@@ -56,6 +56,13 @@ private final class Tally: Sendable {
     /// What a vCPU writes into a queue cell: no reference (the type is
     /// BitwiseCopyable, which the compiler checks), and one cache line at
     /// most, whatever the kind.
+    /// 2^42 records (256 TiB, more than the address space): the mapping
+    /// fails and the queue is nil, which heki_plugin_new reports as an
+    /// error; it used to be a trap, which kills the VMM.
+    @Test func aMappingThatFailsIsNilNotATrap() {
+        #expect(EventQueue(capacity: 1 << 42) == nil)
+    }
+
     @Test func aRecordIsPlainDataWithinOneCacheLine() {
         #expect(_isPOD(EventRecord.self))
         #expect(MemoryLayout<EventRecord>.size <= 64, "\(MemoryLayout<EventRecord>.size) bytes")
