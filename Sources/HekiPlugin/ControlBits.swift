@@ -3,6 +3,12 @@
 struct BitNames: Sendable {
     let table: [(bit: UInt64, name: String)]
 
+    /// The names joined by "+", or "none": how log lines spell a value.
+    func spelling(of value: UInt64) -> String {
+        let names = names(of: value)
+        return names.isEmpty ? "none" : names.joined(separator: "+")
+    }
+
     func names(of value: UInt64) -> [String] {
         var result: [String] = []
         var rest = value

@@ -25,6 +25,19 @@ enum ControlRegister: UInt8, CaseIterable, Sendable {
     var bitNames: BitNames { self == .cr0 ? CR0.names : CR4.names }
 }
 
+/// One value per register.
+struct RegisterPair: Equatable, Sendable {
+    var cr0: UInt64 = 0
+    var cr4: UInt64 = 0
+
+    subscript(register: ControlRegister) -> UInt64 {
+        get { register == .cr0 ? cr0 : cr4 }
+        set { if register == .cr0 { cr0 = newValue } else { cr4 = newValue } }
+    }
+
+    var isEmpty: Bool { cr0 | cr4 == 0 }
+}
+
 /// A mask of `KVM_HEKI_EXIT_REASON_*` bits: what a capability asks KVM for.
 struct ExitReasonMask: OptionSet, Sendable {
     let rawValue: UInt64

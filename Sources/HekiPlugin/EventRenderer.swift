@@ -229,9 +229,9 @@ final class EventRenderer {
             object.add("source-migration", report.source?.migration.name)
         case let .reset(report):
             object.add("cause", report.cause.name)
-            for (register, bits) in zip(ControlRegister.allCases, report.pinned) {
-                object.add("pinned-" + register.name, hex: bits)
-                object.add("pinned-" + register.name + "-bits", register.bitNames.names(of: bits))
+            for register in ControlRegister.allCases {
+                object.add("pinned-" + register.name, hex: report.pinned[register])
+                object.add("pinned-" + register.name + "-bits", register.bitNames.names(of: report.pinned[register]))
             }
             object.add("unseen", report.unseen.map(\.name))
             object.add("on-reset", report.rule.rawValue)
@@ -411,15 +411,13 @@ final class EventRenderer {
                 + "; now on-denial \(policy.onDenial.name), on-denial-cr0 \(policy.onDenial(.cr0).name), "
                 + "on-denial-cr4 \(policy.onDenial(.cr4).name), on-weak-pinning \(policy.onWeakPinning.name), "
                 + ControlRegister.allCases.map { register in
-                    let names = register.bitNames.names(of: policy.required(register))
-                    return "require-\(register.name) " + (names.isEmpty ? "none" : names.joined(separator: "+"))
+                    "require-\(register.name) " + register.bitNames.spelling(of: policy.required(register))
                 }.joined(separator: ", ") + ", migration \(policy.migration.name)")
         case let .migration(report):
             message.append(text: "migration \(report.action.rawValue): " + report.reason)
         case let .reset(report):
-            let pins = zip(ControlRegister.allCases, report.pinned).map { register, bits in
-                let names = register.bitNames.names(of: bits)
-                return "\(register.name) " + (names.isEmpty ? "none" : names.joined(separator: "+"))
+            let pins = ControlRegister.allCases.map { register in
+                "\(register.name) " + register.bitNames.spelling(of: report.pinned[register])
             }.joined(separator: ", ")
             let unseen = report.unseen.isEmpty ? "" : ", pins unseen for " + report.unseen.map(\.name).joined(separator: "+")
             message.append(text: "\(report.cause.name) reset of a pinned VM (\(pins)\(unseen)): on-reset \(report.rule.rawValue), "

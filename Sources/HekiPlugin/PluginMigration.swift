@@ -89,7 +89,7 @@ extension Plugin {
     /// "cr0 wp, cr4 smep+smap" (registers without pins left out).
     func pinNames(_ pins: RegisterPair) -> String {
         let named = ControlRegister.allCases.filter { pins[$0] != 0 }.map { register in
-            register.name + " " + register.bitNames.names(of: pins[register]).joined(separator: "+")
+            register.name + " " + register.bitNames.spelling(of: pins[register])
         }
         return named.isEmpty ? "nothing" : named.joined(separator: ", ")
     }

@@ -47,8 +47,8 @@ enum ResetRule: String, CaseIterable, Sendable {
 /// HEKI_RESET: a reset of a pinned VM and what it became.
 struct ResetReport: Sendable {
     var cause: ResetCause
-    /// The ledger's pins per register (ControlRegister order).
-    var pinned: [UInt64]
+    /// The ledger's pins.
+    var pinned: RegisterPair
     /// Registers whose pins the plugin cannot see (no configure exits
     /// granted on a Heki kernel): the VM is taken as pinned.
     var unseen: [ControlRegister]
@@ -59,12 +59,12 @@ extension Plugin {
     /// heki_plugin_reset: the verdict the VMM applies instead of a reset.
     /// Main loop thread.
     func reset(cause: ResetCause) -> Verdict {
-        let pinned = ControlRegister.allCases.map { ledger.pins($0) }
+        let pinned = enforcedPins
         // On a Heki kernel, a register without configure exits may hold
         // pins the ledger never saw: safe means taking it as pinned.
         let granted = claim(.configure).granted
         let unseen = verifiedNumbers == nil ? [] : ControlRegister.allCases.filter { !granted.contains($0) }
-        guard pinned.contains(where: { $0 != 0 }) || !unseen.isEmpty else {
+        guard !pinned.isEmpty || !unseen.isEmpty else {
             forgetRestoredPins()
             return .reset
         }

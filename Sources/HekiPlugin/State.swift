@@ -199,19 +199,6 @@ struct PluginState: Equatable, Sendable {
     }
 }
 
-/// One value per register.
-struct RegisterPair: Equatable, Sendable {
-    var cr0: UInt64 = 0
-    var cr4: UInt64 = 0
-
-    subscript(register: ControlRegister) -> UInt64 {
-        get { register == .cr0 ? cr0 : cr4 }
-        set { if register == .cr0 { cr0 = newValue } else { cr4 = newValue } }
-    }
-
-    var isEmpty: Bool { cr0 | cr4 == 0 }
-}
-
 /// The counters that travel: what the guest caused, so that the
 /// destination's totals continue from the source's.
 struct StateCounters: Equatable, Sendable {

@@ -139,11 +139,11 @@ import Testing
                 for cause in ResetCause.allCases {
                     for rule in ResetRule.allCases {
                         checker.check("reset \(n) \(requireCaps) \(cause.name) \(rule.rawValue)", renderer,
-                                      .reset(ResetReport(cause: cause, pinned: [1 << 16, 0x300000], unseen: [], rule: rule)))
+                                      .reset(ResetReport(cause: cause, pinned: RegisterPair(cr0: 1 << 16, cr4: 0x300000), unseen: [], rule: rule)))
                     }
                 }
                 checker.check("reset-unseen \(n) \(requireCaps)", renderer,
-                              .reset(ResetReport(cause: .guest, pinned: [0, 0], unseen: [.cr0, .cr4], rule: .poweroff)))
+                              .reset(ResetReport(cause: .guest, pinned: RegisterPair(), unseen: [.cr0, .cr4], rule: .poweroff)))
             }
         }
         #expect(checker.missing.isEmpty, "cases not in the fixture: \(checker.missing.prefix(5))")
