@@ -11,12 +11,10 @@ enum ControlRegister: UInt8, CaseIterable, Sendable {
     @inline(__always) var reasonBit: UInt64 { 1 << UInt64(rawValue) }
 
     /// The register a payload names, when `reason` is exactly one known bit.
+    /// One compare: 1 and 2 are the bits, and the bit less one is the raw value.
     @inline(__always) init?(reason: UInt64) {
-        switch reason {
-        case 1 << 0: self = .cr0
-        case 1 << 1: self = .cr4
-        default: return nil
-        }
+        guard reason &- 1 < 2 else { return nil }
+        self.init(rawValue: UInt8(truncatingIfNeeded: reason &- 1))
     }
 
     var name: String { self == .cr0 ? "cr0" : "cr4" }

@@ -2,12 +2,12 @@ import Synchronization
 
 /// Exact counts of what the plugin saw, kept on the exit path with relaxed
 /// atomics (each counter is independent; readers want totals, not order).
-final class Counters: Sendable {
+/// Noncopyable: the plugin holds it inline, one pointer load less per exit.
+struct Counters: ~Copyable, Sendable {
     /// Events per (kind, register) for configure, denial and weak pinning
     /// that went out individually (queued), per vCPU shard; the rest are
     /// the limiter's held-back counts. Each event adds to one of the two.
     private let perRegister = ShardedCounts()
-    private let limiter: RateLimiter
     let malformedExits = Atomic<UInt64>(0)
     let capabilityReports = Atomic<UInt64>(0)
     /// Per event kind: counts already reported in HEKI_SUPPRESSED.
@@ -17,8 +17,7 @@ final class Counters: Sendable {
     /// Audit lines that could not be written.
     let auditFailures = Atomic<UInt64>(0)
 
-    init(limiter: RateLimiter) {
-        self.limiter = limiter
+    init() {
         summarised = InlineArray { _ in Atomic(0) }
     }
 
@@ -34,8 +33,8 @@ final class Counters: Sendable {
         perRegister.add(RateLimiter.slot(kind, register), count, shard: 0)
     }
 
-    /// Every event of `kind` on `register`: queued or held back.
-    func total(_ kind: EventKind, _ register: ControlRegister) -> UInt64 {
+    /// Every event of `kind` on `register`: queued, or held back by `limiter`.
+    func total(_ kind: EventKind, _ register: ControlRegister, heldBackBy limiter: borrowing RateLimiter) -> UInt64 {
         perRegister.total(RateLimiter.slot(kind, register)) &+ limiter.heldBackTotal(kind, register)
     }
 

@@ -63,8 +63,9 @@ final class EventQueue: @unchecked Sendable {
                     expected: position, desired: position &+ 1,
                     successOrdering: .relaxed, failureOrdering: .relaxed)
                 if exchanged {
+                    var record = record
+                    if stamping { record.timeMicros = Int64(bitPattern: StampClock.counter()) }
                     (records + cell).initialize(to: record)
-                    if stamping { records[cell].timeMicros = Int64(bitPattern: StampClock.counter()) }
                     sequences[cell].store(position &+ 1 &- cell, ordering: .releasing)
                     return true
                 }

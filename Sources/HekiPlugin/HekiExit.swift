@@ -39,17 +39,16 @@ enum MalformedProblem: UInt8, Sendable {
 @inline(__always)
 func decodeExit(_ run: OpaquePointer, configure: Claim, denial: Claim) -> DecodedExit {
     let number = cbridge_exit_reason(run)
-    let kind: ExitKind
-    let granted: ExitReasonMask
-    if configure.claims(number) {
-        kind = .configure
-        granted = configure.granted
-    } else if denial.claims(number) {
-        kind = .denial
-        granted = denial.granted
-    } else {
-        return .foreign
-    }
+    // One payload decode per kind, each with its kind known: the caller's
+    // switch then follows the branch taken here without comparing again.
+    if configure.claims(number) { return decodePayload(run, .configure, granted: configure.granted) }
+    if denial.claims(number) { return decodePayload(run, .denial, granted: denial.granted) }
+    return .foreign
+}
+
+/// The payload of a claimed exit of `kind`.
+@inline(__always)
+private func decodePayload(_ run: OpaquePointer, _ kind: ExitKind, granted: ExitReasonMask) -> DecodedExit {
     let payload = cbridge_heki_payload(run)
     guard let register = ControlRegister(reason: payload.reason) else {
         return .malformed(kind, reason: payload.reason, register: nil, problem: .reasonNotOneKnownBit)

@@ -69,7 +69,7 @@ final class Plugin {
         self.host = host
         self.hostCanCheck = hostCanCheck
         limiter = RateLimiter(limit: config.rateLimit)
-        counters = Counters(limiter: limiter)
+        counters = Counters()
         renderer = EventRenderer(config: config)
         // The audit file first: it needs no context, so failing leaves nothing to undo.
         audit = try config.auditLogPath.map { path throws(StartError) in try AuditLog(path: path) }
@@ -118,41 +118,55 @@ final class Plugin {
             let policy = self.policy.exitPolicy(register)
             let pinned = ledger.pin(bits, on: register)
             let (verdict, missing) = policy.judgePin(pinnedNow: pinned)
-            record(.configure(PinEvent(vcpu: vcpu, register: register, exit: configure.claimedExit, bits: bits,
-                                       pinned: pinned, verdict: verdict)), vcpu: vcpu, register: register,
-                   tick: limiter.tick(.configure, register, vcpu: vcpu))
-            if missing != 0 {
-                recordRare(.weakPinning(WeakPinningEvent(vcpu: vcpu, register: register, pinned: pinned,
-                                                         required: policy.required, missing: missing,
-                                                         verdict: verdict)), vcpu: vcpu, register: register)
+            guard missing == 0 else {
+                return recordWeakPin(vcpu: vcpu, register: register, exit: configure.claimedExit, bits: bits,
+                                     pinned: pinned, policy: policy)
             }
+            record(.configure(PinEvent(vcpu: vcpu, register: register, exit: configure.claimedExit, bits: bits,
+                                       pinned: pinned, verdict: verdict)), vcpu: vcpu, register: register)
             return verdict
         case let .denial(register, value):
             let pinned = ledger.pins(register)
-            var (verdict, violated) = self.policy.exitPolicy(register).judgeDenial(value: value, pinned: pinned)
-            if !bootJudged.load(ordering: .relaxed) {
-                (verdict, violated) = judgeFirstDenial(vcpu: vcpu, register: register, value: value, pinned: pinned,
-                                                       exit: configure)
+            guard bootJudged.load(ordering: .relaxed) else {
+                return recordFirstDenial(vcpu: vcpu, register: register, exit: denial.claimedExit, value: value,
+                                         pinned: pinned, configure: configure)
             }
+            let (verdict, violated) = self.policy.exitPolicy(register).judgeDenial(value: value, pinned: pinned)
             record(.denial(DenialEvent(vcpu: vcpu, register: register, exit: denial.claimedExit, value: value,
-                                       pinned: pinned, violated: violated, verdict: verdict)), vcpu: vcpu, register: register,
-                   tick: limiter.tick(.denial, register, vcpu: vcpu))
+                                       pinned: pinned, violated: violated, verdict: verdict)), vcpu: vcpu, register: register)
             return verdict
         }
+    }
+
+    /// A pin that leaves required bits unpinned: its configure event, then
+    /// the weak pinning. Out of line, and judged again from the policy
+    /// word, so the exit path keeps nothing live across a call.
+    @inline(never)
+    private func recordWeakPin(vcpu: UInt32, register: ControlRegister, exit: UInt32, bits: UInt64, pinned: UInt64,
+                               policy: ExitPolicy) -> Verdict {
+        let (verdict, missing) = policy.judgePin(pinnedNow: pinned)
+        record(.configure(PinEvent(vcpu: vcpu, register: register, exit: exit, bits: bits, pinned: pinned,
+                                   verdict: verdict)), vcpu: vcpu, register: register)
+        record(.weakPinning(WeakPinningEvent(vcpu: vcpu, register: register, pinned: pinned, required: policy.required,
+                                             missing: missing, verdict: verdict)), vcpu: vcpu, register: register)
+        return verdict
     }
 
     /// A denial means the guest has booted far enough to pin: judge the
     /// registers it never pinned now if the deadline has not. The denial's
     /// own verdict wins unless it is resume. Both from one whole policy.
-    /// Out of line: this happens once per VM.
+    /// Out of line, recording the denial too: this happens once per VM, and
+    /// the exit path keeps nothing live across a call.
     @inline(never)
-    private func judgeFirstDenial(vcpu: UInt32, register: ControlRegister, value: UInt64, pinned: UInt64,
-                                  exit configure: Claim) -> (Verdict, UInt64) {
+    private func recordFirstDenial(vcpu: UInt32, register: ControlRegister, exit: UInt32, value: UInt64,
+                                   pinned: UInt64, configure: Claim) -> Verdict {
         let policy = self.policy.current()
         var (verdict, violated) = policy.judgeDenial(on: register, value: value, pinned: pinned)
         let weak = judgeBoot(vcpu: vcpu, exit: configure, policy: policy)
         if verdict == .resume { verdict = weak }
-        return (verdict, violated)
+        record(.denial(DenialEvent(vcpu: vcpu, register: register, exit: exit, value: value, pinned: pinned,
+                                   violated: violated, verdict: verdict)), vcpu: vcpu, register: register)
+        return verdict
     }
 
     /// Once per VM: every register with required bits whose configure exits
@@ -179,12 +193,11 @@ final class Plugin {
     /// per-register counter or the limiter's held-back count), which is
     /// what `Counters.total` adds up. Never blocks. `vcpu` picks the
     /// counts' shard; `register` is the event's, for the kinds counted per
-    /// register. The vCPU's held-back count says when a full rate window is
-    /// checked against the clock (RateLimiter.clockSamplePeriod).
+    /// register.
     @inline(always)
-    private func record(_ payload: EventPayload, vcpu: UInt32, register: ControlRegister? = nil, tick: UInt64 = 0) {
+    private func record(_ payload: EventPayload, vcpu: UInt32, register: ControlRegister? = nil) {
         let record = EventRecord(payload: payload)
-        if limiter.admit(record.kind, sampleClock: tick & (RateLimiter.clockSamplePeriod - 1) == 0) {
+        if limiter.admit(record.kind) {
             // Stamped once a cell is reserved: a full queue costs no clock read.
             if queue.push(record, stamping: true) {
                 counters.countQueued(record.kind, register, vcpu: vcpu)

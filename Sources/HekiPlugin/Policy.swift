@@ -122,7 +122,7 @@ struct ExitPolicy: RawRepresentable, Sendable {
     init(rawValue: UInt64) { self.rawValue = rawValue }
 
     init(_ policy: Policy, _ register: ControlRegister) {
-        func byte(_ verdict: Verdict) -> UInt64 { UInt64(UInt8(truncatingIfNeeded: verdict.rawValue + 1)) }
+        func byte(_ verdict: Verdict) -> UInt64 { UInt64(unsafeBitCast(verdict, to: UInt8.self)) }
         rawValue = policy.required(register) & ExitPolicy.requiredBits
             | byte(policy.onWeakPinning) << 48 | byte(policy.onDenial(register)) << 56
     }
@@ -131,8 +131,10 @@ struct ExitPolicy: RawRepresentable, Sendable {
     @inline(__always) var onWeakPinning: Verdict { ExitPolicy.verdict(rawValue >> 48) }
     @inline(__always) var onDenial: Verdict { ExitPolicy.verdict(rawValue >> 56) }
 
+    /// A verdict byte is the Verdict itself, as Swift stores it: written
+    /// only by `init(_:_:)`, from a Verdict, so read back without a check.
     @inline(__always) private static func verdict(_ byte: UInt64) -> Verdict {
-        Verdict(rawValue: Int32(truncatingIfNeeded: byte & 0xff) - 1) ?? .resume
+        unsafeBitCast(UInt8(truncatingIfNeeded: byte), to: Verdict.self)
     }
 
     /// Policy.judgePin for this register.

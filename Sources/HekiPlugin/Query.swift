@@ -77,7 +77,7 @@ extension Plugin {
         var counts = JSONObject()
         for kind in [EventKind.configure, .denial, .weakPinning] {
             var perRegister = JSONObject()
-            for register in ControlRegister.allCases { perRegister.add(register.name, counters.total(kind, register)) }
+            for register in ControlRegister.allCases { perRegister.add(register.name, counters.total(kind, register, heldBackBy: limiter)) }
             counts.add(kind == .configure ? "configure" : kind == .denial ? "denial" : "weak-pinning", perRegister)
         }
         counts.add("malformed-exit", counters.malformedExits.load(ordering: .relaxed))

@@ -12,10 +12,13 @@ import Glibc
 /// (`reopen`, at the summary it schedules for the next second) or until a
 /// vCPU's own held-back count says it is time to look at the clock (every
 /// `clockSamplePeriod` held-back exits of that vCPU and register, in case
-/// the loop is late). A held-back exit is one add to its vCPU's line.
+/// the loop is late). A held-back exit is one add to its vCPU's line, and
+/// that add's old value is the count that says when.
 /// The rest of the time the window's second comes from the coarse monotonic
 /// clock (the clock tick, a few ns), which both sides read.
-final class RateLimiter: Sendable {
+/// Noncopyable, so the plugin holds it inline: the exit path reaches it
+/// without a pointer load.
+struct RateLimiter: ~Copyable, Sendable {
     private let limit: UInt64
     /// Per kind: (window second << 32) | events let through in that window.
     private let windows: InlineArray<6, Atomic<UInt64>>
@@ -59,14 +62,23 @@ final class RateLimiter: Sendable {
         return UInt64(truncatingIfNeeded: now.tv_sec)
     }
 
-    /// Whether one more event of `kind` may go out individually now.
-    /// `sampleClock`: look at the clock even if the window is full.
+    /// Whether one more event of `kind` may go out individually now. A full
+    /// window is trusted without the clock: the main loop reopens it, and
+    /// `suppress` has a vCPU look at the clock every `clockSamplePeriod`
+    /// held-back exits.
     @inline(__always)
-    func admit(_ kind: EventKind, sampleClock: Bool = true) -> Bool {
+    func admit(_ kind: EventKind) -> Bool {
         guard limit != 0, kind.isRateLimited else { return true }
-        let index = Int(kind.rawValue)
-        var state = windows[index].load(ordering: .relaxed)
-        if state & 0xffff_ffff >= limit && !sampleClock { return false }
+        let state = windows[Int(kind.rawValue)].load(ordering: .relaxed)
+        if state & 0xffff_ffff >= limit { return false }
+        return admit(Int(kind.rawValue), from: state)
+    }
+
+    /// A window with room, or one from an earlier second: the clock says
+    /// which. Out of line: at most `limit` a second get here.
+    @inline(never)
+    private func admit(_ index: Int, from state: UInt64) -> Bool {
+        var state = state
         let now = RateLimiter.currentWindow() & 0xffff_ffff
         while true {
             let window = state >> 32
@@ -84,13 +96,23 @@ final class RateLimiter: Sendable {
     /// the next exit of their kind reads the clock again.
     func reopen(_ now: UInt64) {
         guard limit != 0 else { return }
-        for kind in EventKind.allCases where kind.isRateLimited {
-            let state = windows[Int(kind.rawValue)].load(ordering: .relaxed)
-            if state & 0xffff_ffff >= limit && state >> 32 != now & 0xffff_ffff {
-                _ = windows[Int(kind.rawValue)].compareExchange(
-                    expected: state, desired: (now & 0xffff_ffff) << 32, ordering: .relaxed)
-            }
+        for kind in EventKind.allCases where kind.isRateLimited { reopen(Int(kind.rawValue), now) }
+    }
+
+    private func reopen(_ index: Int, _ now: UInt64) {
+        let state = windows[index].load(ordering: .relaxed)
+        if state & 0xffff_ffff >= limit && state >> 32 != now & 0xffff_ffff {
+            _ = windows[index].compareExchange(expected: state, desired: (now & 0xffff_ffff) << 32, ordering: .relaxed)
         }
+    }
+
+    /// A vCPU's look at the clock in a storm, in case the main loop is
+    /// late to reopen a full window. Out of line: once per
+    /// `clockSamplePeriod` held-back exits of a vCPU.
+    @inline(never)
+    private func sampleClock(_ kind: EventKind) {
+        guard limit != 0, kind.isRateLimited else { return }
+        reopen(Int(kind.rawValue), RateLimiter.currentWindow())
     }
 
     /// The held-back counts' slot of `kind` (and `register`, for the kinds
@@ -103,13 +125,6 @@ final class RateLimiter: Sendable {
             : kind == .malformedExit ? 6 : 7
     }
 
-    /// `vcpu`'s own count of held-back `kind` (`register`) events: a tick
-    /// that says when a full window is checked against the clock.
-    @inline(__always)
-    func tick(_ kind: EventKind, _ register: ControlRegister?, vcpu: UInt32) -> UInt64 {
-        heldBack.load(RateLimiter.slot(kind, register), shard: vcpu)
-    }
-
     /// Counts one event of `kind` that was not delivered individually, in
     /// `vcpu`'s shard: one add. True when it is the first since the last
     /// summary took the count (time to wake the main loop so it schedules
@@ -118,7 +133,8 @@ final class RateLimiter: Sendable {
     func suppress(_ kind: EventKind, register: ControlRegister? = nil, vcpu: UInt32 = 0) -> Bool {
         // Sequentially consistent with takePending's clear and loads: either
         // this sees the flag cleared, or that summary sees this count.
-        heldBack.increment(RateLimiter.slot(kind, register), shard: vcpu)
+        let before = heldBack.increment(RateLimiter.slot(kind, register), shard: vcpu)
+        if before & (RateLimiter.clockSamplePeriod - 1) == 0 { sampleClock(kind) }
         if armed[Int(kind.rawValue)].load(ordering: .sequentiallyConsistent) { return false }
         return arm(kind)
     }
