@@ -1,5 +1,56 @@
-/// A small writer for one compact JSON object. Every string goes through
-/// `quote`, so text from a guest or an option cannot break the document.
+/// The one spelling of a JSON string's escapes, for both writers: quotes,
+/// backslashes, control characters, DEL, and U+2028/U+2029 (line ends to
+/// some readers) become escapes; every other byte is copied as it is.
+enum JSONEscape {
+    /// Splits `utf8` (valid UTF-8) into the runs copied as they are and the
+    /// code points between them that need an escape, in order.
+    @inline(__always)
+    static func scan(_ utf8: UnsafeBufferPointer<UInt8>, copy: (UnsafeBufferPointer<UInt8>) -> Void,
+                     escape: (UInt32) -> Void) {
+        var start = 0, index = 0
+        while index < utf8.count {
+            let byte = utf8[index]
+            var length = 0
+            if byte < 0x20 || byte == 0x22 || byte == 0x5c || byte == 0x7f {
+                length = 1
+            } else if byte == 0xe2, index + 2 < utf8.count, utf8[index + 1] == 0x80, utf8[index + 2] | 1 == 0xa9 {
+                length = 3  // E2 80 A8/A9: U+2028/U+2029
+            }
+            if length == 0 {
+                index += 1
+                continue
+            }
+            if start < index { copy(UnsafeBufferPointer(rebasing: utf8[start..<index])) }
+            escape(length == 1 ? UInt32(byte) : 0x2000 | UInt32(utf8[index + 2] & 0x7f))
+            index += length
+            start = index
+        }
+        if start < utf8.count { copy(UnsafeBufferPointer(rebasing: utf8[start...])) }
+    }
+
+    /// The escape of `code` (\" \\ \n \r \t, else \u and four lower-case
+    /// hex digits), byte by byte. At most 6 bytes.
+    @inline(__always)
+    static func spell(_ code: UInt32, _ emit: (UInt8) -> Void) {
+        emit(0x5c)
+        switch code {
+        case 0x22, 0x5c: emit(UInt8(code))
+        case 0x0a: emit(0x6e)  // n
+        case 0x0d: emit(0x72)  // r
+        case 0x09: emit(0x74)  // t
+        default:
+            emit(0x75)  // u
+            for shift in stride(from: 12, through: 0, by: -4) {
+                let digit = UInt8(truncatingIfNeeded: code >> UInt32(shift)) & 15
+                emit(digit < 10 ? 0x30 + digit : 0x57 + digit)
+            }
+        }
+    }
+}
+
+/// A small writer for one compact JSON object, as a String (the rare
+/// events' data). Every string goes through `quote`, so text from a guest
+/// or an option cannot break the document.
 struct JSONObject {
     private var text = "{"
     private var empty = true
@@ -48,27 +99,14 @@ struct JSONObject {
 
     static func quote(_ string: String, into out: inout String) {
         out += "\""
-        // Most text (keys, names, numbers' spellings) needs no escape: one
-        // append. 0xe2 leads U+2028 and U+2029 (and others: the slow path
-        // decides).
-        if !string.utf8.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5c || $0 == 0x7f || $0 == 0xe2 }) {
-            out += string
-            out += "\""
-            return
-        }
-        for scalar in string.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20 || scalar.value == 0x7f
-                || scalar.value == 0x2028 || scalar.value == 0x2029:
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(scalar)
-            }
+        var copy = string
+        copy.withUTF8 { utf8 in
+            JSONEscape.scan(utf8, copy: { run in
+                // Most text (keys, names) is one run: the String itself.
+                if run.count == utf8.count { out += string } else { out += String(decoding: run, as: UTF8.self) }
+            }, escape: { code in
+                JSONEscape.spell(code) { out.unicodeScalars.append(Unicode.Scalar($0)) }
+            })
         }
         out += "\""
     }

@@ -2,10 +2,10 @@
 // case, the document the String writer (JSONObject) made before the query
 // moved to the byte writer. The cases cover every member: each kernel
 // status, both profiles, claimed and unclaimed exits, an abi mismatch,
-// policies, pins with named and unnamed bits, restored-only pins, counters
-// and summaries, and a vm-name and audit-log path that need escaping.
-// The query's bytes are part of the contract (README.md): a change meant to
-// alter them changes the fixture, line by line, in the same commit.
+// policies, pins, restored-only pins, counters and summaries, and a
+// vm-name and audit-log path that need escaping. A change meant to alter
+// the bytes changes the fixture, line by line, in the same commit
+// (HEKI_QUERY_FIXTURE_WRITE=1 rewrites it from the build under test).
 import FakeHost
 import Foundation
 import XCTest
