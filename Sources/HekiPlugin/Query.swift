@@ -5,8 +5,9 @@ import CHekiPlugin
 /// configuration, so any thread may ask; written by the byte writer, into
 /// a buffer of its own (no String per member).
 extension Plugin {
-    /// Room for the default document (about 1.3 KB) and a long vm-name.
-    static let queryCapacity = 4096
+    /// Room for the default document (about 1.3 KB); a long vm-name or
+    /// path grows it.
+    static let queryCapacity = 2048
 
     func queryJSON() -> UnsafeMutablePointer<CChar>? {
         JSONWriter.document(capacity: Plugin.queryCapacity) { root in
