@@ -75,7 +75,8 @@ let package = Package(
         // VMM, the kernel model, C programs, the library's shape).
         .testTarget(
             name: "HekiHostTests",
-            dependencies: ["CHekiPlugin", "FakeHost", "HekiKernelModel", "HekiHostSupport"]
+            dependencies: ["CHekiPlugin", "FakeHost", "HekiKernelModel", "HekiHostSupport"],
+            exclude: ["Fixtures"]
         ),
     ]
 )

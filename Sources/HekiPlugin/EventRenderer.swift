@@ -64,7 +64,9 @@ final class EventRenderer {
     }
     private static let names = Names()
 
-    static let bufferSize = 32 * 1024
+    // A start, not a bound: `reserve` grows a buffer for a larger event, so
+    // heki_plugin_new does not allocate (and fault in) 64 KB nobody asked for.
+    static let bufferSize = 1024
     /// The largest data or log line of a bulk kind: the vm-name fragments,
     /// three lists of at most 64 names (each quoted, with a comma), three
     /// hex values and a fixed part well under 512 bytes.

@@ -163,7 +163,7 @@ public func heki_plugin_reset(_ plugin: OpaquePointer?, _ cause: HekiResetCause)
 
 @c @implementation
 public func heki_plugin_query(_ plugin: OpaquePointer?) -> UnsafeMutablePointer<CChar>? {
-    withPlugin(plugin, nil) { cString($0.queryJSON()) }
+    withPlugin(plugin, nil) { $0.queryJSON() }
 }
 
 // ---- migration and snapshots (heki-plugin 1.2) ----

@@ -18,11 +18,12 @@ enum Options {
     static let maxRateLimit: UInt32 = 1_000_000
     static let maxTextBytes = 1024
 
-    /// "key=value" strings as a map and their order; an unknown key, a
-    /// string without '=' or a key given twice is refused.
-    private static func split(_ arguments: [String]) throws(OptionError) -> (given: [String: String], order: [String]) {
-        var given: [String: String] = [:]
-        var order: [String] = []
+    /// "key=value" strings as (key, value) pairs in their order; an unknown
+    /// key, a string without '=' or a key given twice is refused. A list,
+    /// not a hashed map: a host passes a few options, looked up a few times.
+    private static func split(_ arguments: [String]) throws(OptionError) -> [(key: String, value: String)] {
+        var given: [(key: String, value: String)] = []
+        given.reserveCapacity(arguments.count)
         for argument in arguments {
             guard let equals = argument.firstIndex(of: "=") else {
                 throw OptionError(message: "'\(printable(argument))' is not key=value; keys: \(keys.joined(separator: ", "))")
@@ -32,29 +33,28 @@ enum Options {
             guard keys.contains(key) else {
                 throw OptionError(message: "unknown option '\(printable(key))'; keys: \(keys.joined(separator: ", "))")
             }
-            guard given[key] == nil else { throw OptionError(key, "given twice") }
-            given[key] = value
-            order.append(key)
+            guard !given.contains(where: { $0.key == key }) else { throw OptionError(key, "given twice") }
+            given.append((key, value))
         }
-        return (given, order)
+        return given
     }
 
     static func parse(_ arguments: [String]) throws(OptionError) -> Configuration {
-        let (given, order) = try split(arguments)
+        let given = try split(arguments)
+        func lookup(_ key: String) -> String? { given.first { $0.key == key }?.value }
         var config = Configuration()
         // The profile first: the overrides and the pinnable bits depend on it.
-        if let abi = given["abi"], abi != "auto" {
+        if let abi = lookup("abi"), abi != "auto" {
             guard let profile = Profile.all.first(where: { $0.name == abi }) else {
                 throw OptionError("abi", "'\(printable(abi))' is not one of auto, \(Profile.all.map(\.name).joined(separator: ", "))")
             }
             config.abi = profile
         }
-        if config.abi == nil, let key = numberOverrides.first(where: { given[$0] != nil }) {
+        if config.abi == nil, let key = numberOverrides.first(where: { lookup($0) != nil }) {
             throw OptionError(key, "overrides a profile's number: name the profile with abi=\(Profile.all.map(\.name).joined(separator: "|"))")
         }
 
-        for key in order where key != "abi" {
-            let value = given[key]!
+        for (key, value) in given where key != "abi" {
             switch key {
             case "exit-configure": config.exitConfigureOverride = try number(key, value)
             case "exit-denial": config.exitDenialOverride = try number(key, value)
@@ -108,12 +108,12 @@ enum Options {
     /// `current`, validated as at start (require-cr4 against `config`'s
     /// abi). Any other key is refused: it is fixed at heki_plugin_new.
     static func parsePolicy(_ arguments: [String], onto current: Policy, config: Configuration) throws(OptionError) -> Policy {
-        let (given, order) = try split(arguments)
-        if let fixed = order.first(where: { !Policy.keys.contains($0) }) {
+        let given = try split(arguments)
+        if let fixed = given.first(where: { !Policy.keys.contains($0.key) })?.key {
             throw OptionError(fixed, "cannot change while the VM runs; the keys that can: \(Policy.keys.joined(separator: ", "))")
         }
         var policy = current
-        for key in order { try set(key, given[key]!, in: &policy, abi: config.abi) }
+        for (key, value) in given { try set(key, value, in: &policy, abi: config.abi) }
         return policy
     }
 
