@@ -120,17 +120,28 @@ struct ByteWriter {
         appendDecimal(value, width: digits)
     }
 
-    /// The last `width` decimal digits of `value`, zero-padded.
-    mutating func appendDecimal(_ value: UInt64, width: Int) {
+    /// The last `width` decimal digits of `value`, zero-padded; two at a
+    /// time from a table. Inlined: a constant width unrolls.
+    @inline(__always) mutating func appendDecimal(_ value: UInt64, width: Int) {
         var rest = value
-        var index = count + width
-        while index > count {
-            index -= 1
-            base[index] = UInt8(truncatingIfNeeded: rest % 10) &+ 0x30
-            rest /= 10
+        var index = count &+ width
+        while index &- count >= 2 {
+            index &-= 2
+            UnsafeMutableRawPointer(base + index).storeBytes(of: ByteWriter.digitPairs[Int(rest % 100)], as: UInt16.self)
+            rest /= 100
         }
-        count += width
+        if index > count { base[count] = UInt8(truncatingIfNeeded: rest % 10) &+ 0x30 }
+        count &+= width
     }
+
+    /// "00" to "99", each as the two bytes of a UInt16.
+    private nonisolated(unsafe) static let digitPairs: UnsafePointer<UInt16> = {
+        let pairs = UnsafeMutablePointer<UInt16>.allocate(capacity: 100)
+        for value in 0..<100 {
+            pairs[value] = UInt16(0x30 + value / 10) | UInt16(0x30 + value % 10) << 8
+        }
+        return UnsafePointer(pairs)
+    }()
 
     /// A signed decimal: String(value).
     mutating func appendDecimal(signed value: Int64) {
@@ -198,11 +209,22 @@ struct ByteWriter {
         base[count] = 0
         return UnsafeRawPointer(base).assumingMemoryBound(to: CChar.self)
     }
+
+    /// NUL-terminates and returns the bytes, valid until the next change.
+    /// Like every ByteString they are readable to their count rounded up
+    /// to 16: the room `reserve` kept past them.
+    @inline(__always) mutating func terminated() -> ByteString {
+        base[count] = 0
+        return ByteString(bytes: base, count: count)
+    }
 }
 
-/// Bytes made once from a String (names, escaped fragments), NUL-terminated,
-/// owned by a ByteArena. A plain pointer and count: using one costs no
-/// reference counting.
+/// NUL-terminated bytes: made once from a String (names, escaped
+/// fragments) and owned by a ByteArena, or a rendered event in a
+/// ByteWriter (`terminated`). A plain pointer and count: using one costs
+/// no reference counting, and its length is known without strlen. Its
+/// bytes are readable up to its count rounded up to 16 (the arena's
+/// padding, the writer's reserve): it is copied as whole 16-byte blocks.
 struct ByteString {
     let bytes: UnsafePointer<UInt8>
     let count: Int

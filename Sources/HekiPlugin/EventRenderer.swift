@@ -140,14 +140,14 @@ final class EventRenderer {
 
     // MARK: Name and level
 
-    func name(_ record: EventRecord) -> UnsafePointer<CChar> { eventNames[Int(record.kind.rawValue)].cString }
+    func name(_ record: EventRecord) -> ByteString { eventNames[Int(record.kind.rawValue)] }
 
-    func name(_ announcement: Announcement) -> UnsafePointer<CChar> {
+    func name(_ announcement: Announcement) -> ByteString {
         switch announcement {
-        case .policy: return policyEventName.cString
-        case .migration: return migrationEventName.cString
-        case .reset: return resetEventName.cString
-        case .kernelCheck, .hostCannotCheck: return eventNames[Int(EventKind.capability.rawValue)].cString
+        case .policy: return policyEventName
+        case .migration: return migrationEventName
+        case .reset: return resetEventName
+        case .kernelCheck, .hostCannotCheck: return eventNames[Int(EventKind.capability.rawValue)]
         }
     }
 
@@ -182,7 +182,7 @@ final class EventRenderer {
     // MARK: Data
 
     /// The JSON data of `record`, NUL-terminated.
-    func data(_ record: EventRecord) -> UnsafePointer<CChar> {
+    func data(_ record: EventRecord) -> ByteString {
         dataBuffer.reset()
         switch record.payload {
         case let .configure(event):
@@ -235,10 +235,10 @@ final class EventRenderer {
             object.add("count", event.count)
             dataBuffer.append(text: object.rendered)
         }
-        return dataBuffer.cString()
+        return dataBuffer.terminated()
     }
 
-    func data(_ announcement: Announcement) -> UnsafePointer<CChar> {
+    func data(_ announcement: Announcement) -> ByteString {
         dataBuffer.reset()
         var object = vmObject()
         switch announcement {
@@ -282,7 +282,7 @@ final class EventRenderer {
             object.add("verdict", report.rule.verdict.name)
         }
         dataBuffer.append(text: object.rendered)
-        return dataBuffer.cString()
+        return dataBuffer.terminated()
     }
 
     /// One register's pins by origin: this kernel's, restored only. The

@@ -340,12 +340,14 @@ final class Plugin {
     private func asDispatch(_ body: () -> Void) {
         dispatching = true
         body()
+        flushAudit()
         dispatching = false
         if freeRequested { finish() }
     }
 
     /// A verdict reached on the main loop goes to the host's apply_verdict.
     private func apply(_ verdict: Verdict) {
+        flushAudit()  // the host may end the process: the lines before it are on disk
         if let applyVerdict = host.apply_verdict {
             applyVerdict(host.opaque, verdict.cValue)
         } else {
@@ -415,16 +417,23 @@ final class Plugin {
 
     /// Hands one event to every sink: the host's event callback, the audit
     /// log, the log callback (the log line is made only when there is one).
-    private func deliver(name: UnsafePointer<CChar>, data: UnsafePointer<CChar>, level: HekiLogLevel, time: Int64,
+    private func deliver(name: ByteString, data: ByteString, level: HekiLogLevel, time: Int64,
                          message: () -> UnsafePointer<CChar>) {
-        counters.delivered.wrappingAdd(1, ordering: .relaxed)
-        if let callback = host.event { callback(host.opaque, name, data) }
-        if let audit {
-            let (ok, transition) = audit.append(time: time, event: String(cString: name), data: String(cString: data))
-            if !ok { counters.auditFailures.wrappingAdd(1, ordering: .relaxed) }
-            if let transition { log(ok ? HEKI_LOG_INFO : HEKI_LOG_ERROR, "heki: " + transition) }
-        }
+        // One writer (the main loop): a plain add, no locked instruction.
+        counters.delivered.store(counters.delivered.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+        if let callback = host.event { callback(host.opaque, name.cString, data.cString) }
+        if let audit, let outcome = audit.append(time: time, event: name, data: data) { report(outcome) }
         if let callback = host.log { callback(host.opaque, level, message()) }
+    }
+
+    /// Writes the audit lines of this dispatch (one write), if any.
+    private func flushAudit() {
+        if let audit, let outcome = audit.flush() { report(outcome) }
+    }
+
+    private func report(_ outcome: AuditLog.Outcome) {
+        if outcome.failed > 0 { counters.auditFailures.wrappingAdd(UInt64(outcome.failed), ordering: .relaxed) }
+        if let transition = outcome.transition { log(outcome.failed == 0 ? HEKI_LOG_INFO : HEKI_LOG_ERROR, "heki: " + transition) }
     }
 
     func log(_ level: HekiLogLevel, _ message: String) {
@@ -453,6 +462,7 @@ final class Plugin {
         deliverAnnouncements()
         drain(all: true)
         summarise(force: true)
+        flushAudit()
         g_main_context_unref(context)
         Unmanaged.passUnretained(self).release()
     }
