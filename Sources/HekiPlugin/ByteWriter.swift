@@ -23,8 +23,11 @@ struct ByteWriter {
     /// Room for `bytes` more (and the NUL of `cString`), plus the 16 bytes
     /// a ByteString's whole-block copy may write past its end.
     @inline(__always) mutating func reserve(_ bytes: Int) {
-        if count + bytes + 17 > capacity { grow(to: count + bytes + 17) }
+        if count + bytes + ByteWriter.slack > capacity { grow(to: count + bytes + ByteWriter.slack) }
     }
+
+    /// The NUL and a block copy's overshoot (`appendBlocks`).
+    static let slack = 17
 
     @inline(never) private mutating func grow(to needed: Int) {
         var size = capacity * 2
@@ -68,7 +71,7 @@ struct ByteWriter {
     }
 
     /// A ByteString is copied as whole 16-byte blocks (ByteArena pads every
-    /// string to them), then the count moves by its length.
+    /// string for them), then the count moves by its length.
     @inline(__always) mutating func append(_ text: ByteString) {
         appendBlocks(text.bytes, text.count)
     }
@@ -211,8 +214,8 @@ struct ByteWriter {
     }
 
     /// NUL-terminates and returns the bytes, valid until the next change.
-    /// Like every ByteString they are readable to their count rounded up
-    /// to 16: the room `reserve` kept past them.
+    /// Like every ByteString they are readable past their count as
+    /// `appendBlocks` needs: the room `reserve` kept.
     @inline(__always) mutating func terminated() -> ByteString {
         base[count] = 0
         return ByteString(bytes: base, count: count)
@@ -224,7 +227,8 @@ struct ByteWriter {
 /// ByteWriter (`terminated`). A plain pointer and count: using one costs
 /// no reference counting, and its length is known without strlen. Its
 /// bytes are readable up to its count rounded up to 16 (the arena's
-/// padding, the writer's reserve): it is copied as whole 16-byte blocks.
+/// padding, the writer's reserve): it is copied as whole 16-byte blocks
+/// (`ByteWriter.appendBlocks`).
 struct ByteString {
     let bytes: UnsafePointer<UInt8>
     let count: Int
@@ -236,8 +240,8 @@ struct ByteString {
 final class ByteArena {
     private var blocks: [UnsafeMutableRawPointer] = []
 
-    /// NUL-terminated and zero-padded to whole 16-byte blocks, 8-aligned
-    /// (ByteWriter copies short ones as one block).
+    /// NUL-terminated and zero-padded to whole 16-byte blocks (ByteWriter
+    /// copies them as whole blocks).
     func string(_ string: String) -> ByteString {
         var copy = string
         return copy.withUTF8 { utf8 in
@@ -298,7 +302,7 @@ struct BitNameBytes {
             let (position, nibble) = (slot >> 4, slot & 15)
             return (0..<4).filter { nibble & 1 << $0 != 0 }.flatMap { Array(",\"\(byIndex[position * 4 + $0])\"".utf8) }
         }
-        var shift = 4
+        var shift = 4  // at least the block appendBlocks reads
         while 1 << shift < elements.map(\.count).max()! { shift += 1 }
         slotShift = shift
         var bytes = [UInt8](repeating: 0, count: 256 << shift)

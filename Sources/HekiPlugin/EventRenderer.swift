@@ -316,7 +316,7 @@ final class EventRenderer {
     /// block copy of bytes made at init.
     @inline(__always)
     private func bulkData(vcpu: UInt32?, _ register: ControlRegister, exit: UInt32?,
-                          _ fields: (inout ByteWriter, BitNameBytes) -> Verdict) {
+                          _ fields: (inout ByteWriter, UnsafePointer<BitNameBytes>) -> Verdict) {
         let register = Int(register.rawValue)
         // A local copy: the count stays in a register instead of the object.
         var data = dataBuffer
@@ -333,17 +333,18 @@ final class EventRenderer {
             if vmNameField == nil { data.append(droppingFirst: registerField) } else { data.append(registerField) }
         }
         if let exit { data.appendDecimal(UInt64(exit)) }
-        let verdict = fields(&data, bitNames[register])
+        // By address: the tables are a dozen words, not to be copied per call.
+        let verdict = fields(&data, bitNames.baseAddress! + register)
         data.append(verdictTails[Int(verdict.rawValue) + 1])
     }
 
     /// `,"NAME":"0x..."` then `,"NAME-bits":["name",...]`.
     @inline(__always)
-    private func bits(_ data: inout ByteWriter, _ keys: BitsKeys, _ value: UInt64, _ names: BitNameBytes) {
+    private func bits(_ data: inout ByteWriter, _ keys: BitsKeys, _ value: UInt64, _ names: UnsafePointer<BitNameBytes>) {
         data.append(keys.key)
         data.appendHexDigits(value)
         data.append(keys.listKey)
-        names.appendList(value, to: &data)
+        names.pointee.appendList(value, to: &data)
     }
 
     // MARK: Log lines
