@@ -481,6 +481,20 @@ static void audit_path(char *path, size_t size) {
     close(fd);
 }
 
+/* The dispatch group's plugin: vm-name, rate-limit=0, audit-log=`path`
+   (made here; the caller unlinks it) when `audit`; SMEP pinned, the
+   start's events delivered. */
+static HekiPlugin *make_dispatch_plugin(GMainContext *context, EventTally *tally, int audit, char *path, size_t size) {
+    char audit_option[4200];
+    audit_path(path, size);
+    snprintf(audit_option, sizeof audit_option, "audit-log=%s", path);
+    const char *options[] = { "vm-name=bench", "rate-limit=0", audit_option };
+    HekiPlugin *plugin = make_plugin(context, audit ? 3 : 2, options, on_event, tally);
+    pin_smep(plugin);
+    while (g_main_context_iteration(context, FALSE)) {}
+    return plugin;
+}
+
 /* One case of the dispatch group: 4 paced producers, the main thread runs
    the context; `audit`: with audit-log= too (each event also an audit line). */
 static void bench_dispatch_case(int repeats, double seconds, int audit) {
@@ -493,13 +507,8 @@ static void bench_dispatch_case(int repeats, double seconds, int audit) {
         GMainContext *context = g_main_context_new();
         g_main_context_push_thread_default(context);
         EventTally tally = { 0 };
-        char path[4096], audit_option[4200];
-        audit_path(path, sizeof path);
-        snprintf(audit_option, sizeof audit_option, "audit-log=%s", path);
-        const char *options[] = { "vm-name=bench", "rate-limit=0", audit_option };
-        HekiPlugin *plugin = make_plugin(context, audit ? 3 : 2, options, on_event, &tally);
-        pin_smep(plugin);
-        while (g_main_context_iteration(context, FALSE)) {}
+        char path[4096];
+        HekiPlugin *plugin = make_dispatch_plugin(context, &tally, audit, path, sizeof path);
         uint64_t before = tally.events[1];
         pthread_t ids[THREADS];
         Producer producers[THREADS];
@@ -592,13 +601,8 @@ static int count_dispatch_sample(long n, int audit) {
     unsigned char *run = new_run(1);
     GMainContext *context = g_main_context_new();
     EventTally tally = { 0 };
-    char path[4096], audit_option[4200];
-    audit_path(path, sizeof path);
-    snprintf(audit_option, sizeof audit_option, "audit-log=%s", path);
-    const char *options[] = { "vm-name=bench", "rate-limit=0", audit_option };
-    HekiPlugin *plugin = make_plugin(context, audit ? 3 : 2, options, on_event, &tally);
-    pin_smep(plugin);
-    while (g_main_context_iteration(context, FALSE)) {}
+    char path[4096];
+    HekiPlugin *plugin = make_dispatch_plugin(context, &tally, audit, path, sizeof path);
     /* Warm-up: one batch outside the count (buffers, first pages of the queue). */
     for (long i = 0; i < INDIVIDUAL_BATCH_TOTAL; i++) plugin_api.handle_exit(plugin, 0, (const struct kvm_run *)run);
     while (g_main_context_iteration(context, FALSE)) {}
@@ -621,38 +625,7 @@ static int count_dispatch_sample(long n, int audit) {
     return ok ? 0 : 1;
 }
 
-/* Runs `heki-bench count-dispatch ...` under valgrind; instructions per event, or -1. */
-static double callgrind_per_event(const char *self, const char *plugin, int audit, long n) {
-    char out[] = "/tmp/heki-bench-callgrind-XXXXXX";
-    int fd = mkstemp(out);
-    if (fd < 0) return -1;
-    close(fd);
-    char out_arg[128], count[32];
-    snprintf(out_arg, sizeof out_arg, "--callgrind-out-file=%s", out);
-    snprintf(count, sizeof count, "%ld", n);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int null = open("/dev/null", O_WRONLY);
-        dup2(null, 1);
-        dup2(null, 2);
-        execlp("valgrind", "valgrind", "--tool=callgrind", out_arg, "--toggle-collect=counted_dispatch", self,
-               "count-dispatch", plugin, count, audit ? "audit" : "none", (char *)NULL);
-        _exit(127);
-    }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    double per_event = -1;
-    FILE *f = fopen(out, "r");
-    char line[512];
-    while (f && fgets(line, sizeof line, f)) {
-        unsigned long long total;
-        if (sscanf(line, "totals: %llu", &total) == 1 || sscanf(line, "summary: %llu", &total) == 1)
-            per_event = (double)total / (double)n;
-    }
-    if (f) fclose(f);
-    unlink(out);
-    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? per_event : -1;
-}
+static double callgrind_per_unit(const char *self, const char *counted, const char *const *args, long n);
 
 static void bench_dispatch(const char *self, const char *plugin, int repeats, double seconds) {
     bench_dispatch_case(repeats, seconds, 0);
@@ -661,11 +634,13 @@ static void bench_dispatch(const char *self, const char *plugin, int repeats, do
         printf("| dispatch  | valgrind not installed: instruction counts skipped\n");
         return;
     }
+    const char *none[] = { "count-dispatch", plugin, "100000", "none", NULL };
+    const char *audit[] = { "count-dispatch", plugin, "100000", "audit", NULL };
     result_value("dispatch", "main-loop instructions per event", "instr/event",
-                 callgrind_per_event(self, plugin, 0, 100000),
+                 callgrind_per_unit(self, "counted_dispatch", none, 100000),
                  "callgrind, batches of 3072: GLib + JSON + host callback");
     result_value("dispatch", "main-loop instructions per event, audit-log", "instr/event",
-                 callgrind_per_event(self, plugin, 1, 100000),
+                 callgrind_per_unit(self, "counted_dispatch", audit, 100000),
                  "callgrind: the same + audit line (user space; write(2) not counted)");
 }
 
@@ -908,39 +883,52 @@ static int count_sample(const char *which, int denial, long n, int path) {
     return 0;
 }
 
-/* Runs `heki-bench count ...` under valgrind; returns instructions per call, or -1. */
-static double callgrind_per_call(const char *self, const char *plugin, const char *ref, const char *which,
-                                 int denial, int path, long n) {
+/* Runs `heki-bench ARGS...` under callgrind, counting inside the function
+   `counted` only; returns its instructions divided by `n`, or -1. */
+static double callgrind_per_unit(const char *self, const char *counted, const char *const *args, long n) {
     char out[] = "/tmp/heki-bench-callgrind-XXXXXX";
     int fd = mkstemp(out);
     if (fd < 0) return -1;
     close(fd);
-    char out_arg[128], toggle[96], count[32];
+    char out_arg[128], toggle[96];
     snprintf(out_arg, sizeof out_arg, "--callgrind-out-file=%s", out);
-    snprintf(toggle, sizeof toggle, "--toggle-collect=counted_%s", which);
-    snprintf(count, sizeof count, "%ld", n);
+    snprintf(toggle, sizeof toggle, "--toggle-collect=%s", counted);
+    const char *argv[16] = { "valgrind", "--tool=callgrind", out_arg, toggle, self };
+    int argc = 5;
+    for (int i = 0; args[i] && argc < 15; i++) argv[argc++] = args[i];
+    argv[argc] = NULL;
     pid_t pid = fork();
     if (pid == 0) {
         int null = open("/dev/null", O_WRONLY);
         dup2(null, 1);
         dup2(null, 2);
-        execlp("valgrind", "valgrind", "--tool=callgrind", out_arg, toggle, self, "count", plugin, ref, which,
-               denial ? "denial" : "configure", count, path == PATH_STORM ? "storm" : "individual", (char *)NULL);
+        execvp("valgrind", (char *const *)argv);
         _exit(127);
     }
     int status = 0;
     waitpid(pid, &status, 0);
-    double per_call = -1;
+    double per_unit = -1;
     FILE *f = fopen(out, "r");
     char line[512];
     while (f && fgets(line, sizeof line, f)) {
         unsigned long long total;
         if (sscanf(line, "totals: %llu", &total) == 1 || sscanf(line, "summary: %llu", &total) == 1)
-            per_call = (double)total / (double)n;
+            per_unit = (double)total / (double)n;
     }
     if (f) fclose(f);
     unlink(out);
-    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? per_call : -1;
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? per_unit : -1;
+}
+
+/* `heki-bench count ...` under callgrind: instructions per call, or -1. */
+static double callgrind_per_call(const char *self, const char *plugin, const char *ref, const char *which,
+                                 int denial, int path, long n) {
+    char counted[32], count[32];
+    snprintf(counted, sizeof counted, "counted_%s", which);
+    snprintf(count, sizeof count, "%ld", n);
+    const char *args[] = { "count", plugin, ref, which, denial ? "denial" : "configure", count,
+                           path == PATH_STORM ? "storm" : "individual", NULL };
+    return callgrind_per_unit(self, counted, args, n);
 }
 
 static void bench_instructions(const char *self, const char *plugin, const char *ref) {
