@@ -280,8 +280,8 @@ struct BitNameBytes {
     private let ascending: Bool
     /// When `ascending`: by nibble (16 positions of 16 values), the list
     /// elements of its set bits, `,"a","b"`, ascending, in zero-padded
-    /// slots of `slotSize` bytes, and their lengths. A list is then a copy
-    /// per nonzero nibble instead of one per name.
+    /// slots of `1 << slotShift` bytes, and their lengths. A list is then a
+    /// copy per nonzero nibble instead of one per name.
     private let nibbleElements: UnsafeBufferPointer<UInt8>
     private let nibbleLengths: UnsafeBufferPointer<UInt8>
     private let slotShift: Int
