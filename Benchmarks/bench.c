@@ -4,6 +4,8 @@
  *
  * usage: heki-bench PLUGIN.so REF.so JSON-OUT [quick]
  *        heki-bench load-sample PLUGIN.so      (one fresh-process load sample)
+ *        heki-bench count PLUGIN.so REF.so plugin|ref configure|denial N storm|individual
+ *        heki-bench count-dispatch PLUGIN.so N audit|none   (both under callgrind)
  *
  * Every figure is the median of repeated runs with min and max; every
  * comparison is a ratio measured in the same run (both sides alternate).
@@ -466,20 +468,47 @@ static void pin_smep(HekiPlugin *plugin) {
 
 /* ---- 3. main-loop dispatch: events/s ------------------------------------- */
 
-static void bench_dispatch(int repeats, double seconds) {
+/* A fresh audit file's path (audit-log=), under TMPDIR: the plugin opens it
+   itself; the caller unlinks it after each plugin. */
+static void audit_path(char *path, size_t size) {
+    const char *dir = getenv("TMPDIR");
+    snprintf(path, size, "%s/heki-bench-audit-XXXXXX", dir && *dir ? dir : "/tmp");
+    int fd = mkstemp(path);
+    if (fd < 0) {
+        perror(path);
+        exit(2);
+    }
+    close(fd);
+}
+
+/* The dispatch group's plugin: vm-name, rate-limit=0, audit-log=`path`
+   (made here; the caller unlinks it) when `audit`; SMEP pinned, the
+   start's events delivered. */
+static HekiPlugin *make_dispatch_plugin(GMainContext *context, EventTally *tally, int audit, char *path, size_t size) {
+    char audit_option[4200];
+    audit_path(path, size);
+    snprintf(audit_option, sizeof audit_option, "audit-log=%s", path);
+    const char *options[] = { "vm-name=bench", "rate-limit=0", audit_option };
+    HekiPlugin *plugin = make_plugin(context, audit ? 3 : 2, options, on_event, tally);
+    pin_smep(plugin);
+    while (g_main_context_iteration(context, FALSE)) {}
+    return plugin;
+}
+
+/* One case of the dispatch group: 4 paced producers, the main thread runs
+   the context; `audit`: with audit-log= too (each event also an audit line). */
+static void bench_dispatch_case(int repeats, double seconds, int audit) {
     enum { THREADS = 4 };
-    double cpu_rate[64], wall_rate[64], consumer_ns[64];
+    double cpu_rate[64], wall_rate[64], consumer_ns[64], per_iteration[64];
     int exact = 1;
     uint64_t coalesced = 0;
-    uint64_t delivered_total = 0, bytes_total = 0;
+    uint64_t delivered_total = 0, bytes_total = 0, audit_bytes = 0;
     for (int r = 0; r < repeats; r++) {
         GMainContext *context = g_main_context_new();
         g_main_context_push_thread_default(context);
         EventTally tally = { 0 };
-        const char *options[] = { "vm-name=bench", "rate-limit=0" };
-        HekiPlugin *plugin = make_plugin(context, 2, options, on_event, &tally);
-        pin_smep(plugin);
-        while (g_main_context_iteration(context, FALSE)) {}
+        char path[4096];
+        HekiPlugin *plugin = make_dispatch_plugin(context, &tally, audit, path, sizeof path);
         uint64_t before = tally.events[1];
         pthread_t ids[THREADS];
         Producer producers[THREADS];
@@ -505,8 +534,9 @@ static void bench_dispatch(int repeats, double seconds) {
         uint64_t w1 = now_ns(), c1 = thread_cpu_ns();
         uint64_t delivered = tally.events[1] - before;
         if (getenv("HEKI_BENCH_DEBUG"))
-            fprintf(stderr, "dispatch: %ld iterations, %llu delivered, %.3f s main-loop CPU, %.3f s wall\n",
-                    iterations, (unsigned long long)delivered, (double)(c1 - c0) / 1e9, (double)(w1 - w0) / 1e9);
+            fprintf(stderr, "dispatch%s: %ld iterations, %llu delivered, %.3f s main-loop CPU, %.3f s wall\n",
+                    audit ? " + audit" : "", iterations, (unsigned long long)delivered,
+                    (double)(c1 - c0) / 1e9, (double)(w1 - w0) / 1e9);
         long total_calls = 0;
         for (int i = 0; i < THREADS; i++) {
             pthread_join(ids[i], NULL);
@@ -515,8 +545,25 @@ static void bench_dispatch(int repeats, double seconds) {
             total_exit_allocations += producers[i].allocations;
         }
         plugin_api.plugin_free(plugin);
+        if (audit) {
+            /* Every delivered event is one line: the file's lines are counted. */
+            FILE *f = fopen(path, "r");
+            uint64_t lines = 0;
+            char chunk[65536];
+            size_t got;
+            while (f && (got = fread(chunk, 1, sizeof chunk, f)) > 0) {
+                audit_bytes += got;
+                for (size_t i = 0; i < got; i++) lines += chunk[i] == '\n';
+            }
+            if (f) fclose(f);
+            uint64_t all = 0;
+            for (int i = 0; i < 8; i++) all += tally.events[i];
+            if (lines != all) exact = 0;
+        }
+        unlink(path);
         cpu_rate[r] = (double)delivered / ((double)(c1 - c0) / 1e9);
         consumer_ns[r] = (double)(c1 - c0) / (double)delivered;
+        per_iteration[r] = iterations ? (double)delivered / (double)iterations : 0;
         wall_rate[r] = (double)delivered / ((double)(w1 - w0) / 1e9);
         delivered_total += delivered;
         bytes_total += tally.bytes;
@@ -526,14 +573,81 @@ static void bench_dispatch(int repeats, double seconds) {
         g_main_context_pop_thread_default(context);
         g_main_context_unref(context);
     }
-    char note[200];
-    snprintf(note, sizeof note, "4 paced vCPU threads, rate-limit=0: %llu coalesced; accounting %s; %.0f bytes/event",
+    char note[256], audit_note[64] = "";
+    if (audit)
+        snprintf(audit_note, sizeof audit_note, ", %.0f audit bytes/event",
+                 delivered_total ? (double)audit_bytes / (double)delivered_total : 0.0);
+    /* Events per loop iteration: a loop that keeps up wakes for few events,
+       and each wake-up's cost (poll, eventfd) is shared by fewer. */
+    Stat batch = stat_of(per_iteration, repeats);
+    snprintf(note, sizeof note, "4 paced vCPU threads, rate-limit=0: %llu coalesced; accounting %s; %.0f bytes/event%s; "
+             "%.0f events per loop iteration (%.0f to %.0f)",
              (unsigned long long)coalesced, exact ? "exact" : "WRONG",
-             delivered_total ? (double)bytes_total / (double)delivered_total : 0.0);
-    result_add("dispatch", "HEKI_DENIAL events/s delivered (wall clock)", "events/s", stat_of(wall_rate, repeats),
-               "JSON + host callback; target >= 5M");
+             delivered_total ? (double)bytes_total / (double)delivered_total : 0.0, audit_note,
+             batch.median, batch.min, batch.max);
+    result_add("dispatch", audit ? "HEKI_DENIAL events/s, with audit-log (wall clock)"
+                                 : "HEKI_DENIAL events/s delivered (wall clock)",
+               "events/s", stat_of(wall_rate, repeats),
+               audit ? "JSON + host callback + audit line; target >= 5M" : "JSON + host callback; target >= 5M");
     result_add("dispatch", "  main-loop CPU per event", "ns/event", stat_of(consumer_ns, repeats), note);
     result_add("dispatch", "  events per main-loop CPU second", "events/s", stat_of(cpu_rate, repeats), "");
+}
+
+/* Counted under callgrind (--toggle-collect=counted_dispatch): the main loop
+   delivering what is queued, GLib's iteration included. */
+__attribute__((noinline)) void counted_dispatch(GMainContext *context) {
+    while (g_main_context_iteration(context, FALSE)) {}
+    __asm__ volatile("" ::: "memory");
+}
+
+/* `heki-bench count-dispatch PLUGIN N audit|none`: N HEKI_DENIAL events
+   queued from this thread in batches of 3072 (outside the count), each
+   batch delivered inside counted_dispatch. */
+static int count_dispatch_sample(long n, int audit) {
+    unsigned char *run = new_run(1);
+    GMainContext *context = g_main_context_new();
+    EventTally tally = { 0 };
+    char path[4096];
+    HekiPlugin *plugin = make_dispatch_plugin(context, &tally, audit, path, sizeof path);
+    /* Warm-up: one batch outside the count (buffers, first pages of the queue). */
+    for (long i = 0; i < INDIVIDUAL_BATCH_TOTAL; i++) plugin_api.handle_exit(plugin, 0, (const struct kvm_run *)run);
+    while (g_main_context_iteration(context, FALSE)) {}
+    uint64_t before = tally.events[1], cpu = 0;
+    for (long done = 0; done < n;) {
+        long batch = n - done < INDIVIDUAL_BATCH_TOTAL ? n - done : INDIVIDUAL_BATCH_TOTAL;
+        for (long i = 0; i < batch; i++) plugin_api.handle_exit(plugin, 0, (const struct kvm_run *)run);
+        uint64_t c0 = thread_cpu_ns();
+        counted_dispatch(context);
+        cpu += thread_cpu_ns() - c0;
+        done += batch;
+    }
+    int ok = tally.events[1] - before == (uint64_t)n;
+    if (getenv("HEKI_BENCH_DEBUG"))  /* one thread, records in this core's cache: no valgrind for this figure */
+        fprintf(stderr, "count-dispatch: %.1f ns of main-loop CPU per event\n", (double)cpu / (double)n);
+    plugin_api.plugin_free(plugin);
+    unlink(path);
+    g_main_context_unref(context);
+    munmap(run, 4096);
+    return ok ? 0 : 1;
+}
+
+static double callgrind_per_unit(const char *self, const char *counted, const char *const *args, long n);
+
+static void bench_dispatch(const char *self, const char *plugin, int repeats, double seconds) {
+    bench_dispatch_case(repeats, seconds, 0);
+    bench_dispatch_case(repeats, seconds, 1);
+    if (system("valgrind --version >/dev/null 2>&1") != 0) {
+        printf("| dispatch  | valgrind not installed: instruction counts skipped\n");
+        return;
+    }
+    const char *none[] = { "count-dispatch", plugin, "100000", "none", NULL };
+    const char *audit[] = { "count-dispatch", plugin, "100000", "audit", NULL };
+    result_value("dispatch", "main-loop instructions per event", "instr/event",
+                 callgrind_per_unit(self, "counted_dispatch", none, 100000),
+                 "callgrind, batches of 3072: GLib + JSON + host callback");
+    result_value("dispatch", "main-loop instructions per event, audit-log", "instr/event",
+                 callgrind_per_unit(self, "counted_dispatch", audit, 100000),
+                 "callgrind: the same + audit line (user space; write(2) not counted)");
 }
 
 /* ---- 4. the denial storm -------------------------------------------------- */
@@ -775,39 +889,52 @@ static int count_sample(const char *which, int denial, long n, int path) {
     return 0;
 }
 
-/* Runs `heki-bench count ...` under valgrind; returns instructions per call, or -1. */
-static double callgrind_per_call(const char *self, const char *plugin, const char *ref, const char *which,
-                                 int denial, int path, long n) {
+/* Runs `heki-bench ARGS...` under callgrind, counting inside the function
+   `counted` only; returns its instructions divided by `n`, or -1. */
+static double callgrind_per_unit(const char *self, const char *counted, const char *const *args, long n) {
     char out[] = "/tmp/heki-bench-callgrind-XXXXXX";
     int fd = mkstemp(out);
     if (fd < 0) return -1;
     close(fd);
-    char out_arg[128], toggle[96], count[32];
+    char out_arg[128], toggle[96];
     snprintf(out_arg, sizeof out_arg, "--callgrind-out-file=%s", out);
-    snprintf(toggle, sizeof toggle, "--toggle-collect=counted_%s", which);
-    snprintf(count, sizeof count, "%ld", n);
+    snprintf(toggle, sizeof toggle, "--toggle-collect=%s", counted);
+    const char *argv[16] = { "valgrind", "--tool=callgrind", out_arg, toggle, self };
+    int argc = 5;
+    for (int i = 0; args[i] && argc < 15; i++) argv[argc++] = args[i];
+    argv[argc] = NULL;
     pid_t pid = fork();
     if (pid == 0) {
         int null = open("/dev/null", O_WRONLY);
         dup2(null, 1);
         dup2(null, 2);
-        execlp("valgrind", "valgrind", "--tool=callgrind", out_arg, toggle, self, "count", plugin, ref, which,
-               denial ? "denial" : "configure", count, path == PATH_STORM ? "storm" : "individual", (char *)NULL);
+        execvp("valgrind", (char *const *)argv);
         _exit(127);
     }
     int status = 0;
     waitpid(pid, &status, 0);
-    double per_call = -1;
+    double per_unit = -1;
     FILE *f = fopen(out, "r");
     char line[512];
     while (f && fgets(line, sizeof line, f)) {
         unsigned long long total;
         if (sscanf(line, "totals: %llu", &total) == 1 || sscanf(line, "summary: %llu", &total) == 1)
-            per_call = (double)total / (double)n;
+            per_unit = (double)total / (double)n;
     }
     if (f) fclose(f);
     unlink(out);
-    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? per_call : -1;
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? per_unit : -1;
+}
+
+/* `heki-bench count ...` under callgrind: instructions per call, or -1. */
+static double callgrind_per_call(const char *self, const char *plugin, const char *ref, const char *which,
+                                 int denial, int path, long n) {
+    char counted[32], count[32];
+    snprintf(counted, sizeof counted, "counted_%s", which);
+    snprintf(count, sizeof count, "%ld", n);
+    const char *args[] = { "count", plugin, ref, which, denial ? "denial" : "configure", count,
+                           path == PATH_STORM ? "storm" : "individual", NULL };
+    return callgrind_per_unit(self, counted, args, n);
 }
 
 static void bench_instructions(const char *self, const char *plugin, const char *ref) {
@@ -858,6 +985,10 @@ int main(int argc, char **argv) {
         return count_sample(argv[4], strcmp(argv[5], "denial") == 0, atol(argv[6]),
                             strcmp(argv[7], "individual") == 0 ? PATH_INDIVIDUAL : PATH_STORM);
     }
+    if (argc == 5 && strcmp(argv[1], "count-dispatch") == 0) {
+        load_plugin(argv[2]);
+        return count_dispatch_sample(atol(argv[3]), strcmp(argv[4], "audit") == 0);
+    }
     if (argc < 4) {
         fprintf(stderr, "usage: heki-bench PLUGIN.so REF.so JSON-OUT [quick]\n");
         return 2;
@@ -890,7 +1021,7 @@ int main(int argc, char **argv) {
     if (wanted("clock")) bench_clocks(repeats, 2000000);
     if (wanted("exit")) bench_handle_exit(repeats, quick ? 400000 : 2000000);
     if (wanted("instr")) bench_instructions(self, argv[1], argv[2]);
-    if (wanted("dispatch")) bench_dispatch(quick ? 3 : 9, quick ? 0.2 : 0.5);
+    if (wanted("dispatch")) bench_dispatch(self, argv[1], quick ? 3 : 9, quick ? 0.2 : 0.5);
     if (wanted("storm")) bench_storm(quick ? 1 : 3, quick ? 2000000 : 10000000);
     result_value("alloc", "heap allocations per handle_exit",
                  "allocs/call", total_exit_calls ? (double)total_exit_allocations / (double)total_exit_calls : -1,

@@ -23,8 +23,11 @@ struct ByteWriter {
     /// Room for `bytes` more (and the NUL of `cString`), plus the 16 bytes
     /// a ByteString's whole-block copy may write past its end.
     @inline(__always) mutating func reserve(_ bytes: Int) {
-        if count + bytes + 17 > capacity { grow(to: count + bytes + 17) }
+        if count + bytes + ByteWriter.slack > capacity { grow(to: count + bytes + ByteWriter.slack) }
     }
+
+    /// The NUL and a block copy's overshoot (`appendBlocks`).
+    static let slack = 17
 
     @inline(never) private mutating func grow(to needed: Int) {
         var size = capacity * 2
@@ -67,17 +70,24 @@ struct ByteWriter {
         append(text.utf8Start, text.utf8CodeUnitCount)
     }
 
-    /// A short ByteString is copied as its whole 16-byte block (ByteArena
-    /// pads every string to one), then the count moves by its length.
+    /// A ByteString is copied as whole 16-byte blocks (ByteArena pads every
+    /// string for them), then the count moves by its length.
     @inline(__always) mutating func append(_ text: ByteString) {
-        if text.count <= 16 {
-            let source = UnsafeRawPointer(text.bytes), target = UnsafeMutableRawPointer(base + count)
-            target.storeBytes(of: source.load(as: UInt64.self), as: UInt64.self)
-            target.storeBytes(of: source.load(fromByteOffset: 8, as: UInt64.self), toByteOffset: 8, as: UInt64.self)
-            count += text.count
-        } else {
-            append(text.bytes, text.count)
-        }
+        appendBlocks(text.bytes, text.count)
+    }
+
+    /// `length` bytes from `source`, copied 16 at a time: `source` must be
+    /// readable up to `length` rounded up to 16 (padded tables), and up to
+    /// 15 bytes past the count are overwritten (the room `reserve` keeps).
+    @inline(__always) mutating func appendBlocks(_ source: UnsafePointer<UInt8>, _ length: Int) {
+        let from = UnsafeRawPointer(source), target = UnsafeMutableRawPointer(base + count)
+        var offset = 0
+        repeat {
+            target.storeBytes(of: from.loadUnaligned(fromByteOffset: offset, as: SIMD16<UInt8>.self),
+                              toByteOffset: offset, as: SIMD16<UInt8>.self)
+            offset &+= 16
+        } while offset < length
+        count &+= length
     }
 
     /// `text` without its first byte (a list's first element without its comma).
@@ -90,22 +100,51 @@ struct ByteWriter {
         count += 1
     }
 
-    mutating func appendDecimal(_ value: UInt64) {
+    @inline(__always) mutating func appendDecimal(_ value: UInt64) {
+        // vCPU indexes and exit numbers: one or two digits, no division loop.
+        if value < 10 {
+            append(byte: UInt8(truncatingIfNeeded: value) &+ 0x30)
+        } else if value < 100 {
+            base[count] = UInt8(truncatingIfNeeded: value / 10) &+ 0x30
+            base[count + 1] = UInt8(truncatingIfNeeded: value % 10) &+ 0x30
+            count &+= 2
+        } else {
+            appendLongDecimal(value)
+        }
+    }
+
+    @inline(never) private mutating func appendLongDecimal(_ value: UInt64) {
         var digits = 1
         var rest = value / 10
         while rest != 0 {
             digits += 1
             rest /= 10
         }
-        rest = value
-        var index = count + digits
-        repeat {
-            index -= 1
-            base[index] = UInt8(truncatingIfNeeded: rest % 10) &+ 0x30
-            rest /= 10
-        } while rest != 0
-        count += digits
+        appendDecimal(value, width: digits)
     }
+
+    /// The last `width` decimal digits of `value`, zero-padded; two at a
+    /// time from a table. Inlined: a constant width unrolls.
+    @inline(__always) mutating func appendDecimal(_ value: UInt64, width: Int) {
+        var rest = value
+        var index = count &+ width
+        while index &- count >= 2 {
+            index &-= 2
+            UnsafeMutableRawPointer(base + index).storeBytes(of: ByteWriter.digitPairs[Int(rest % 100)], as: UInt16.self)
+            rest /= 100
+        }
+        if index > count { base[count] = UInt8(truncatingIfNeeded: rest % 10) &+ 0x30 }
+        count &+= width
+    }
+
+    /// "00" to "99", each as the two bytes of a UInt16.
+    private nonisolated(unsafe) static let digitPairs: UnsafePointer<UInt16> = {
+        let pairs = UnsafeMutablePointer<UInt16>.allocate(capacity: 100)
+        for value in 0..<100 {
+            pairs[value] = UInt16(0x30 + value / 10) | UInt16(0x30 + value % 10) << 8
+        }
+        return UnsafePointer(pairs)
+    }()
 
     /// A signed decimal: String(value).
     mutating func appendDecimal(signed value: Int64) {
@@ -124,18 +163,33 @@ struct ByteWriter {
     }
 
     /// "0x" and lower-case hex digits, no padding: String(value, radix: 16).
-    /// All 16 digits are made at once, 8 per word (each nibble spread to a
-    /// byte, then to its ASCII digit), and the significant ones copied.
     @inline(__always)
     mutating func appendHex(_ value: UInt64) {
         base[count] = 0x30
         base[count + 1] = 0x78
-        count += 2
-        let digits = value == 0 ? 1 : (67 - value.leadingZeroBitCount) / 4
-        var text = (ByteWriter.hexDigits(UInt32(truncatingIfNeeded: value >> 32)),
-                    ByteWriter.hexDigits(UInt32(truncatingIfNeeded: value)))
-        withUnsafeBytes(of: &text) { bytes in
-            append(bytes.baseAddress!.assumingMemoryBound(to: UInt8.self) + (16 - digits), digits)
+        count &+= 2
+        appendHexDigits(value)
+    }
+
+    /// The hex digits alone. Each half of the value is made 8 digits at
+    /// once (each nibble spread to a byte, then to its ASCII digit) and
+    /// stored as one word, its leading zeros shifted out: 8 bytes are
+    /// written whatever the digit count (the room `reserve` keeps).
+    @inline(__always)
+    mutating func appendHexDigits(_ value: UInt64) {
+        let target = UnsafeMutableRawPointer(base + count)
+        let high = UInt32(truncatingIfNeeded: value &>> 32), low = UInt32(truncatingIfNeeded: value)
+        if high == 0 {
+            let digits = low == 0 ? 1 : (35 &- low.leadingZeroBitCount) &>> 2
+            // In memory the first bytes are the leading zeros: on a
+            // little-endian word they are the low bytes.
+            target.storeBytes(of: ByteWriter.hexDigits(low) &>> UInt64((8 &- digits) &<< 3), as: UInt64.self)
+            count &+= digits
+        } else {
+            let digits = (35 &- high.leadingZeroBitCount) &>> 2
+            target.storeBytes(of: ByteWriter.hexDigits(high) &>> UInt64((8 &- digits) &<< 3), as: UInt64.self)
+            target.storeBytes(of: ByteWriter.hexDigits(low), toByteOffset: digits, as: UInt64.self)
+            count &+= digits &+ 8
         }
     }
 
@@ -158,11 +212,23 @@ struct ByteWriter {
         base[count] = 0
         return UnsafeRawPointer(base).assumingMemoryBound(to: CChar.self)
     }
+
+    /// NUL-terminates and returns the bytes, valid until the next change.
+    /// Like every ByteString they are readable past their count as
+    /// `appendBlocks` needs: the room `reserve` kept.
+    @inline(__always) mutating func terminated() -> ByteString {
+        base[count] = 0
+        return ByteString(bytes: base, count: count)
+    }
 }
 
-/// Bytes made once from a String (names, escaped fragments), NUL-terminated,
-/// owned by a ByteArena. A plain pointer and count: using one costs no
-/// reference counting.
+/// NUL-terminated bytes: made once from a String (names, escaped
+/// fragments) and owned by a ByteArena, or a rendered event in a
+/// ByteWriter (`terminated`). A plain pointer and count: using one costs
+/// no reference counting, and its length is known without strlen. Its
+/// bytes are readable up to its count rounded up to 16 (the arena's
+/// padding, the writer's reserve): it is copied as whole 16-byte blocks
+/// (`ByteWriter.appendBlocks`).
 struct ByteString {
     let bytes: UnsafePointer<UInt8>
     let count: Int
@@ -174,8 +240,8 @@ struct ByteString {
 final class ByteArena {
     private var blocks: [UnsafeMutableRawPointer] = []
 
-    /// NUL-terminated and zero-padded to whole 16-byte blocks, 8-aligned
-    /// (ByteWriter copies short ones as one block).
+    /// NUL-terminated and zero-padded to whole 16-byte blocks (ByteWriter
+    /// copies them as whole blocks).
     func string(_ string: String) -> ByteString {
         var copy = string
         return copy.withUTF8 { utf8 in
@@ -212,6 +278,13 @@ struct BitNameBytes {
     /// The table lists single bits in ascending order (CR0's and CR4's do):
     /// then the named bits come out by walking the set bits of the value.
     private let ascending: Bool
+    /// When `ascending`: by nibble (16 positions of 16 values), the list
+    /// elements of its set bits, `,"a","b"`, ascending, in zero-padded
+    /// slots of `1 << slotShift` bytes, and their lengths. A list is then a
+    /// copy per nonzero nibble instead of one per name.
+    private let nibbleElements: UnsafeBufferPointer<UInt8>
+    private let nibbleLengths: UnsafeBufferPointer<UInt8>
+    private let slotShift: Int
 
     init(_ names: BitNames, arena: ByteArena) {
         tableBits = arena.table(names.table.map(\.bit))
@@ -225,6 +298,17 @@ struct BitNameBytes {
         quotedByBit = arena.table(byIndex.map { arena.string(",\"\($0)\"") })
         ascending = names.table.allSatisfy { $0.bit.nonzeroBitCount == 1 }
             && zip(names.table, names.table.dropFirst()).allSatisfy { $0.bit < $1.bit }
+        let elements: [[UInt8]] = (0..<256).map { slot in
+            let (position, nibble) = (slot >> 4, slot & 15)
+            return (0..<4).filter { nibble & 1 << $0 != 0 }.flatMap { Array(",\"\(byIndex[position * 4 + $0])\"".utf8) }
+        }
+        var shift = 4  // at least the block appendBlocks reads
+        while 1 << shift < elements.map(\.count).max()! { shift += 1 }
+        slotShift = shift
+        var bytes = [UInt8](repeating: 0, count: 256 << shift)
+        for (slot, element) in elements.enumerated() { bytes.replaceSubrange((slot << shift)..<((slot << shift) + element.count), with: element) }
+        nibbleElements = arena.table(bytes)
+        nibbleLengths = arena.table(elements.map { UInt8($0.count) })
     }
 
     /// Calls `body` with each name of `value`, in BitNames.names(of:) order.
@@ -253,6 +337,33 @@ struct BitNameBytes {
         while rest != 0 {
             body(byBit[rest.trailingZeroBitCount])
             rest &= rest - 1
+        }
+    }
+
+    /// The names of `value` as a JSON list, `["a","b"]`, in forEachName's
+    /// order. The first element's comma becomes the bracket.
+    @inline(__always)
+    func appendList(_ value: UInt64, to data: inout ByteWriter) {
+        let start = data.count
+        if ascending {
+            appendNibbles(value & namedMask, to: &data)
+            appendNibbles(value & ~namedMask, to: &data)
+        } else {
+            forEachName(of: value, quoted: true) { data.append($0) }
+        }
+        if data.count == start { data.append(byte: 0x5b) } else { data.base[start] = 0x5b }  // [
+        data.append(byte: 0x5d)  // ]
+    }
+
+    /// The list elements of `bits`, nibble by nibble, ascending.
+    @inline(__always)
+    private func appendNibbles(_ bits: UInt64, to data: inout ByteWriter) {
+        var rest = bits
+        while rest != 0 {
+            let shift = rest.trailingZeroBitCount & ~3
+            let slot = shift &<< 2 | Int(truncatingIfNeeded: rest &>> UInt64(shift)) & 15
+            data.appendBlocks(nibbleElements.baseAddress! + slot &<< slotShift, Int(nibbleLengths[slot]))
+            rest &= ~(15 &<< UInt64(shift))
         }
     }
 }

@@ -25,7 +25,15 @@ final class EventRenderer {
     private let vcpuSubject: ByteString
     /// "heki: vm NAME: " / "heki: ": a line about the VM.
     private let vmSubject: ByteString
+    /// `{"vm-name":"...","vcpu":` / `{"vcpu":`: a bulk event's data up to its vCPU.
+    private let vcpuHead: ByteString
+    /// `{"vm-name":"..."` / `{`: the same without a vCPU (the pin deadline's).
+    private let vmHead: ByteString
     private let registerNames: UnsafeBufferPointer<ByteString>
+    private let exitRegisterFields: UnsafeBufferPointer<ByteString>
+    private let registerFields: UnsafeBufferPointer<ByteString>
+    private let verdictTails: UnsafeBufferPointer<ByteString>
+    private let keys: Names
     private let bitNames: UnsafeBufferPointer<BitNameBytes>
     private let verdictNames: UnsafeBufferPointer<ByteString>  // by Verdict.rawValue + 1
     private let eventNames: UnsafeBufferPointer<ByteString>    // by EventKind.rawValue
@@ -45,12 +53,28 @@ final class EventRenderer {
         let policyEventName: ByteString
         let migrationEventName: ByteString
         let resetEventName: ByteString
+        /// By register: `,"register":"crN","exit-reason":` (configure,
+        /// denial) and `,"register":"crN"` (weak pinning).
+        let exitRegisterFields: UnsafeBufferPointer<ByteString>
+        let registerFields: UnsafeBufferPointer<ByteString>
+        /// By Verdict.rawValue + 1: `,"verdict":"NAME"}`, the end of a bulk event's data.
+        let verdictTails: UnsafeBufferPointer<ByteString>
+        let value: BitsKeys, pinned: BitsKeys, violated: BitsKeys, required: BitsKeys, missing: BitsKeys
         /// The longest name of a single bit.
         let longestBitName: Int
 
         init() {
             let arena = self.arena
             registerNames = arena.table(ControlRegister.allCases.map { arena.string($0.name) })
+            exitRegisterFields = arena.table(ControlRegister.allCases.map {
+                arena.string(",\"register\":\"\($0.name)\",\"exit-reason\":")
+            })
+            registerFields = arena.table(ControlRegister.allCases.map { arena.string(",\"register\":\"\($0.name)\"") })
+            verdictTails = arena.table(Verdict.allCases.sorted { $0.rawValue < $1.rawValue }.map {
+                arena.string(",\"verdict\":\"\($0.name)\"}")
+            })
+            (value, pinned, violated) = (BitsKeys("value", arena), BitsKeys("pinned", arena), BitsKeys("violated", arena))
+            (required, missing) = (BitsKeys("required", arena), BitsKeys("missing", arena))
             bitNames = arena.table(ControlRegister.allCases.map { BitNameBytes($0.bitNames, arena: arena) })
             verdictNames = arena.table(Verdict.allCases.sorted { $0.rawValue < $1.rawValue }.map { arena.string($0.name) })
             eventNames = arena.table(EventKind.allCases.map { arena.string($0.eventName) })
@@ -63,6 +87,17 @@ final class EventRenderer {
         }
     }
     private static let names = Names()
+
+    /// The keys of a value and its bit names: `,"NAME":"0x` and `","NAME-bits":`.
+    private struct BitsKeys {
+        let key: ByteString
+        let listKey: ByteString
+
+        init(_ name: String, _ arena: ByteArena) {
+            key = arena.string(",\"\(name)\":\"0x")
+            listKey = arena.string("\",\"\(name)-bits\":")
+        }
+    }
 
     // A start, not a bound: `reserve` grows a buffer for a larger event, so
     // heki_plugin_new does not allocate (and fault in) 64 KB nobody asked for.
@@ -83,10 +118,15 @@ final class EventRenderer {
             JSONObject.quote(name, into: &field)
             return arena.string(field)
         }
+        let vmField = vmNameField.map { String(cString: $0.cString) }
+        vcpuHead = arena.string("{" + (vmField.map { $0 + "," } ?? "") + "\"vcpu\":")
+        vmHead = arena.string("{" + (vmField ?? ""))
         vcpuSubject = arena.string("heki: " + (vmLabel.map { $0 + " " } ?? "") + "vcpu ")
         vmSubject = arena.string("heki: " + (vmLabel.map { $0 + ": " } ?? ""))
         let names = EventRenderer.names
+        keys = names
         (registerNames, bitNames, verdictNames) = (names.registerNames, names.bitNames, names.verdictNames)
+        (exitRegisterFields, registerFields, verdictTails) = (names.exitRegisterFields, names.registerFields, names.verdictTails)
         (eventNames, policyEventName) = (names.eventNames, names.policyEventName)
         (migrationEventName, resetEventName) = (names.migrationEventName, names.resetEventName)
         maximumBulkBytes = (vmNameField?.count ?? 0) + vcpuSubject.count + 3 * 64 * (names.longestBitName + 3) + 512
@@ -102,14 +142,14 @@ final class EventRenderer {
 
     // MARK: Name and level
 
-    func name(_ record: EventRecord) -> UnsafePointer<CChar> { eventNames[Int(record.kind.rawValue)].cString }
+    func name(_ record: EventRecord) -> ByteString { eventNames[Int(record.kind.rawValue)] }
 
-    func name(_ announcement: Announcement) -> UnsafePointer<CChar> {
+    func name(_ announcement: Announcement) -> ByteString {
         switch announcement {
-        case .policy: return policyEventName.cString
-        case .migration: return migrationEventName.cString
-        case .reset: return resetEventName.cString
-        case .kernelCheck, .hostCannotCheck: return eventNames[Int(EventKind.capability.rawValue)].cString
+        case .policy: return policyEventName
+        case .migration: return migrationEventName
+        case .reset: return resetEventName
+        case .kernelCheck, .hostCannotCheck: return eventNames[Int(EventKind.capability.rawValue)]
         }
     }
 
@@ -144,28 +184,32 @@ final class EventRenderer {
     // MARK: Data
 
     /// The JSON data of `record`, NUL-terminated.
-    func data(_ record: EventRecord) -> UnsafePointer<CChar> {
+    func data(_ record: EventRecord) -> ByteString {
         dataBuffer.reset()
         switch record.payload {
         case let .configure(event):
-            bulkData(vcpu: event.vcpu, event.register) { data, register in
-                exitFields(&data, event.exit, value: event.bits, pinned: event.pinned, register)
-                appendVerdict(&data, event.verdict)
+            bulkData(vcpu: event.vcpu, event.register, exit: event.exit) { data, names in
+                bits(&data, keys.value, event.bits, names)
+                bits(&data, keys.pinned, event.pinned, names)
+                return event.verdict
             }
         case let .denial(event):
-            bulkData(vcpu: event.vcpu, event.register) { data, register in
-                exitFields(&data, event.exit, value: event.value, pinned: event.pinned, register)
-                bits(&data, ",\"violated\":\"", ",\"violated-bits\":[", event.violated, register)
-                appendVerdict(&data, event.verdict)
+            bulkData(vcpu: event.vcpu, event.register, exit: event.exit) { data, names in
+                bits(&data, keys.value, event.value, names)
+                bits(&data, keys.pinned, event.pinned, names)
+                bits(&data, keys.violated, event.violated, names)
+                return event.verdict
             }
         case let .weakPinning(event):
-            bulkData(vcpu: event.vcpu, event.register) { data, register in
-                weakFields(&data, event, register)
+            bulkData(vcpu: event.vcpu, event.register, exit: nil) { data, names in
+                bits(&data, keys.pinned, event.pinned, names)
+                bits(&data, keys.required, event.required, names)
+                bits(&data, keys.missing, event.missing, names)
                 if event.vcpu == nil {  // the pin deadline's: no vCPU, the deadline instead
                     data.append(",\"deadline-seconds\":")
                     data.appendDecimal(UInt64(config.pinDeadline ?? 0))
                 }
-                appendVerdict(&data, event.verdict)
+                return event.verdict
             }
         case let .malformedExit(event):
             var object = vmObject()
@@ -193,10 +237,10 @@ final class EventRenderer {
             object.add("count", event.count)
             dataBuffer.append(text: object.rendered)
         }
-        return dataBuffer.cString()
+        return dataBuffer.terminated()
     }
 
-    func data(_ announcement: Announcement) -> UnsafePointer<CChar> {
+    func data(_ announcement: Announcement) -> ByteString {
         dataBuffer.reset()
         var object = vmObject()
         switch announcement {
@@ -240,7 +284,7 @@ final class EventRenderer {
             object.add("verdict", report.rule.verdict.name)
         }
         dataBuffer.append(text: object.rendered)
-        return dataBuffer.cString()
+        return dataBuffer.terminated()
     }
 
     /// One register's pins by origin: this kernel's, restored only. The
@@ -268,69 +312,41 @@ final class EventRenderer {
         object.add("required", config.requireCaps)
     }
 
-    /// `{"vm-name":...,"vcpu":N,"register":"crN"` + `fields` + `}`; no
-    /// vcpu key when `vcpu` is nil.
+    /// `{"vm-name":...,"vcpu":N,"register":"crN"`, `"exit-reason":N` when
+    /// `exit` is given, then `fields`, then the verdict `fields` returns
+    /// and `}`; no vcpu key when `vcpu` is nil. Each fixed part is one
+    /// block copy of bytes made at init.
     @inline(__always)
-    private func bulkData(vcpu: UInt32?, _ register: ControlRegister,
-                          _ fields: (inout ByteWriter, Int) -> Void) {
+    private func bulkData(vcpu: UInt32?, _ register: ControlRegister, exit: UInt32?,
+                          _ fields: (inout ByteWriter, UnsafePointer<BitNameBytes>) -> Verdict) {
         let register = Int(register.rawValue)
         // A local copy: the count stays in a register instead of the object.
         var data = dataBuffer
         data.reserve(maximumBulkBytes)
         defer { dataBuffer = data }
-        data.append(byte: 0x7b)  // {
-        if let vmNameField {
-            data.append(vmNameField)
-            data.append(byte: 0x2c)  // ,
-        }
+        let registerField = (exit == nil ? registerFields : exitRegisterFields)[register]
         if let vcpu {
-            data.append("\"vcpu\":")
+            data.append(vcpuHead)
             data.appendDecimal(UInt64(vcpu))
-            data.append(byte: 0x2c)
+            data.append(registerField)
+        } else {
+            data.append(vmHead)
+            // `{` alone: the register is the first key, without its comma.
+            if vmNameField == nil { data.append(droppingFirst: registerField) } else { data.append(registerField) }
         }
-        data.append("\"register\":\"")
-        data.append(registerNames[register])
-        data.append(byte: 0x22)
-        fields(&data, register)
-        data.append(byte: 0x7d)  // }
+        if let exit { data.appendDecimal(UInt64(exit)) }
+        // By address: the tables are a dozen words, not to be copied per call.
+        let verdict = fields(&data, bitNames.baseAddress! + register)
+        data.append(verdictTails[Int(verdict.rawValue) + 1])
     }
 
+    /// `,"NAME":"0x..."` then `,"NAME-bits":["name",...]`.
     @inline(__always)
-    private func exitFields(_ data: inout ByteWriter, _ exit: UInt32, value: UInt64, pinned: UInt64, _ register: Int) {
-        data.append(",\"exit-reason\":")
-        data.appendDecimal(UInt64(exit))
-        bits(&data, ",\"value\":\"", ",\"value-bits\":[", value, register)
-        bits(&data, ",\"pinned\":\"", ",\"pinned-bits\":[", pinned, register)
-    }
-
-    @inline(__always)
-    private func weakFields(_ data: inout ByteWriter, _ event: WeakPinningEvent, _ register: Int) {
-        bits(&data, ",\"pinned\":\"", ",\"pinned-bits\":[", event.pinned, register)
-        bits(&data, ",\"required\":\"", ",\"required-bits\":[", event.required, register)
-        bits(&data, ",\"missing\":\"", ",\"missing-bits\":[", event.missing, register)
-    }
-
-    @inline(__always)
-    private func appendVerdict(_ data: inout ByteWriter, _ verdict: Verdict) {
-        data.append(",\"verdict\":\"")
-        data.append(verdictNames[Int(verdict.rawValue) + 1])
-        data.append(byte: 0x22)
-    }
-
-    /// `key"0x..."` then `listKey"name",...]`.
-    @inline(__always)
-    private func bits(_ data: inout ByteWriter, _ key: StaticString, _ listKey: StaticString, _ value: UInt64,
-                      _ register: Int) {
-        data.append(key)
-        data.appendHex(value)
-        data.append(byte: 0x22)
-        data.append(listKey)
-        var first = true
-        bitNames[register].forEachName(of: value, quoted: true) { element in  // ,"name"
-            if first { data.append(droppingFirst: element) } else { data.append(element) }
-            first = false
-        }
-        data.append(byte: 0x5d)  // ]
+    private func bits(_ data: inout ByteWriter, _ keys: BitsKeys, _ value: UInt64, _ names: UnsafePointer<BitNameBytes>) {
+        data.append(keys.key)
+        data.appendHexDigits(value)
+        data.append(keys.listKey)
+        names.pointee.appendList(value, to: &data)
     }
 
     // MARK: Log lines

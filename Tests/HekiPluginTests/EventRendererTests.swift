@@ -33,12 +33,12 @@ import Testing
         var checked = 0
         var missing: [String] = []
         func check(_ id: String, _ renderer: EventRenderer, _ record: EventRecord) {
-            compare(id, String(cString: renderer.name(record)), renderer.level(record),
-                    String(cString: renderer.data(record)), String(cString: renderer.message(record)))
+            compare(id, String(cString: renderer.name(record).cString), renderer.level(record),
+                    String(cString: renderer.data(record).cString), String(cString: renderer.message(record)))
         }
         func check(_ id: String, _ renderer: EventRenderer, _ announcement: Announcement) {
-            compare(id, String(cString: renderer.name(announcement)), renderer.level(announcement),
-                    String(cString: renderer.data(announcement)), String(cString: renderer.message(announcement)))
+            compare(id, String(cString: renderer.name(announcement).cString), renderer.level(announcement),
+                    String(cString: renderer.data(announcement).cString), String(cString: renderer.message(announcement)))
         }
         private func compare(_ id: String, _ name: String, _ level: HekiLogLevel, _ data: String, _ message: String) {
             guard let want = EventRendererTests.expected[id] else { return missing.append(id) }
@@ -159,9 +159,9 @@ import Testing
                                                              pinned: 1 << 16, verdict: .resume)))
         let large = EventRecord(payload: .denial(DenialEvent(vcpu: 2, register: .cr4, exit: 40, value: .max,
                                                              pinned: .max, violated: .max, verdict: .pause)))
-        let first = (String(cString: renderer.data(small)), String(cString: renderer.message(small)))
+        let first = (String(cString: renderer.data(small).cString), String(cString: renderer.message(small)))
         _ = (renderer.data(large), renderer.message(large))
-        #expect((String(cString: renderer.data(small)), String(cString: renderer.message(small))) == first)
+        #expect((String(cString: renderer.data(small).cString), String(cString: renderer.message(small))) == first)
         #expect(first.1 == "heki: vm web1 vcpu 1: guest pinned cr0 wp (pinned now wp), verdict resume")
     }
 
