@@ -14,18 +14,28 @@ import Glibc
 /// heap memory) and a VM that never storms never touches most of its queue.
 /// Hence a cell's sequence is kept relative to its index (Vyukov's
 /// sequence - cell), whose start is 0.
+///
+/// A cell is one cache line: its sequence, then its record (56 bytes), so
+/// a push writes one line and a pop reads one, where a sequence array and
+/// a record array made it two (a record straddled lines too).
 final class EventQueue: @unchecked Sendable {
     private let capacity: Int
     private let mask: Int
     private let mappedBytes: Int
-    /// Per cell, minus the cell's index: the position it expects to be
-    /// written (pos) or read (pos+1).
-    private let sequences: UnsafeMutablePointer<Atomic<Int>>
-    /// Written before read: a cell is read only after its push.
-    private let records: UnsafeMutablePointer<EventRecord>
+    /// The cells: per cell, minus the cell's index, the position it expects
+    /// to be written (pos) or read (pos+1); then the record, written before
+    /// read (a cell is read only after its push).
+    private let cells: UnsafeMutableRawPointer
     private let enqueuePosition = Atomic<Int>(0)
     /// Only the consumer (the main loop thread) touches this.
     private var dequeuePosition = 0
+
+    /// Bytes per cell: the sequence word and the record, rounded up to
+    /// whole cache lines (one line for a 56-byte record).
+    @inline(__always) private static var cellBytes: Int {
+        (MemoryLayout<Atomic<Int>>.stride + MemoryLayout<EventRecord>.stride + 63) & ~63
+    }
+    @inline(__always) private static var recordOffset: Int { MemoryLayout<Atomic<Int>>.stride }
 
     /// `capacity` is rounded up to a power of two. Nil when the mapping
     /// fails: heki_plugin_new reports it instead of trapping in the VMM.
@@ -36,16 +46,26 @@ final class EventQueue: @unchecked Sendable {
         mask = size - 1
         // Atomic<Int> and EventRecord are plain words: zero bytes are a
         // valid Atomic(0), records are raw memory until pushed.
-        let sequenceBytes = size * MemoryLayout<Atomic<Int>>.stride
-        mappedBytes = sequenceBytes + size * MemoryLayout<EventRecord>.stride
+        mappedBytes = size * EventQueue.cellBytes
         let memory = mmap(nil, mappedBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         guard let memory, memory != MAP_FAILED else { return nil }
-        sequences = memory.bindMemory(to: Atomic<Int>.self, capacity: size)
-        records = (memory + sequenceBytes).bindMemory(to: EventRecord.self, capacity: size)
+        cells = memory
+        for cell in 0..<size {
+            _ = (memory + cell * EventQueue.cellBytes).bindMemory(to: Atomic<Int>.self, capacity: 1)
+            _ = (memory + cell * EventQueue.cellBytes + EventQueue.recordOffset).bindMemory(to: EventRecord.self, capacity: 1)
+        }
     }
 
     deinit {
-        munmap(UnsafeMutableRawPointer(sequences), mappedBytes)
+        munmap(cells, mappedBytes)
+    }
+
+    @inline(__always) private func cellSequence(_ cell: Int) -> UnsafeMutablePointer<Atomic<Int>> {
+        (cells + cell &* EventQueue.cellBytes).assumingMemoryBound(to: Atomic<Int>.self)
+    }
+
+    @inline(__always) private func cellRecord(_ cell: Int) -> UnsafeMutablePointer<EventRecord> {
+        (cells + (cell &* EventQueue.cellBytes &+ EventQueue.recordOffset)).assumingMemoryBound(to: EventRecord.self)
     }
 
     /// Any thread. False when the queue is full. `stamping`: sets the
@@ -56,7 +76,7 @@ final class EventQueue: @unchecked Sendable {
         var position = enqueuePosition.load(ordering: .relaxed)
         while true {
             let cell = position & mask
-            let sequence = sequences[cell].load(ordering: .acquiring) &+ cell
+            let sequence = cellSequence(cell).pointee.load(ordering: .acquiring) &+ cell
             let difference = sequence &- position
             if difference == 0 {
                 let (exchanged, current) = enqueuePosition.weakCompareExchange(
@@ -65,8 +85,8 @@ final class EventQueue: @unchecked Sendable {
                 if exchanged {
                     var record = record
                     if stamping { record.timeMicros = Int64(bitPattern: StampClock.counter()) }
-                    (records + cell).initialize(to: record)
-                    sequences[cell].store(position &+ 1 &- cell, ordering: .releasing)
+                    cellRecord(cell).initialize(to: record)
+                    cellSequence(cell).pointee.store(position &+ 1 &- cell, ordering: .releasing)
                     return true
                 }
                 position = current
@@ -82,10 +102,10 @@ final class EventQueue: @unchecked Sendable {
     /// still being written: its producer wakes the consumer when done).
     func pop() -> EventRecord? {
         let cell = dequeuePosition & mask
-        let sequence = sequences[cell].load(ordering: .acquiring) &+ cell
+        let sequence = cellSequence(cell).pointee.load(ordering: .acquiring) &+ cell
         guard sequence == dequeuePosition &+ 1 else { return nil }
-        let record = records[cell]
-        sequences[cell].store(dequeuePosition &+ capacity &- cell, ordering: .releasing)
+        let record = cellRecord(cell).pointee
+        cellSequence(cell).pointee.store(dequeuePosition &+ capacity &- cell, ordering: .releasing)
         dequeuePosition &+= 1
         return record
     }
