@@ -411,7 +411,9 @@ final class Plugin {
         var next: UInt64? = nil
         for kind in EventKind.allCases where kind != .suppressed {
             let index = Int(kind.rawValue)
-            if summaryDue[index] == nil, limiter.pendingCount(kind) > 0 { summaryDue[index] = now + 1 }
+            if summaryDue[index] == nil, force || limiter.mayHavePending(kind), limiter.pendingCount(kind) > 0 {
+                summaryDue[index] = now + 1
+            }
             guard let due = summaryDue[index] else { continue }
             if force || now >= due {
                 summaryDue[index] = nil

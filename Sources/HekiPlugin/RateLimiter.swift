@@ -160,6 +160,14 @@ struct RateLimiter: ~Copyable, Sendable {
         }
     }
 
+    /// Main loop: whether a vCPU held an event of `kind` back since the last
+    /// summary took the count: one load, where `pendingCount` sums every
+    /// shard. A vCPU adds to its count before it sets the flag and wakes the
+    /// loop, so a count not yet flagged is flagged by the next dispatch.
+    func mayHavePending(_ kind: EventKind) -> Bool {
+        armed[Int(kind.rawValue)].load(ordering: .sequentiallyConsistent)
+    }
+
     /// Any thread: the count not yet summarised.
     func pendingCount(_ kind: EventKind) -> UInt64 {
         // `taken` first: the totals read after it cover what it took.
