@@ -298,17 +298,32 @@ struct BitNameBytes {
         quotedByBit = arena.table(byIndex.map { arena.string(",\"\($0)\"") })
         ascending = names.table.allSatisfy { $0.bit.nonzeroBitCount == 1 }
             && zip(names.table, names.table.dropFirst()).allSatisfy { $0.bit < $1.bit }
-        let elements: [[UInt8]] = (0..<256).map { slot in
-            let (position, nibble) = (slot >> 4, slot & 15)
-            return (0..<4).filter { nibble & 1 << $0 != 0 }.flatMap { Array(",\"\(byIndex[position * 4 + $0])\"".utf8) }
+        // Made once per process: each bit's element once, then copied into
+        // the slots of the nibbles that have it (no String per slot).
+        let quoted: [[UInt8]] = byIndex.map { Array(",\"\($0)\"".utf8) }
+        var lengths = [UInt8](repeating: 0, count: 256)
+        var longest = 0
+        for slot in 0..<256 {
+            var length = 0
+            for bit in 0..<4 where slot & 1 << bit != 0 { length += quoted[(slot >> 4) * 4 + bit].count }
+            lengths[slot] = UInt8(length)
+            longest = max(longest, length)
         }
         var shift = 4  // at least the block appendBlocks reads
-        while 1 << shift < elements.map(\.count).max()! { shift += 1 }
+        while 1 << shift < longest { shift += 1 }
         slotShift = shift
         var bytes = [UInt8](repeating: 0, count: 256 << shift)
-        for (slot, element) in elements.enumerated() { bytes.replaceSubrange((slot << shift)..<((slot << shift) + element.count), with: element) }
+        for slot in 0..<256 {
+            var at = slot << shift
+            for bit in 0..<4 where slot & 1 << bit != 0 {
+                for byte in quoted[(slot >> 4) * 4 + bit] {
+                    bytes[at] = byte
+                    at += 1
+                }
+            }
+        }
         nibbleElements = arena.table(bytes)
-        nibbleLengths = arena.table(elements.map { UInt8($0.count) })
+        nibbleLengths = arena.table(lengths)
     }
 
     /// Calls `body` with each name of `value`, in BitNames.names(of:) order.
