@@ -153,7 +153,7 @@ struct ByteWriter {
     }
 
     /// A String's UTF-8 as is (text already safe where it goes: a log line
-    /// of printable text, JSON from JSONObject). Reserves room itself.
+    /// of printable text, JSON from JSONWriter). Reserves room itself.
     mutating func append(text: String) {
         var copy = text
         copy.withUTF8 { utf8 in

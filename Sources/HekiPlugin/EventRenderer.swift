@@ -6,7 +6,7 @@ import CHekiPlugin
 /// buffers. The kinds a guest can cause in bulk (configure, denial, weak
 /// pinning) are written field by field from bytes made once at init; the
 /// rare ones (malformed exits, capabilities, summaries, the main loop's
-/// announcements) through JSONObject into the same buffers. The log line is
+/// announcements) through JSONWriter into the same buffers. The log line is
 /// made only when asked (the host may have no log callback).
 /// Main loop thread only; a result is valid until the next render.
 final class EventRenderer {
@@ -111,13 +111,7 @@ final class EventRenderer {
         self.config = config
         let arena = self.arena
         vmLabel = config.vmName.map { "vm \(Options.printable($0))" }
-        vmNameField = config.vmName.map { name in
-            var field = ""
-            JSONObject.quote("vm-name", into: &field)
-            field += ":"
-            JSONObject.quote(name, into: &field)
-            return arena.string(field)
-        }
+        vmNameField = config.vmName.map { arena.string(JSONEscape.quoted("vm-name") + ":" + JSONEscape.quoted($0)) }
         let vmField = vmNameField.map { String(cString: $0.cString) }
         vcpuHead = arena.string("{" + (vmField.map { $0 + "," } ?? "") + "\"vcpu\":")
         vmHead = arena.string("{" + (vmField ?? ""))
@@ -212,103 +206,106 @@ final class EventRenderer {
                 return event.verdict
             }
         case let .malformedExit(event):
-            var object = vmObject()
-            object.add("vcpu", event.vcpu)
-            if let register = event.register { object.add("register", register.name) }
-            object.add("exit-reason", event.exit)
-            object.add("reason", hex: event.reason)
-            object.add("problem", event.problem.name)
-            object.add("kind", event.kind.name)
-            object.add("verdict", Verdict.notHeki.name)
-            dataBuffer.append(text: object.rendered)
+            vmObject { object in
+                object.add("vcpu", UInt64(event.vcpu))
+                if let register = event.register { object.add("register", register.name) }
+                object.add("exit-reason", UInt64(event.exit))
+                object.add("reason", hex: event.reason)
+                object.add("problem", event.problem.name)
+                object.add("kind", event.kind.name)
+                object.add("verdict", Verdict.notHeki.name)
+            }
         case let .capability(event):
-            var object = vmObject()
-            object.add("kind", event.kind.name)
-            object.add("capability", event.capability)
-            object.add("mask", hex: event.mask.rawValue)
-            object.add("mask-bits", ControlRegister.allCases.filter { event.mask.contains($0) }.map(\.name))
-            object.add("result", Int64(event.result))
-            object.add("enabled", event.result == 0)
-            object.add("required", config.requireCaps)
-            dataBuffer.append(text: object.rendered)
+            vmObject { object in
+                object.add("kind", event.kind.name)
+                object.add("capability", UInt64(event.capability))
+                object.add("mask", hex: event.mask.rawValue)
+                object.add("mask-bits", ControlRegister.allCases.filter { event.mask.contains($0) }.map(\.name))
+                object.add("result", Int64(event.result))
+                object.add("enabled", event.result == 0)
+                object.add("required", config.requireCaps)
+            }
         case let .suppressed(event):
-            var object = vmObject()
-            object.add("event", event.coalesced.eventName)
-            object.add("count", event.count)
-            dataBuffer.append(text: object.rendered)
+            vmObject { object in
+                object.add("event", event.coalesced.eventName)
+                object.add("count", event.count)
+            }
         }
         return dataBuffer.terminated()
     }
 
     func data(_ announcement: Announcement) -> ByteString {
         dataBuffer.reset()
-        var object = vmObject()
-        switch announcement {
-        case let .kernelCheck(check, answers):
-            kernelFields(&object, status: check.status, profile: check.profile, answers: answers)
-        case .hostCannotCheck:
-            kernelFields(&object, status: "host-cannot-check", profile: nil, answers: nil)
-        case let .policy(policy, changed):
-            object.add("changed", changed)
-            object.add("on-denial", policy.onDenial.name)
-            object.add("on-denial-cr0", policy.onDenial(.cr0).name)
-            object.add("on-denial-cr4", policy.onDenial(.cr4).name)
-            object.add("on-weak-pinning", policy.onWeakPinning.name)
-            for register in ControlRegister.allCases {
-                let bits = policy.required(register)
-                object.add("require-" + register.name, hex: bits)
-                object.add("require-" + register.name + "-bits", register.bitNames.names(of: bits))
+        vmObject { object in
+            switch announcement {
+            case let .kernelCheck(check, answers):
+                kernelFields(&object, status: check.status, profile: check.profile, answers: answers)
+            case .hostCannotCheck:
+                kernelFields(&object, status: "host-cannot-check", profile: nil, answers: nil)
+            case let .policy(policy, changed):
+                object.add("changed", changed)
+                object.add("on-denial", policy.onDenial.name)
+                object.add("on-denial-cr0", policy.onDenial(.cr0).name)
+                object.add("on-denial-cr4", policy.onDenial(.cr4).name)
+                object.add("on-weak-pinning", policy.onWeakPinning.name)
+                for register in ControlRegister.allCases {
+                    let bits = policy.required(register)
+                    object.add(named: "require-" + register.name, hex: bits)
+                    object.add(named: "require-" + register.name + "-bits", register.bitNames.names(of: bits))
+                }
+                object.add("migration", policy.migration.name)
+            case let .migration(report):
+                object.add("action", report.action.rawValue)
+                object.add("migration", report.choice.name)
+                object.add("pins") { pins in
+                    for register in ControlRegister.allCases {
+                        pins.add(named: register.name) { entry in
+                            pinOrigin(&entry, enforced: report.enforced[register],
+                                      restoredOnly: report.restoredOnly[register], register)
+                        }
+                    }
+                }
+                object.add("reason", report.reason)
+                object.add("source-vm-name", report.source?.vmName)
+                object.add("source-profile", report.source?.profile)
+                object.add("source-migration", report.source?.migration.name)
+            case let .reset(report):
+                object.add("cause", report.cause.name)
+                for register in ControlRegister.allCases {
+                    object.add(named: "pinned-" + register.name, hex: report.pinned[register])
+                    object.add(named: "pinned-" + register.name + "-bits",
+                               register.bitNames.names(of: report.pinned[register]))
+                }
+                object.add("unseen", report.unseen.map(\.name))
+                object.add("on-reset", report.rule.rawValue)
+                object.add("verdict", report.rule.verdict.name)
             }
-            object.add("migration", policy.migration.name)
-        case let .migration(report):
-            object.add("action", report.action.rawValue)
-            object.add("migration", report.choice.name)
-            var pins = JSONObject()
-            for register in ControlRegister.allCases {
-                pins.add(register.name, pinOrigin(enforced: report.enforced[register],
-                                                  restoredOnly: report.restoredOnly[register], register))
-            }
-            object.add("pins", pins)
-            object.add("reason", report.reason)
-            object.add("source-vm-name", report.source?.vmName)
-            object.add("source-profile", report.source?.profile)
-            object.add("source-migration", report.source?.migration.name)
-        case let .reset(report):
-            object.add("cause", report.cause.name)
-            for register in ControlRegister.allCases {
-                object.add("pinned-" + register.name, hex: report.pinned[register])
-                object.add("pinned-" + register.name + "-bits", register.bitNames.names(of: report.pinned[register]))
-            }
-            object.add("unseen", report.unseen.map(\.name))
-            object.add("on-reset", report.rule.rawValue)
-            object.add("verdict", report.rule.verdict.name)
         }
-        dataBuffer.append(text: object.rendered)
         return dataBuffer.terminated()
     }
 
-    /// One register's pins by origin: this kernel's, restored only. The
-    /// query's pins entries carry the same keys.
-    func pinOrigin(enforced: UInt64, restoredOnly: UInt64, _ register: ControlRegister) -> JSONObject {
-        var entry = JSONObject()
+    /// One register's pins by origin: this kernel's, restored only.
+    private func pinOrigin(_ entry: inout JSONWriter, enforced: UInt64, restoredOnly: UInt64,
+                           _ register: ControlRegister) {
         entry.add("enforced", hex: enforced)
         entry.add("enforced-bits", register.bitNames.names(of: enforced))
         entry.add("restored-only", hex: restoredOnly)
         entry.add("restored-only-bits", register.bitNames.names(of: restoredOnly))
-        return entry
     }
 
-    private func vmObject() -> JSONObject {
-        var object = JSONObject()
-        if let name = config.vmName { object.add("vm-name", name) }
-        return object
+    /// The object `body` writes into the data buffer, after the vm-name.
+    private func vmObject(_ body: (inout JSONWriter) -> Void) {
+        JSONWriter.object(appendingTo: &dataBuffer) { object in
+            if let name = config.vmName { object.add("vm-name", name) }
+            body(&object)
+        }
     }
 
-    private func kernelFields(_ object: inout JSONObject, status: String, profile: Profile?, answers: KernelAnswers?) {
+    private func kernelFields(_ object: inout JSONWriter, status: String, profile: Profile?, answers: KernelAnswers?) {
         object.add("abi", config.abiName)
         object.add("status", status)
         object.add("profile", profile?.name)
-        if let answers { object.add("answers", answers.json) }
+        if let answers { object.add("answers") { answers.write(into: &$0) } }
         object.add("required", config.requireCaps)
     }
 

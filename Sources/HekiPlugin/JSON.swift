@@ -1,4 +1,5 @@
-/// The one spelling of a JSON string's escapes, for both writers: quotes,
+/// The one spelling of a JSON string's escapes (JSONWriter's, and the
+/// renderer's fixed parts made at init): quotes,
 /// backslashes, control characters, DEL, and U+2028/U+2029 (line ends to
 /// some readers) become escapes; every other byte is copied as it is.
 enum JSONEscape {
@@ -67,75 +68,16 @@ enum JSONEscape {
             }
         }
     }
-}
 
-/// A small writer for one compact JSON object, as a String (the rare
-/// events' data). Every string goes through `quote`, so text from a guest
-/// or an option cannot break the document.
-struct JSONObject {
-    private var text = "{"
-    private var empty = true
-
-    /// Room for a typical rare event's object at once, not five doublings.
-    init() { text.reserveCapacity(256) }
-
-    private mutating func key(_ key: String) {
-        if !empty { text += "," }
-        empty = false
-        JSONObject.quote(key, into: &text)
-        text += ":"
-    }
-
-    mutating func add(_ key: String, _ value: String) {
-        self.key(key)
-        JSONObject.quote(value, into: &text)
-    }
-
-    mutating func add(_ key: String, _ value: String?) {
-        if let value { add(key, value) } else { self.key(key); text += "null" }
-    }
-
-    mutating func add(_ key: String, _ value: UInt64) { self.key(key); text += String(value) }
-    mutating func add(_ key: String, _ value: Int64?) {
-        self.key(key)
-        text += value.map { String($0) } ?? "null"
-    }
-    mutating func add(_ key: String, _ value: UInt32) { add(key, UInt64(value)) }
-    mutating func add(_ key: String, _ value: Int64) { self.key(key); text += String(value) }
-    mutating func add(_ key: String, _ value: Bool) { self.key(key); text += value ? "true" : "false" }
-
-    /// "0x..." in lower case, no padding; null for nil.
-    mutating func add(_ key: String, hex value: UInt64?) { add(key, value.map { "0x" + String($0, radix: 16) }) }
-
-    mutating func add(_ key: String, _ values: [String]) {
-        self.key(key)
-        text += "["
-        for (index, value) in values.enumerated() {
-            if index > 0 { text += "," }
-            JSONObject.quote(value, into: &text)
-        }
-        text += "]"
-    }
-
-    mutating func add(_ key: String, _ object: JSONObject) {
-        self.key(key)
-        text += object.text
-        text += "}"
-    }
-
-    var rendered: String { text + "}" }
-
-    static func quote(_ string: String, into out: inout String) {
-        out += "\""
+    /// `string` as a JSON string, quotes included: for the parts of an
+    /// event the renderer makes once (the vm-name field).
+    static func quoted(_ string: String) -> String {
+        var out = "\""
         var copy = string
         copy.withUTF8 { utf8 in
-            JSONEscape.scan(utf8, copy: { run in
-                // Most text (keys, names) is one run: the String itself.
-                if run.count == utf8.count { out += string } else { out += String(decoding: run, as: UTF8.self) }
-            }, escape: { code in
-                JSONEscape.spell(code) { out.unicodeScalars.append(Unicode.Scalar($0)) }
-            })
+            scan(utf8, copy: { run in out += String(decoding: run, as: UTF8.self) },
+                 escape: { code in spell(code) { out.unicodeScalars.append(Unicode.Scalar($0)) } })
         }
-        out += "\""
+        return out + "\""
     }
 }

@@ -3,7 +3,9 @@ import Glibc
 #endif
 
 /// A compact JSON document written into a ByteWriter, member by member:
-/// the byte writer's JSON for a document of many members (the query).
+/// the plugin's one JSON writer for documents of many members (the query)
+/// and for the events not written field by field (the renderer's rare
+/// kinds and announcements).
 /// Keys are the plugin's own names; every String value is escaped
 /// (JSONEscape). Each member reserves its own room, so a long vm-name or
 /// path only grows the buffer.
@@ -16,6 +18,23 @@ struct JSONWriter {
         bytes = ByteWriter(capacity: capacity)
         bytes.reserve(1)
         bytes.append(byte: 0x7b)  // {
+    }
+
+    /// Continues `bytes` (the renderer's buffer) with `{`.
+    private init(continuing bytes: ByteWriter) {
+        self.bytes = bytes
+        self.bytes.reserve(1)
+        self.bytes.append(byte: 0x7b)  // {
+    }
+
+    /// Appends the object `body` writes to `bytes`.
+    static func object(appendingTo bytes: inout ByteWriter, _ body: (inout JSONWriter) -> Void) {
+        var writer = JSONWriter(continuing: bytes)
+        body(&writer)
+        writer.bytes.reserve(1)
+        writer.bytes.append(byte: 0x7d)  // }
+        // The writer may have grown the buffer: it is the one to keep.
+        bytes = writer.bytes
     }
 
     /// The object `body` writes, as a malloc'ed C string (what
@@ -144,11 +163,20 @@ struct JSONWriter {
     /// "0x..." in lower case, no padding; null for nil.
     mutating func add(_ key: StaticString, hex value: UInt64?) {
         self.key(key)
+        hex(value)
+    }
+
+    private mutating func hex(_ value: UInt64?) {
         guard let value else { return null() }
         bytes.reserve(20)
         bytes.append(byte: 0x22)
         bytes.appendHex(value)
         bytes.append(byte: 0x22)
+    }
+
+    mutating func add(named key: String, hex value: UInt64?) {
+        self.key(named: key)
+        hex(value)
     }
 
     mutating func add(_ key: StaticString, _ names: [String]) {

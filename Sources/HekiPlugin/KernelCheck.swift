@@ -21,10 +21,9 @@ struct KernelAnswers: Sendable, Equatable {
     /// "235=1 236=0 237=1", as the log lines name them.
     var spelling: String { entries.map { "\($0.cap)=\($0.answer)" }.joined(separator: " ") }
 
-    var json: JSONObject {
-        var object = JSONObject()
-        for entry in entries { object.add(String(entry.cap), Int64(entry.answer)) }
-        return object
+    /// `{"235":1,...}`'s members.
+    func write(into object: inout JSONWriter) {
+        for entry in entries { object.add(named: String(entry.cap), Int64(entry.answer)) }
     }
 }
 
