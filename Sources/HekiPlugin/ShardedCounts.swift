@@ -43,12 +43,6 @@ struct ShardedCounts: ~Copyable, @unchecked Sendable {
         words[word(slot, shard)].wrappingAdd(count, ordering: .sequentiallyConsistent)
     }
 
-    /// `slot` in `shard`'s line alone.
-    @inline(__always)
-    func load(_ slot: Int, shard: UInt32) -> UInt64 {
-        words[word(slot, shard)].load(ordering: .relaxed)
-    }
-
     /// The sum over the shards.
     func total(_ slot: Int) -> UInt64 {
         var sum: UInt64 = 0
