@@ -298,9 +298,9 @@ struct BitNameBytes {
         quotedByBit = arena.table(byIndex.map { arena.string(",\"\($0)\"") })
         ascending = names.table.allSatisfy { $0.bit.nonzeroBitCount == 1 }
             && zip(names.table, names.table.dropFirst()).allSatisfy { $0.bit < $1.bit }
-        // Made once per process: each bit's element once, then copied into
-        // the slots of the nibbles that have it (no String per slot).
-        let quoted: [[UInt8]] = byIndex.map { Array(",\"\($0)\"".utf8) }
+        // Made once per process: each bit's element (quotedByBit's bytes)
+        // copied into the slots of the nibbles that have it.
+        let quoted = quotedByBit.map { UnsafeBufferPointer(start: $0.bytes, count: $0.count) }
         var lengths = [UInt8](repeating: 0, count: 256)
         var longest = 0
         for slot in 0..<256 {
