@@ -3,110 +3,180 @@ import Synchronization
 import Glibc
 #endif
 
-/// A bounded multi-producer, single-consumer queue of event records
-/// (Vyukov's bounded queue): vCPU threads push without locks or allocation,
-/// the main loop pops. A push into a full queue fails at once; the caller
-/// counts what it could not push.
+/// The records waiting for the main loop: one bounded multi-producer,
+/// single-consumer queue (Vyukov's bounded queue) per shard of vCPUs. vCPU
+/// threads push without locks or allocation, the main loop pops. A push
+/// into a full shard fails at once; the caller counts what it could not
+/// push.
+///
+/// Sharded as the counters are (vCPU `n` pushes to shard `n % shards`):
+/// with one queue, every queued exit of every vCPU wrote its tail's cache
+/// line. A vCPU's records stay in order; the main loop takes the shards in
+/// turn, one record each, so a storming vCPU delays no other's events by
+/// more than one record per shard. Across vCPUs, each record's stamp says
+/// when it was made.
 ///
 /// Its memory is an anonymous mapping, untouched until used: the kernel
 /// maps a zero page at a cell's first write, so a new plugin costs no
-/// 260 KB of writes (heki_plugin_new stays fast; calloc would clear reused
-/// heap memory) and a VM that never storms never touches most of its queue.
+/// megabytes of writes (heki_plugin_new stays fast; calloc would clear
+/// reused heap memory) and a VM that never storms touches a few pages.
 /// Hence a cell's sequence is kept relative to its index (Vyukov's
 /// sequence - cell), whose start is 0.
 ///
 /// A cell is one cache line: its sequence, then its record (56 bytes), so
-/// a push writes one line and a pop reads one, where a sequence array and
-/// a record array made it two (a record straddled lines too).
+/// a push writes one line and a pop reads one. A shard's tail has a line
+/// of its own, at the start of the mapping.
 final class EventQueue: @unchecked Sendable {
-    private let capacity: Int
+    static let shards = ShardedCounts.shards
+    /// Records per shard (a power of two).
+    let capacity: Int
     private let mask: Int
+    /// log2 of one shard's cell bytes.
+    private let shardShift: Int
     private let mappedBytes: Int
-    /// The cells: per cell, minus the cell's index, the position it expects
-    /// to be written (pos) or read (pos+1); then the record, written before
-    /// read (a cell is read only after its push).
+    /// The shards' tails (`shards` lines), then each shard's cells: per
+    /// cell, minus the cell's index, the position it expects to be written
+    /// (pos) or read (pos+1); then the record, written before read.
+    private let mapping: UnsafeMutableRawPointer
     private let cells: UnsafeMutableRawPointer
-    private let enqueuePosition = Atomic<Int>(0)
-    /// Only the consumer (the main loop thread) touches this.
-    private var dequeuePosition = 0
 
+    // The consumer's (the main loop thread's) alone.
+    /// Per shard, the next position to read.
+    private let heads: UnsafeMutablePointer<Int>
+    /// Shards that may hold records (bit n: shard n); `expect` adds to it,
+    /// a pop that finds a shard empty takes it out.
+    private var pending: UInt32 = 0
+    /// The shard the last record came from.
+    private var turn = 0
+
+    @inline(__always) private static var lineBytes: Int { 64 }
     /// Bytes per cell: the sequence word and the record, rounded up to
     /// whole cache lines (one line for a 56-byte record).
     @inline(__always) private static var cellBytes: Int {
         (MemoryLayout<Atomic<Int>>.stride + MemoryLayout<EventRecord>.stride + 63) & ~63
     }
     @inline(__always) private static var recordOffset: Int { MemoryLayout<Atomic<Int>>.stride }
+    /// Every shard's bit.
+    static var allShards: UInt32 { UInt32.max >> (32 - shards) }
 
-    /// `capacity` is rounded up to a power of two. Nil when the mapping
-    /// fails: heki_plugin_new reports it instead of trapping in the VMM.
+    /// `capacity` (per shard) is rounded up to a power of two. Nil when the
+    /// mapping fails: heki_plugin_new reports it instead of trapping in the
+    /// VMM.
     init?(capacity requested: Int) {
         var size = 1
         while size < requested { size <<= 1 }
         capacity = size
         mask = size - 1
+        let (shardBytes, over1) = size.multipliedReportingOverflow(by: EventQueue.cellBytes)
+        let (allCells, over2) = shardBytes.multipliedReportingOverflow(by: EventQueue.shards)
+        let tails = EventQueue.shards * EventQueue.lineBytes
+        guard !over1, !over2, allCells <= Int.max - tails else { return nil }
+        shardShift = shardBytes.trailingZeroBitCount
         // Atomic<Int> and EventRecord are plain words: zero bytes are a
         // valid Atomic(0), records are raw memory until pushed.
-        mappedBytes = size * EventQueue.cellBytes
+        mappedBytes = tails + allCells
         let memory = mmap(nil, mappedBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         guard let memory, memory != MAP_FAILED else { return nil }
-        cells = memory
-        for cell in 0..<size {
-            _ = (memory + cell * EventQueue.cellBytes).bindMemory(to: Atomic<Int>.self, capacity: 1)
-            _ = (memory + cell * EventQueue.cellBytes + EventQueue.recordOffset).bindMemory(to: EventRecord.self, capacity: 1)
+        mapping = memory
+        cells = memory + tails
+        for shard in 0..<EventQueue.shards {
+            _ = (memory + shard * EventQueue.lineBytes).bindMemory(to: Atomic<Int>.self, capacity: 1)
         }
+        for cell in 0..<(size * EventQueue.shards) {
+            _ = (cells + cell * EventQueue.cellBytes).bindMemory(to: Atomic<Int>.self, capacity: 1)
+            _ = (cells + cell * EventQueue.cellBytes + EventQueue.recordOffset)
+                .bindMemory(to: EventRecord.self, capacity: 1)
+        }
+        heads = .allocate(capacity: EventQueue.shards)
+        heads.initialize(repeating: 0, count: EventQueue.shards)
     }
 
     deinit {
-        munmap(cells, mappedBytes)
+        munmap(mapping, mappedBytes)
+        heads.deallocate()
     }
 
-    @inline(__always) private func cellSequence(_ cell: Int) -> UnsafeMutablePointer<Atomic<Int>> {
-        (cells + cell &* EventQueue.cellBytes).assumingMemoryBound(to: Atomic<Int>.self)
+    @inline(__always) private func tail(_ shard: Int) -> UnsafeMutablePointer<Atomic<Int>> {
+        (mapping + shard &* EventQueue.lineBytes).assumingMemoryBound(to: Atomic<Int>.self)
     }
 
-    @inline(__always) private func cellRecord(_ cell: Int) -> UnsafeMutablePointer<EventRecord> {
-        (cells + (cell &* EventQueue.cellBytes &+ EventQueue.recordOffset)).assumingMemoryBound(to: EventRecord.self)
+    @inline(__always) private func cellSequence(_ shard: UnsafeMutableRawPointer, _ cell: Int)
+        -> UnsafeMutablePointer<Atomic<Int>> {
+        (shard + cell &* EventQueue.cellBytes).assumingMemoryBound(to: Atomic<Int>.self)
     }
 
-    /// Any thread. False when the queue is full. `stamping`: sets the
+    @inline(__always) private func cellRecord(_ shard: UnsafeMutableRawPointer, _ cell: Int)
+        -> UnsafeMutablePointer<EventRecord> {
+        (shard + (cell &* EventQueue.cellBytes &+ EventQueue.recordOffset)).assumingMemoryBound(to: EventRecord.self)
+    }
+
+    @inline(__always) private func shardCells(_ shard: Int) -> UnsafeMutableRawPointer {
+        cells + (shard &<< shardShift)
+    }
+
+    /// Any thread. False when `vcpu`'s shard is full. `stamping`: sets the
     /// record's `timeMicros` to the stamp counter (StampClock turns it into
-    /// the wall clock) once a cell is reserved: a full queue reads no clock.
+    /// the wall clock) once a cell is reserved: a full shard reads no clock.
     @inline(__always)
-    func push(_ record: EventRecord, stamping: Bool = false) -> Bool {
-        var position = enqueuePosition.load(ordering: .relaxed)
+    func push(_ record: EventRecord, vcpu: UInt32, stamping: Bool = false) -> Bool {
+        let shard = Int(vcpu & UInt32(EventQueue.shards - 1))
+        let tail = tail(shard), cells = shardCells(shard)
+        var position = tail.pointee.load(ordering: .relaxed)
         while true {
             let cell = position & mask
-            let sequence = cellSequence(cell).pointee.load(ordering: .acquiring) &+ cell
+            let sequence = cellSequence(cells, cell).pointee.load(ordering: .acquiring) &+ cell
             let difference = sequence &- position
             if difference == 0 {
-                let (exchanged, current) = enqueuePosition.weakCompareExchange(
+                let (exchanged, current) = tail.pointee.weakCompareExchange(
                     expected: position, desired: position &+ 1,
                     successOrdering: .relaxed, failureOrdering: .relaxed)
                 if exchanged {
                     var record = record
                     if stamping { record.timeMicros = Int64(bitPattern: StampClock.counter()) }
-                    cellRecord(cell).initialize(to: record)
-                    cellSequence(cell).pointee.store(position &+ 1 &- cell, ordering: .releasing)
+                    cellRecord(cells, cell).initialize(to: record)
+                    cellSequence(cells, cell).pointee.store(position &+ 1 &- cell, ordering: .releasing)
                     return true
                 }
                 position = current
             } else if difference < 0 {
                 return false
             } else {
-                position = enqueuePosition.load(ordering: .relaxed)
+                position = tail.pointee.load(ordering: .relaxed)
             }
         }
     }
 
-    /// The consumer thread only. Nil when empty (or when the next record is
-    /// still being written: its producer wakes the consumer when done).
+    /// The consumer thread only: the shards in `shards` (bit n: shard n)
+    /// may have records; `pop` looks at them until it finds them empty.
+    func expect(_ shards: UInt32) {
+        pending |= shards & EventQueue.allShards
+    }
+
+    /// The consumer thread only: the next record of the next expected shard
+    /// in turn. Nil when every expected shard is empty (or its next record
+    /// is still being written: its producer wakes the consumer when done).
     func pop() -> EventRecord? {
-        let cell = dequeuePosition & mask
-        let sequence = cellSequence(cell).pointee.load(ordering: .acquiring) &+ cell
-        guard sequence == dequeuePosition &+ 1 else { return nil }
-        let record = cellRecord(cell).pointee
-        cellSequence(cell).pointee.store(dequeuePosition &+ capacity &- cell, ordering: .releasing)
-        dequeuePosition &+= 1
+        while pending != 0 {
+            // The first expected shard after the last one taken, else the first.
+            let after = pending & ~(UInt32(2) &<< UInt32(turn) &- 1)
+            let shard = Int((after != 0 ? after : pending).trailingZeroBitCount)
+            if let record = pop(shard) {
+                turn = shard
+                return record
+            }
+            pending &= ~(UInt32(1) &<< UInt32(shard))
+        }
+        return nil
+    }
+
+    private func pop(_ shard: Int) -> EventRecord? {
+        let cells = shardCells(shard), head = heads[shard]
+        let cell = head & mask
+        let sequence = cellSequence(cells, cell).pointee.load(ordering: .acquiring) &+ cell
+        guard sequence == head &+ 1 else { return nil }
+        let record = cellRecord(cells, cell).pointee
+        cellSequence(cells, cell).pointee.store(head &+ capacity &- cell, ordering: .releasing)
+        heads[shard] = head &+ 1
         return record
     }
 }

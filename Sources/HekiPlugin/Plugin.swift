@@ -37,8 +37,10 @@ final class Plugin {
     /// Set by whoever judges the required pins at boot first: the pin
     /// deadline (main loop) or the first denial (its vCPU).
     private let bootJudged = Atomic<Bool>(false)
-    /// Records waiting for the main loop; enough for a burst at the default
-    /// rate limit from every event kind, bounded whatever the guest does.
+    /// Records waiting for the main loop, per shard of vCPUs: enough for a
+    /// burst at the default rate limit from every event kind, bounded
+    /// whatever the guest does (16 shards of 4096 64-byte cells: 4 MiB of
+    /// address space, touched only as far as records are queued).
     static let queueCapacity = 4096
 
     // Main loop thread only. The ones each dispatch reads are never
@@ -65,7 +67,7 @@ final class Plugin {
             throw StartError("require-caps", "on needs a host that lets the plugin check the kernel (HekiHost.check_extension and enable_cap, heki-plugin 1.1)")
         }
         guard let queue = EventQueue(capacity: Plugin.queueCapacity) else {
-            throw StartError(resource: "no memory for the event queue (\(Plugin.queueCapacity) records)")
+            throw StartError(resource: "no memory for the event queue (\(EventQueue.shards) x \(Plugin.queueCapacity) records)")
         }
         self.queue = queue
         self.config = config
@@ -203,13 +205,13 @@ final class Plugin {
         let record = EventRecord(payload: payload)
         if limiter.admit(record.kind) {
             // Stamped once a cell is reserved: a full queue costs no clock read.
-            if queue.push(record, stamping: true) {
+            if queue.push(record, vcpu: vcpu, stamping: true) {
                 counters.countQueued(record.kind, register, vcpu: vcpu)
-                source.wake()
+                source.wake(vcpu: vcpu)
                 return
             }
         }
-        if limiter.suppress(record.kind, register: register, vcpu: vcpu) { source.wake() }
+        if limiter.suppress(record.kind, register: register, vcpu: vcpu) { source.wake(vcpu: vcpu) }
     }
 
     /// `record` out of line, for the events no storm is made of: the exit
@@ -333,7 +335,7 @@ final class Plugin {
     }
 
     private func dispatch() -> Int32 {
-        source.acknowledge()
+        let woken = source.acknowledge()
         asDispatch {
             var deadlineVerdict = Verdict.resume
             if let due = deadlineDue, Int64(g_get_monotonic_time()) >= due {
@@ -341,7 +343,7 @@ final class Plugin {
                 deadlineVerdict = judgeBoot(vcpu: nil, exit: claim(.configure), policy: policy.current())
             }
             deliverAnnouncements()
-            drain()
+            drain(woken)
             // After the pin's event went out; its own event follows.
             if tellMigrationBlocker() { deliverAnnouncements() }
             // After the HEKI_WEAK_PINNING event went out.
@@ -383,10 +385,12 @@ final class Plugin {
         }
     }
 
-    /// Delivers what is queued. From a dispatch, at most one queue's worth:
-    /// when vCPUs keep pushing, the loop gets back to its other sources and
-    /// the source fires again at once (`wake`).
-    private func drain(all: Bool = false) {
+    /// Delivers what is queued in `shards` (and in those an earlier drain
+    /// left). From a dispatch, at most one queue's worth: when vCPUs keep
+    /// pushing, the loop gets back to its other sources and the source
+    /// fires again at once (`wake`).
+    private func drain(_ shards: UInt32 = EventQueue.allShards, all: Bool = false) {
+        queue.expect(shards)
         var budget = Plugin.queueCapacity
         var anchored = false
         while all || budget > 0, var record = queue.pop() {
