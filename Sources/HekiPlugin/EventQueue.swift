@@ -47,7 +47,7 @@ final class EventQueue: @unchecked Sendable {
     /// a pop that finds a shard empty takes it out.
     private var pending: UInt32 = 0
     /// The shard the last record came from.
-    private var turn = 0
+    private var turn = EventQueue.shards - 1
 
     @inline(__always) private static var lineBytes: Int { 64 }
     /// Bytes per cell: the sequence word and the record, rounded up to

@@ -4,18 +4,55 @@ import Testing
 
 @Suite struct EventQueueTests {
     @Test func popsInPushOrderAndRefusesPastItsCapacity() throws {
-        let queue = try #require(EventQueue(capacity: 5))  // rounds up to 8
-        for index in 0..<8 { #expect(queue.push(sequencedRecord(producer: 0, sequence: UInt64(index)))) }
-        #expect(!queue.push(sequencedRecord(producer: 0, sequence: 99)))
+        let queue = try #require(EventQueue(capacity: 5))  // rounds up to 8 per shard
+        for index in 0..<8 { #expect(queue.push(sequencedRecord(producer: 0, sequence: UInt64(index)), vcpu: 0)) }
+        #expect(!queue.push(sequencedRecord(producer: 0, sequence: 99), vcpu: 0))
+        queue.expect(EventQueue.allShards)
         for index in 0..<8 { #expect(queue.pop()?.sequenced?.sequence == UInt64(index)) }
         #expect(queue.pop() == nil)
-        #expect(queue.push(sequencedRecord(producer: 7, sequence: 0)))
+        #expect(queue.push(sequencedRecord(producer: 7, sequence: 0), vcpu: 0))
+        queue.expect(1)
         #expect(queue.pop()?.sequenced?.producer == 7)
+    }
+
+    /// vCPU n pushes to shard n % 16: a full shard refuses its own vCPUs
+    /// only, and the consumer takes the shards in turn, one record each, so
+    /// a storming vCPU cannot hold back another's events.
+    @Test func shardsFillAloneAndAreTakenInTurn() throws {
+        let queue = try #require(EventQueue(capacity: 4))
+        for index in 0..<4 { #expect(queue.push(sequencedRecord(producer: 0, sequence: UInt64(index)), vcpu: 0)) }
+        #expect(!queue.push(sequencedRecord(producer: 16, sequence: 0), vcpu: 16))  // shard 0 too
+        for index in 0..<2 { #expect(queue.push(sequencedRecord(producer: 5, sequence: UInt64(index)), vcpu: 5)) }
+        queue.expect(EventQueue.allShards)
+        let order = (0..<6).compactMap { _ in queue.pop()?.sequenced }.map { "\($0.producer).\($0.sequence)" }
+        #expect(order == ["0.0", "5.0", "0.1", "5.1", "0.2", "0.3"])
+        #expect(queue.pop() == nil)
+    }
+
+    /// The consumer looks only at the shards it was told may have records
+    /// (the main loop: those whose wake flags were set); a shard stays
+    /// expected until a pop finds it empty.
+    @Test func popLooksOnlyAtExpectedShards() throws {
+        let queue = try #require(EventQueue(capacity: 8))
+        #expect(queue.push(sequencedRecord(producer: 3, sequence: 0), vcpu: 3))
+        #expect(queue.push(sequencedRecord(producer: 3, sequence: 1), vcpu: 3))
+        queue.expect(1 << 2)
+        #expect(queue.pop() == nil)
+        queue.expect(1 << 3)
+        #expect(queue.pop()?.sequenced?.sequence == 0)
+        #expect(queue.pop()?.sequenced?.sequence == 1)
+        #expect(queue.pop() == nil)
+        #expect(queue.push(sequencedRecord(producer: 3, sequence: 2), vcpu: 3))
+        #expect(queue.pop() == nil, "shard 3 was found empty: not expected again until told")
+        queue.expect(1 << 3)
+        #expect(queue.pop()?.sequenced?.sequence == 2)
     }
 
     @Test func losesNothingUnderConcurrentProducers() async throws {
         let queue = try #require(EventQueue(capacity: 1024))
+        // vCPUs 0 and 16 share shard 0, 1 and 17 shard 1: several producers per shard.
         let producers = 4, perProducer = 50_000
+        let vcpus: [UInt32] = [0, 16, 1, 17]
         let refusals = Tally()
         var seen = [Int](repeating: 0, count: producers)
         await withTaskGroup(of: Void.self) { group in
@@ -23,13 +60,14 @@ import Testing
                 group.addTask {
                     for sequence in 0..<perProducer {
                         let record = sequencedRecord(producer: UInt32(producer), sequence: UInt64(sequence))
-                        if !queue.push(record) { refusals.count.wrappingAdd(1, ordering: .relaxed) }
+                        if !queue.push(record, vcpu: vcpus[producer]) { refusals.count.wrappingAdd(1, ordering: .relaxed) }
                     }
                 }
             }
             // The consumer: per producer, sequences arrive in increasing order.
             var last = [Int](repeating: -1, count: producers)
             var popped = 0
+            queue.expect(EventQueue.allShards)
             while popped + refusals.count.load(ordering: .relaxed) < producers * perProducer {
                 if let (producer, sequence) = queue.pop()?.sequenced {
                     #expect(Int(sequence) > last[Int(producer)])
@@ -37,10 +75,12 @@ import Testing
                     seen[Int(producer)] += 1
                     popped += 1
                 } else {
+                    queue.expect(EventQueue.allShards)
                     await Task.yield()
                 }
             }
             await group.waitForAll()
+            queue.expect(EventQueue.allShards)
             while let (producer, _) = queue.pop()?.sequenced { seen[Int(producer)] += 1 }
         }
         #expect(seen.reduce(0, +) + refusals.count.load(ordering: .relaxed) == producers * perProducer)
