@@ -24,21 +24,22 @@ import Glibc
 /// sequence - cell), whose start is 0.
 ///
 /// A cell is one cache line: its sequence, then its record (56 bytes), so
-/// a push writes one line and a pop reads one. A shard's tail has a line
-/// of its own, at the start of the mapping.
+/// a push writes one line and a pop reads one. A shard starts with a line
+/// of its own: its tail and its wake flag, both written by its producers.
 final class EventQueue: @unchecked Sendable {
     static let shards = ShardedCounts.shards
     /// Records per shard (a power of two).
     let capacity: Int
     private let mask: Int
-    /// log2 of one shard's cell bytes.
-    private let shardShift: Int
+    /// Bytes per shard: its header line, then its cells.
+    private let shardBytes: Int
     private let mappedBytes: Int
-    /// The shards' tails (`shards` lines), then each shard's cells: per
-    /// cell, minus the cell's index, the position it expects to be written
-    /// (pos) or read (pos+1); then the record, written before read.
+    /// Per shard: the header (the tail, then the wake flag: set by the
+    /// shard's first push after the consumer took the flags), then the
+    /// cells: per cell, minus the cell's index, the position it expects to
+    /// be written (pos) or read (pos+1); then the record, written before
+    /// read.
     private let mapping: UnsafeMutableRawPointer
-    private let cells: UnsafeMutableRawPointer
 
     // The consumer's (the main loop thread's) alone.
     /// Per shard, the next position to read.
@@ -67,25 +68,25 @@ final class EventQueue: @unchecked Sendable {
         while size < requested { size <<= 1 }
         capacity = size
         mask = size - 1
-        let (shardBytes, over1) = size.multipliedReportingOverflow(by: EventQueue.cellBytes)
-        let (allCells, over2) = shardBytes.multipliedReportingOverflow(by: EventQueue.shards)
-        let tails = EventQueue.shards * EventQueue.lineBytes
-        guard !over1, !over2, allCells <= Int.max - tails else { return nil }
-        shardShift = shardBytes.trailingZeroBitCount
-        // Atomic<Int> and EventRecord are plain words: zero bytes are a
-        // valid Atomic(0), records are raw memory until pushed.
-        mappedBytes = tails + allCells
+        let (cellBytes, over1) = size.multipliedReportingOverflow(by: EventQueue.cellBytes)
+        let (allBytes, over2) = (cellBytes &+ EventQueue.lineBytes).multipliedReportingOverflow(by: EventQueue.shards)
+        guard !over1, !over2, cellBytes < Int.max - EventQueue.lineBytes else { return nil }
+        shardBytes = cellBytes + EventQueue.lineBytes
+        // Atomics and EventRecord are plain words: zero bytes are a valid
+        // Atomic(0) and Atomic(false), records are raw memory until pushed.
+        mappedBytes = allBytes
         let memory = mmap(nil, mappedBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         guard let memory, memory != MAP_FAILED else { return nil }
         mapping = memory
-        cells = memory + tails
         for shard in 0..<EventQueue.shards {
-            _ = (memory + shard * EventQueue.lineBytes).bindMemory(to: Atomic<Int>.self, capacity: 1)
-        }
-        for cell in 0..<(size * EventQueue.shards) {
-            _ = (cells + cell * EventQueue.cellBytes).bindMemory(to: Atomic<Int>.self, capacity: 1)
-            _ = (cells + cell * EventQueue.cellBytes + EventQueue.recordOffset)
-                .bindMemory(to: EventRecord.self, capacity: 1)
+            let base = memory + shard * shardBytes
+            _ = base.bindMemory(to: Atomic<Int>.self, capacity: 1)
+            _ = (base + EventQueue.wakeOffset).bindMemory(to: Atomic<Bool>.self, capacity: 1)
+            for cell in 0..<size {
+                let cellBase = base + EventQueue.lineBytes + cell * EventQueue.cellBytes
+                _ = cellBase.bindMemory(to: Atomic<Int>.self, capacity: 1)
+                _ = (cellBase + EventQueue.recordOffset).bindMemory(to: EventRecord.self, capacity: 1)
+            }
         }
         heads = .allocate(capacity: EventQueue.shards)
         heads.initialize(repeating: 0, count: EventQueue.shards)
@@ -96,35 +97,51 @@ final class EventQueue: @unchecked Sendable {
         heads.deallocate()
     }
 
-    @inline(__always) private func tail(_ shard: Int) -> UnsafeMutablePointer<Atomic<Int>> {
-        (mapping + shard &* EventQueue.lineBytes).assumingMemoryBound(to: Atomic<Int>.self)
+    @inline(__always) private static var wakeOffset: Int { MemoryLayout<Atomic<Int>>.stride }
+
+    /// A shard's header line; its cells follow it.
+    @inline(__always) private func shard(_ index: Int) -> UnsafeMutableRawPointer {
+        mapping + index &* shardBytes
+    }
+
+    @inline(__always) private func tail(_ shard: UnsafeMutableRawPointer) -> UnsafeMutablePointer<Atomic<Int>> {
+        shard.assumingMemoryBound(to: Atomic<Int>.self)
+    }
+
+    @inline(__always) private func woken(_ shard: UnsafeMutableRawPointer) -> UnsafeMutablePointer<Atomic<Bool>> {
+        (shard + EventQueue.wakeOffset).assumingMemoryBound(to: Atomic<Bool>.self)
     }
 
     @inline(__always) private func cellSequence(_ shard: UnsafeMutableRawPointer, _ cell: Int)
         -> UnsafeMutablePointer<Atomic<Int>> {
-        (shard + cell &* EventQueue.cellBytes).assumingMemoryBound(to: Atomic<Int>.self)
+        (shard + (cell &* EventQueue.cellBytes &+ EventQueue.lineBytes)).assumingMemoryBound(to: Atomic<Int>.self)
     }
 
     @inline(__always) private func cellRecord(_ shard: UnsafeMutableRawPointer, _ cell: Int)
         -> UnsafeMutablePointer<EventRecord> {
-        (shard + (cell &* EventQueue.cellBytes &+ EventQueue.recordOffset)).assumingMemoryBound(to: EventRecord.self)
+        (shard + (cell &* EventQueue.cellBytes &+ (EventQueue.lineBytes + EventQueue.recordOffset)))
+            .assumingMemoryBound(to: EventRecord.self)
     }
 
-    @inline(__always) private func shardCells(_ shard: Int) -> UnsafeMutableRawPointer {
-        cells + (shard &<< shardShift)
+    enum Push {
+        /// The shard is full: nothing was written.
+        case refused
+        case queued
+        /// Queued, and the shard's wake flag was clear: signal the consumer.
+        case queuedFirst
     }
 
-    /// Any thread. False when `vcpu`'s shard is full. `stamping`: sets the
-    /// record's `timeMicros` to the stamp counter (StampClock turns it into
-    /// the wall clock) once a cell is reserved: a full shard reads no clock.
+    /// Any thread. `stamping`: sets the record's `timeMicros` to the stamp
+    /// counter (StampClock turns it into the wall clock) once a cell is
+    /// reserved: a full shard reads no clock.
     @inline(__always)
-    func push(_ record: EventRecord, vcpu: UInt32, stamping: Bool = false) -> Bool {
-        let shard = Int(vcpu & UInt32(EventQueue.shards - 1))
-        let tail = tail(shard), cells = shardCells(shard)
+    func push(_ record: EventRecord, vcpu: UInt32, stamping: Bool = false) -> Push {
+        let shard = shard(Int(vcpu & UInt32(EventQueue.shards - 1)))
+        let tail = tail(shard)
         var position = tail.pointee.load(ordering: .relaxed)
         while true {
             let cell = position & mask
-            let sequence = cellSequence(cells, cell).pointee.load(ordering: .acquiring) &+ cell
+            let sequence = cellSequence(shard, cell).pointee.load(ordering: .acquiring) &+ cell
             let difference = sequence &- position
             if difference == 0 {
                 let (exchanged, current) = tail.pointee.weakCompareExchange(
@@ -133,17 +150,33 @@ final class EventQueue: @unchecked Sendable {
                 if exchanged {
                     var record = record
                     if stamping { record.timeMicros = Int64(bitPattern: StampClock.counter()) }
-                    cellRecord(cells, cell).initialize(to: record)
-                    cellSequence(cells, cell).pointee.store(position &+ 1 &- cell, ordering: .releasing)
-                    return true
+                    cellRecord(shard, cell).initialize(to: record)
+                    cellSequence(shard, cell).pointee.store(position &+ 1 &- cell, ordering: .releasing)
+                    // After the record is published: the consumer clears the
+                    // flag before it looks, so it sees this record or this
+                    // push sees the flag clear.
+                    return woken(shard).pointee.exchange(true, ordering: .acquiringAndReleasing) ? .queued : .queuedFirst
                 }
                 position = current
             } else if difference < 0 {
-                return false
+                return .refused
             } else {
                 position = tail.pointee.load(ordering: .relaxed)
             }
         }
+    }
+
+    /// The consumer thread only, after it read the wake-up (the eventfd):
+    /// clears the shards' wake flags and returns the shards whose flags
+    /// were set (bit n: shard n), the ones to look at.
+    func takeWoken() -> UInt32 {
+        var woken: UInt32 = 0
+        for index in 0..<EventQueue.shards where self.woken(shard(index)).pointee.load(ordering: .relaxed) {
+            if self.woken(shard(index)).pointee.exchange(false, ordering: .acquiringAndReleasing) {
+                woken |= 1 << UInt32(index)
+            }
+        }
+        return woken
     }
 
     /// The consumer thread only: the shards in `shards` (bit n: shard n)
@@ -169,14 +202,14 @@ final class EventQueue: @unchecked Sendable {
         return nil
     }
 
-    private func pop(_ shard: Int) -> EventRecord? {
-        let cells = shardCells(shard), head = heads[shard]
+    private func pop(_ index: Int) -> EventRecord? {
+        let shard = shard(index), head = heads[index]
         let cell = head & mask
-        let sequence = cellSequence(cells, cell).pointee.load(ordering: .acquiring) &+ cell
+        let sequence = cellSequence(shard, cell).pointee.load(ordering: .acquiring) &+ cell
         guard sequence == head &+ 1 else { return nil }
-        let record = cellRecord(cells, cell).pointee
-        cellSequence(cells, cell).pointee.store(head &+ capacity &- cell, ordering: .releasing)
-        heads[shard] = head &+ 1
+        let record = cellRecord(shard, cell).pointee
+        cellSequence(shard, cell).pointee.store(head &+ capacity &- cell, ordering: .releasing)
+        heads[index] = head &+ 1
         return record
     }
 }

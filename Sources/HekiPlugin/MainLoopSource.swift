@@ -5,21 +5,17 @@ import Glibc
 #endif
 
 /// The plugin's GSource on the host's GMainContext: an eventfd that vCPU
-/// threads signal (a non-blocking write, at most once per drain and shard
-/// of vCPUs), plus a ready time for the next HEKI_SUPPRESSED summary.
-/// Dispatch runs on the thread that runs the context.
+/// threads signal (a non-blocking write, at most once per drain: the
+/// queue's shards have wake flags of their own, `wake` has this one), plus
+/// a ready time for the next HEKI_SUPPRESSED summary. Dispatch runs on the
+/// thread that runs the context.
 final class MainLoopSource {
     private let eventFD: Int32
     private let source: UnsafeMutablePointer<GSource>
     private let context: OpaquePointer
-    /// Per shard of vCPUs (vCPU `n` uses `n % shards`, as ShardedCounts),
-    /// each on its own cache line: set by the shard's first producer after
-    /// a drain, cleared by the consumer before it drains, so no push is ever
-    /// left unseen. One flag for all made every queued exit write the line
-    /// every other vCPU writes too.
-    private let wakePending: UnsafeMutablePointer<Atomic<Bool>>
-    private static let shards = ShardedCounts.shards
-    private static let shardStride = 64
+    /// Set by the first producer after a drain; cleared by the consumer
+    /// before it drains, so no push is ever left unseen.
+    private let wakePending = Atomic<Bool>(false)
 
     /// Made before its owner is whole (so the owner holds it in a `let`,
     /// read on the exit path without a retain); `attach` starts it.
@@ -30,12 +26,6 @@ final class MainLoopSource {
         }
         eventFD = fd
         self.context = context
-        let flags = UnsafeMutableRawPointer.allocate(
-            byteCount: MainLoopSource.shards * MainLoopSource.shardStride, alignment: 64)
-        for shard in 0..<MainLoopSource.shards {
-            (flags + shard * MainLoopSource.shardStride).initializeMemory(as: Atomic<Bool>.self, to: Atomic(false))
-        }
-        wakePending = flags.assumingMemoryBound(to: Atomic<Bool>.self)
         source = g_source_new(MainLoopSource.funcs, UInt32(MemoryLayout<GSource>.size))
         g_source_set_name(source, "heki-plugin")
         g_source_add_unix_fd(source, fd, G_IO_IN)
@@ -57,42 +47,31 @@ final class MainLoopSource {
         return funcs
     }()
 
+    /// Any thread: makes the main loop dispatch soon. Never blocks.
     @inline(__always)
-    private func flag(_ shard: UInt32) -> UnsafeMutablePointer<Atomic<Bool>> {
-        (UnsafeMutableRawPointer(wakePending)
-            + Int(shard & UInt32(MainLoopSource.shards - 1)) &* MainLoopSource.shardStride)
-            .assumingMemoryBound(to: Atomic<Bool>.self)
+    func wake() {
+        if !wakePending.exchange(true, ordering: .acquiringAndReleasing) { signal() }
     }
 
-    /// Any thread: makes the main loop dispatch soon. Never blocks. `vcpu`
-    /// picks the flag (the main loop's own wake-ups use vCPU 0's).
-    @inline(__always)
-    func wake(vcpu: UInt32 = 0) {
-        if !flag(vcpu).pointee.exchange(true, ordering: .acquiringAndReleasing) { signal() }
-    }
-
-    /// Out of line: the exit path's frame stays free of the write's buffer.
+    /// Any thread: makes the main loop dispatch now, for a flag that was
+    /// just set (a queue shard's). Out of line: the exit path's frame stays
+    /// free of the write's buffer.
     @inline(never)
-    private func signal() {
+    func signal() {
         var one: UInt64 = 1
         _ = write(eventFD, &one, 8)
     }
 
     /// Main loop thread, at the start of a dispatch, before draining:
-    /// re-arms the wake-up. The eventfd is read before the flag is cleared:
+    /// re-arms the wake-up. The eventfd is read before the flag is cleared
+    /// (and before the queue's flags are, `EventQueue.takeWoken`):
     /// the other order loses a wake-up (a producer sets the flag and writes,
     /// the read swallows that write after the clear, the next producer sees
     /// the flag still set and writes nothing, and its record waits).
-    /// Returns the shards whose flags were set (bit n: shard n): the ones
-    /// whose queues to look at.
-    func acknowledge() -> UInt32 {
+    func acknowledge() {
         var counter: UInt64 = 0
         _ = read(eventFD, &counter, 8)
-        var woken: UInt32 = 0
-        for shard in 0..<UInt32(MainLoopSource.shards) where flag(shard).pointee.load(ordering: .relaxed) {
-            if flag(shard).pointee.exchange(false, ordering: .acquiringAndReleasing) { woken |= 1 << shard }
-        }
-        return woken
+        _ = wakePending.exchange(false, ordering: .acquiringAndReleasing)
     }
 
     /// Main loop thread: dispatch again at `monotonicMicros` (-1: no timer).
@@ -105,9 +84,5 @@ final class MainLoopSource {
         g_source_destroy(source)
         g_source_unref(source)
         close(eventFD)
-    }
-
-    deinit {
-        UnsafeMutableRawPointer(wakePending).deallocate()
     }
 }

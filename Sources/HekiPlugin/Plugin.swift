@@ -205,13 +205,14 @@ final class Plugin {
         let record = EventRecord(payload: payload)
         if limiter.admit(record.kind) {
             // Stamped once a cell is reserved: a full queue costs no clock read.
-            if queue.push(record, vcpu: vcpu, stamping: true) {
+            let push = queue.push(record, vcpu: vcpu, stamping: true)
+            if push != .refused {
                 counters.countQueued(record.kind, register, vcpu: vcpu)
-                source.wake(vcpu: vcpu)
+                if push == .queuedFirst { source.signal() }
                 return
             }
         }
-        if limiter.suppress(record.kind, register: register, vcpu: vcpu) { source.wake(vcpu: vcpu) }
+        if limiter.suppress(record.kind, register: register, vcpu: vcpu) { source.wake() }
     }
 
     /// `record` out of line, for the events no storm is made of: the exit
@@ -335,7 +336,8 @@ final class Plugin {
     }
 
     private func dispatch() -> Int32 {
-        let woken = source.acknowledge()
+        source.acknowledge()
+        let woken = queue.takeWoken()
         asDispatch {
             var deadlineVerdict = Verdict.resume
             if let due = deadlineDue, Int64(g_get_monotonic_time()) >= due {

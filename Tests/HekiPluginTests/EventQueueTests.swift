@@ -5,12 +5,12 @@ import Testing
 @Suite struct EventQueueTests {
     @Test func popsInPushOrderAndRefusesPastItsCapacity() throws {
         let queue = try #require(EventQueue(capacity: 5))  // rounds up to 8 per shard
-        for index in 0..<8 { #expect(queue.push(sequencedRecord(producer: 0, sequence: UInt64(index)), vcpu: 0)) }
-        #expect(!queue.push(sequencedRecord(producer: 0, sequence: 99), vcpu: 0))
+        for index in 0..<8 { #expect(queue.push(sequencedRecord(producer: 0, sequence: UInt64(index)), vcpu: 0) != .refused) }
+        #expect(queue.push(sequencedRecord(producer: 0, sequence: 99), vcpu: 0) == .refused)
         queue.expect(EventQueue.allShards)
         for index in 0..<8 { #expect(queue.pop()?.sequenced?.sequence == UInt64(index)) }
         #expect(queue.pop() == nil)
-        #expect(queue.push(sequencedRecord(producer: 7, sequence: 0), vcpu: 0))
+        #expect(queue.push(sequencedRecord(producer: 7, sequence: 0), vcpu: 0) != .refused)
         queue.expect(1)
         #expect(queue.pop()?.sequenced?.producer == 7)
     }
@@ -20,13 +20,25 @@ import Testing
     /// a storming vCPU cannot hold back another's events.
     @Test func shardsFillAloneAndAreTakenInTurn() throws {
         let queue = try #require(EventQueue(capacity: 4))
-        for index in 0..<4 { #expect(queue.push(sequencedRecord(producer: 0, sequence: UInt64(index)), vcpu: 0)) }
-        #expect(!queue.push(sequencedRecord(producer: 16, sequence: 0), vcpu: 16))  // shard 0 too
-        for index in 0..<2 { #expect(queue.push(sequencedRecord(producer: 5, sequence: UInt64(index)), vcpu: 5)) }
+        for index in 0..<4 { #expect(queue.push(sequencedRecord(producer: 0, sequence: UInt64(index)), vcpu: 0) != .refused) }
+        #expect(queue.push(sequencedRecord(producer: 16, sequence: 0), vcpu: 16) == .refused)  // shard 0 too
+        for index in 0..<2 { #expect(queue.push(sequencedRecord(producer: 5, sequence: UInt64(index)), vcpu: 5) != .refused) }
         queue.expect(EventQueue.allShards)
         let order = (0..<6).compactMap { _ in queue.pop()?.sequenced }.map { "\($0.producer).\($0.sequence)" }
         #expect(order == ["0.0", "5.0", "0.1", "5.1", "0.2", "0.3"])
         #expect(queue.pop() == nil)
+    }
+
+    /// A shard's first push after the consumer took the wake flags says to
+    /// signal it, the next ones do not; `takeWoken` names the shards.
+    @Test func theFirstPushAfterTheFlagsWereTakenSignals() throws {
+        let queue = try #require(EventQueue(capacity: 8))
+        #expect(queue.push(sequencedRecord(producer: 2, sequence: 0), vcpu: 2) == .queuedFirst)
+        #expect(queue.push(sequencedRecord(producer: 2, sequence: 1), vcpu: 2) == .queued)
+        #expect(queue.push(sequencedRecord(producer: 9, sequence: 0), vcpu: 9) == .queuedFirst)
+        #expect(queue.takeWoken() == (1 << 2 | 1 << 9))
+        #expect(queue.takeWoken() == 0)
+        #expect(queue.push(sequencedRecord(producer: 18, sequence: 0), vcpu: 18) == .queuedFirst)  // shard 2
     }
 
     /// The consumer looks only at the shards it was told may have records
@@ -34,15 +46,15 @@ import Testing
     /// expected until a pop finds it empty.
     @Test func popLooksOnlyAtExpectedShards() throws {
         let queue = try #require(EventQueue(capacity: 8))
-        #expect(queue.push(sequencedRecord(producer: 3, sequence: 0), vcpu: 3))
-        #expect(queue.push(sequencedRecord(producer: 3, sequence: 1), vcpu: 3))
+        #expect(queue.push(sequencedRecord(producer: 3, sequence: 0), vcpu: 3) != .refused)
+        #expect(queue.push(sequencedRecord(producer: 3, sequence: 1), vcpu: 3) != .refused)
         queue.expect(1 << 2)
         #expect(queue.pop() == nil)
         queue.expect(1 << 3)
         #expect(queue.pop()?.sequenced?.sequence == 0)
         #expect(queue.pop()?.sequenced?.sequence == 1)
         #expect(queue.pop() == nil)
-        #expect(queue.push(sequencedRecord(producer: 3, sequence: 2), vcpu: 3))
+        #expect(queue.push(sequencedRecord(producer: 3, sequence: 2), vcpu: 3) != .refused)
         #expect(queue.pop() == nil, "shard 3 was found empty: not expected again until told")
         queue.expect(1 << 3)
         #expect(queue.pop()?.sequenced?.sequence == 2)
@@ -60,7 +72,7 @@ import Testing
                 group.addTask {
                     for sequence in 0..<perProducer {
                         let record = sequencedRecord(producer: UInt32(producer), sequence: UInt64(sequence))
-                        if !queue.push(record, vcpu: vcpus[producer]) { refusals.count.wrappingAdd(1, ordering: .relaxed) }
+                        if queue.push(record, vcpu: vcpus[producer]) == .refused { refusals.count.wrappingAdd(1, ordering: .relaxed) }
                     }
                 }
             }
