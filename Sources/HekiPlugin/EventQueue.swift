@@ -49,6 +49,8 @@ final class EventQueue: @unchecked Sendable {
     private var pending: UInt32 = 0
     /// The shard the last record came from.
     private var turn = EventQueue.shards - 1
+    /// The shards whose flags pushes set since the consumer last took them.
+    private let wokenShards = Atomic<UInt32>(0)
 
     @inline(__always) private static var lineBytes: Int { 64 }
     /// Bytes per cell: the sequence word and the record, rounded up to
@@ -136,7 +138,8 @@ final class EventQueue: @unchecked Sendable {
     /// reserved: a full shard reads no clock.
     @inline(__always)
     func push(_ record: EventRecord, vcpu: UInt32, stamping: Bool = false) -> Push {
-        let shard = shard(Int(vcpu & UInt32(EventQueue.shards - 1)))
+        let index = Int(vcpu & UInt32(EventQueue.shards - 1))
+        let shard = shard(index)
         let tail = tail(shard)
         var position = tail.pointee.load(ordering: .relaxed)
         while true {
@@ -155,7 +158,8 @@ final class EventQueue: @unchecked Sendable {
                     // After the record is published: the consumer clears the
                     // flag before it looks, so it sees this record or this
                     // push sees the flag clear.
-                    return woken(shard).pointee.exchange(true, ordering: .acquiringAndReleasing) ? .queued : .queuedFirst
+                    if woken(shard).pointee.exchange(true, ordering: .acquiringAndReleasing) { return .queued }
+                    return woke(index)
                 }
                 position = current
             } else if difference < 0 {
@@ -166,17 +170,31 @@ final class EventQueue: @unchecked Sendable {
         }
     }
 
+    /// A push set shard `index`'s wake flag: names the shard to the
+    /// consumer, which then looks at no other shard's (untouched) pages.
+    /// Out of line: once per shard and drain.
+    @inline(never)
+    private func woke(_ index: Int) -> Push {
+        wokenShards.bitwiseOr(1 << UInt32(index), ordering: .acquiringAndReleasing)
+        return .queuedFirst
+    }
+
     /// The consumer thread only, after it read the wake-up (the eventfd):
-    /// clears the shards' wake flags and returns the shards whose flags
-    /// were set (bit n: shard n), the ones to look at.
+    /// clears the named shards' wake flags and returns those shards (bit n:
+    /// shard n), the ones to look at. A shard whose push set its flag but
+    /// has not named it yet is named, and signalled, right after: the next
+    /// dispatch takes it.
     func takeWoken() -> UInt32 {
-        var woken: UInt32 = 0
-        for index in 0..<EventQueue.shards where self.woken(shard(index)).pointee.load(ordering: .relaxed) {
-            if self.woken(shard(index)).pointee.exchange(false, ordering: .acquiringAndReleasing) {
-                woken |= 1 << UInt32(index)
-            }
+        let named = wokenShards.exchange(0, ordering: .acquiringAndReleasing)
+        var remaining = named
+        while remaining != 0 {
+            let index = Int(remaining.trailingZeroBitCount)
+            remaining &= remaining &- 1
+            // An exchange, not a store: it reads the last push's set, so
+            // the records before it are seen by the pops after this.
+            _ = woken(shard(index)).pointee.exchange(false, ordering: .acquiringAndReleasing)
         }
-        return woken
+        return named
     }
 
     /// The consumer thread only: the shards in `shards` (bit n: shard n)

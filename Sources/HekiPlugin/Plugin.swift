@@ -337,7 +337,6 @@ final class Plugin {
 
     private func dispatch() -> Int32 {
         source.acknowledge()
-        let woken = queue.takeWoken()
         asDispatch {
             var deadlineVerdict = Verdict.resume
             if let due = deadlineDue, Int64(g_get_monotonic_time()) >= due {
@@ -345,7 +344,7 @@ final class Plugin {
                 deadlineVerdict = judgeBoot(vcpu: nil, exit: claim(.configure), policy: policy.current())
             }
             deliverAnnouncements()
-            drain(woken)
+            drain()
             // After the pin's event went out; its own event follows.
             if tellMigrationBlocker() { deliverAnnouncements() }
             // After the HEKI_WEAK_PINNING event went out.
@@ -387,12 +386,13 @@ final class Plugin {
         }
     }
 
-    /// Delivers what is queued in `shards` (and in those an earlier drain
-    /// left). From a dispatch, at most one queue's worth: when vCPUs keep
-    /// pushing, the loop gets back to its other sources and the source
-    /// fires again at once (`wake`).
-    private func drain(_ shards: UInt32 = EventQueue.allShards, all: Bool = false) {
-        queue.expect(shards)
+    /// Delivers what is queued: in the shards whose wake flags are set and
+    /// in those an earlier drain left unfinished (a shard with records has
+    /// one or the other). From a dispatch, at most one queue's worth: when
+    /// vCPUs keep pushing, the loop gets back to its other sources and the
+    /// source fires again at once (`wake`).
+    private func drain(all: Bool = false) {
+        queue.expect(queue.takeWoken())
         var budget = Plugin.queueCapacity
         var anchored = false
         while all || budget > 0, var record = queue.pop() {

@@ -99,6 +99,54 @@ import Testing
     }
 }
 
+extension EventQueueTests {
+    /// The wake-up protocol under concurrent producers: the consumer looks
+    /// only at the shards `takeWoken` names, after each signal (a push that
+    /// returned `queuedFirst`, the eventfd write); once the producers are
+    /// done and every signal is served, no record is left behind. A lost
+    /// wake-up leaves records in a shard nobody names.
+    @Test func everyRecordIsTakenAfterTheSignalsAlone() async throws {
+        let queue = try #require(EventQueue(capacity: 256))
+        let vcpus: [UInt32] = [0, 16, 1, 17, 5]
+        let perProducer = 40_000
+        let refusals = Tally(), signals = Tally(), done = Tally()
+        var popped = 0
+        await withTaskGroup(of: Void.self) { group in
+            for producer in vcpus.indices {
+                group.addTask {
+                    for sequence in 0..<perProducer {
+                        switch queue.push(sequencedRecord(producer: UInt32(producer), sequence: UInt64(sequence)),
+                                          vcpu: vcpus[producer]) {
+                        case .refused: refusals.count.wrappingAdd(1, ordering: .relaxed)
+                        case .queued: break
+                        case .queuedFirst: signals.count.wrappingAdd(1, ordering: .sequentiallyConsistent)
+                        }
+                    }
+                    done.count.wrappingAdd(1, ordering: .sequentiallyConsistent)
+                }
+            }
+            var served = 0
+            while true {
+                let finished = done.count.load(ordering: .sequentiallyConsistent) == vcpus.count
+                let signalled = signals.count.load(ordering: .sequentiallyConsistent)
+                if signalled > served {
+                    served = signalled  // the eventfd read, before the flags are taken
+                    queue.expect(queue.takeWoken())
+                    while queue.pop() != nil { popped += 1 }
+                } else if finished {
+                    break
+                } else {
+                    await Task.yield()
+                }
+            }
+            await group.waitForAll()
+        }
+        #expect(popped + refusals.count.load(ordering: .relaxed) == vcpus.count * perProducer)
+        queue.expect(EventQueue.allShards)
+        #expect(queue.pop() == nil, "a record no signal led to")
+    }
+}
+
 /// A shared counter for producer tasks.
 private final class Tally: Sendable {
     let count = Atomic<Int>(0)
