@@ -47,8 +47,10 @@ struct DenialEvent: Sendable, BitwiseCopyable {
     var exit: UInt32
     var value: UInt64
     var pinned: UInt64
-    var violated: UInt64
     var verdict: Verdict
+    /// The pinned bits the write would have cleared: made by the main loop
+    /// from the two above, not carried through the queue.
+    var violated: UInt64 { pinned & ~value }
 }
 
 /// HEKI_WEAK_PINNING: bits required of `register` still missing, found at

@@ -137,9 +137,9 @@ final class Plugin {
                 return recordFirstDenial(vcpu: vcpu, register: register, exit: denial.claimedExit, value: value,
                                          pinned: pinned, configure: configure)
             }
-            let (verdict, violated) = self.policy.exitPolicy(register).judgeDenial(value: value, pinned: pinned)
+            let verdict = self.policy.exitPolicy(register).judgeDenial()
             record(.denial(DenialEvent(vcpu: vcpu, register: register, exit: denial.claimedExit, value: value,
-                                       pinned: pinned, violated: violated, verdict: verdict)), vcpu: vcpu, register: register)
+                                       pinned: pinned, verdict: verdict)), vcpu: vcpu, register: register)
             return verdict
         }
     }
@@ -167,11 +167,11 @@ final class Plugin {
     private func recordFirstDenial(vcpu: UInt32, register: ControlRegister, exit: UInt32, value: UInt64,
                                    pinned: UInt64, configure: Claim) -> Verdict {
         let policy = self.policy.current()
-        var (verdict, violated) = policy.judgeDenial(on: register, value: value, pinned: pinned)
+        var verdict = policy.judgeDenial(on: register)
         let weak = judgeBoot(vcpu: vcpu, exit: configure, policy: policy)
         if verdict == .resume { verdict = weak }
         record(.denial(DenialEvent(vcpu: vcpu, register: register, exit: exit, value: value, pinned: pinned,
-                                   violated: violated, verdict: verdict)), vcpu: vcpu, register: register)
+                                   verdict: verdict)), vcpu: vcpu, register: register)
         return verdict
     }
 

@@ -87,13 +87,11 @@ struct Policy: Sendable, Equatable {
         ExitPolicy(self, register).judgePin(pinnedNow: pinnedNow)
     }
 
-    /// A refused write: the register's denial verdict, and the pinned bits
-    /// the write would have cleared. KVM has no read-back of its pins, so
-    /// `pinned` is the plugin's ledger.
+    /// A refused write: the register's denial verdict (the bits it would
+    /// have cleared are `DenialEvent.violated`, from the plugin's ledger:
+    /// KVM has no read-back of its pins).
     @inline(__always)
-    func judgeDenial(on register: ControlRegister, value: UInt64, pinned: UInt64) -> (verdict: Verdict, violated: UInt64) {
-        ExitPolicy(self, register).judgeDenial(value: value, pinned: pinned)
-    }
+    func judgeDenial(on register: ControlRegister) -> Verdict { onDenial(register) }
 
     /// The keys whose value differs in `other` (an override that becomes
     /// or stops being given counts as changed), in `keys` order.
@@ -146,7 +144,5 @@ struct ExitPolicy: RawRepresentable, Sendable {
 
     /// Policy.judgeDenial for this register.
     @inline(__always)
-    func judgeDenial(value: UInt64, pinned: UInt64) -> (verdict: Verdict, violated: UInt64) {
-        (onDenial, pinned & ~value)
-    }
+    func judgeDenial() -> Verdict { onDenial }
 }

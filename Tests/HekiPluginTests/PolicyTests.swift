@@ -19,10 +19,15 @@ import Testing
 
     @Test func aDenialTakesTheRegistersVerdictAndNamesTheClearedPins() throws {
         let split = try policy("on-denial=reset", "on-denial-cr4=pause")
+        #expect(split.judgeDenial(on: .cr4) == .pause)
+        #expect(split.judgeDenial(on: .cr0) == .reset)
         let pinned = CR4.smep.rawValue | CR4.smap.rawValue
-        #expect(split.judgeDenial(on: .cr4, value: CR4.smap.rawValue, pinned: pinned) == (.pause, CR4.smep.rawValue))
-        #expect(split.judgeDenial(on: .cr0, value: 0, pinned: CR0.wp.rawValue) == (.reset, CR0.wp.rawValue))
+        func denial(_ value: UInt64, _ pinned: UInt64) -> DenialEvent {
+            DenialEvent(vcpu: 0, register: .cr4, exit: 40, value: value, pinned: pinned, verdict: .pause)
+        }
+        #expect(denial(CR4.smap.rawValue, pinned).violated == CR4.smep.rawValue)
+        #expect(denial(0, CR0.wp.rawValue).violated == CR0.wp.rawValue)
         // Bits set beyond the pins clear nothing.
-        #expect(split.judgeDenial(on: .cr4, value: .max, pinned: pinned).violated == 0)
+        #expect(denial(.max, pinned).violated == 0)
     }
 }

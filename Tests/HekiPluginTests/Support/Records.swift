@@ -4,7 +4,7 @@
 /// number (as its value): what the queue tests push and check.
 func sequencedRecord(producer: UInt32, sequence: UInt64) -> EventRecord {
     EventRecord(payload: .denial(DenialEvent(vcpu: producer, register: .cr4, exit: 40, value: sequence,
-                                             pinned: 0, violated: 0, verdict: .resume)))
+                                             pinned: 0, verdict: .resume)))
 }
 
 extension EventRecord {
