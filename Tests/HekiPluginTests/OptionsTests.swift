@@ -30,6 +30,16 @@ import Testing
         #expect(config.onReset == .poweroff, "a reset of a pinned VM powers it off")
     }
 
+    /// An option splits at its first '=' byte, as QEMU's do: a value may
+    /// start with a combining mark (a Character search missed that '='),
+    /// and may hold more '='; bit lists split at '+' bytes.
+    @Test func optionsSplitAtTheFirstEqualsByte() throws {
+        #expect(try parse("vm-name=\u{301}web=1").vmName == "\u{301}web=1")
+        #expect(try parse("require-cr4=smep+smap").policy.requireCR4 == (CR4.smep.rawValue | CR4.smap.rawValue))
+        #expect(error("require-cr4=smep+")?.hasPrefix("heki-plugin: require-cr4: '' is not a bit that can be required; use none or names joined by '+' among ") == true)
+        #expect(error("vm-name") != nil)
+    }
+
     @Test func onResetIsPoweroffExitOrKeepPins() throws {
         #expect(try parse("on-reset=exit").onReset == .exit)
         #expect(try parse("on-reset=keep-pins").onReset == .keepPins)
