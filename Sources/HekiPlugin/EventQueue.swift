@@ -11,10 +11,10 @@ import Glibc
 ///
 /// Sharded as the counters are (vCPU `n` pushes to shard `n % shards`):
 /// with one queue, every queued exit of every vCPU wrote its tail's cache
-/// line. A vCPU's records stay in order; the main loop takes the shards in
-/// turn, one record each, so a storming vCPU delays no other's events by
-/// more than one record per shard. Across vCPUs, each record's stamp says
-/// when it was made.
+/// line. A vCPU's records stay in order; across shards the main loop takes
+/// the oldest head by its stamp (the TSC, taken once a cell is reserved),
+/// so events keep the order they happened in, and a storming vCPU delays
+/// no other's.
 ///
 /// Its memory is an anonymous mapping, untouched until used: the kernel
 /// maps a zero page at a cell's first write, so a new plugin costs no
@@ -26,31 +26,49 @@ import Glibc
 /// A cell is one cache line: its sequence, then its record (56 bytes), so
 /// a push writes one line and a pop reads one. A shard starts with a line
 /// of its own: its tail and its wake flag, both written by its producers.
-final class EventQueue: @unchecked Sendable {
-    static let shards = ShardedCounts.shards
-    /// Records per shard (a power of two).
-    let capacity: Int
-    private let mask: Int
+struct EventQueue<let capacity: Int>: ~Copyable, @unchecked Sendable {
+    static var shards: Int { ShardedCounts.shards }
+    /// Records per shard (the generic parameter, for code outside).
+    static var records: Int { capacity }
+    /// Records per shard: a power of two, a constant, so the exit path
+    /// finds a cell without loading a mask or a shard's size.
+    private static var mask: Int { capacity - 1 }
     /// Bytes per shard: its header line, then its cells.
-    private let shardBytes: Int
-    private let mappedBytes: Int
+    private static var shardBytes: Int { capacity &* cellBytes &+ lineBytes }
+    private static var mappedBytes: Int { shardBytes &* shards }
     /// Per shard: the header (the tail, then the wake flag: set by the
     /// shard's first push after the consumer took the flags), then the
     /// cells: per cell, minus the cell's index, the position it expects to
     /// be written (pos) or read (pos+1); then the record, written before
     /// read.
     private let mapping: UnsafeMutableRawPointer
-
-    // The consumer's (the main loop thread's) alone.
-    /// Per shard, the next position to read.
-    private let heads: UnsafeMutablePointer<Int>
-    /// Shards that may hold records (bit n: shard n); `expect` adds to it,
-    /// a pop that finds a shard empty takes it out.
-    private var pending: UInt32 = 0
-    /// The shard the last record came from.
-    private var turn = EventQueue.shards - 1
     /// The shards whose flags pushes set since the consumer last took them.
     private let wokenShards = Atomic<UInt32>(0)
+
+    /// The consumer's (the main loop thread's) alone, in one allocation:
+    /// per shard, the next position to read and the stamp of the record
+    /// there; the shards in stamp order of their heads (`order`, `ordered`
+    /// of them, each head read); the set of those, and the shards that may
+    /// hold records but whose heads are not read yet (`expect`).
+    private let consumer: UnsafeMutablePointer<Int>
+    @inline(__always) private var heads: UnsafeMutablePointer<Int> { consumer }
+    @inline(__always) private var stamps: UnsafeMutablePointer<Int> { consumer + EventQueue.shards }
+    @inline(__always) private var order: UnsafeMutablePointer<Int> { consumer + 2 * EventQueue.shards }
+    @inline(__always) private var ordered: Int {
+        get { consumer[3 * EventQueue.shards] }
+        nonmutating set { consumer[3 * EventQueue.shards] = newValue }
+    }
+    /// Bit n: shard n is in `order`.
+    @inline(__always) private var inOrder: Int {
+        get { consumer[3 * EventQueue.shards + 1] }
+        nonmutating set { consumer[3 * EventQueue.shards + 1] = newValue }
+    }
+    /// Bit n: shard n may hold records, its head not read yet.
+    @inline(__always) private var unread: Int {
+        get { consumer[3 * EventQueue.shards + 2] }
+        nonmutating set { consumer[3 * EventQueue.shards + 2] = newValue }
+    }
+    private static var consumerWords: Int { 3 * shards + 3 }
 
     @inline(__always) private static var lineBytes: Int { 64 }
     /// Bytes per cell: the sequence word and the record, rounded up to
@@ -62,48 +80,42 @@ final class EventQueue: @unchecked Sendable {
     /// Every shard's bit.
     static var allShards: UInt32 { UInt32.max >> (32 - shards) }
 
-    /// `capacity` (per shard) is rounded up to a power of two. Nil when the
-    /// mapping fails: heki_plugin_new reports it instead of trapping in the
-    /// VMM.
-    init?(capacity requested: Int) {
-        var size = 1
-        while size < requested { size <<= 1 }
-        capacity = size
-        mask = size - 1
-        let (cellBytes, over1) = size.multipliedReportingOverflow(by: EventQueue.cellBytes)
-        let (allBytes, over2) = (cellBytes &+ EventQueue.lineBytes).multipliedReportingOverflow(by: EventQueue.shards)
-        guard !over1, !over2, cellBytes < Int.max - EventQueue.lineBytes else { return nil }
-        shardBytes = cellBytes + EventQueue.lineBytes
+    /// Nil when `capacity` is not a power of two or the mapping fails:
+    /// heki_plugin_new reports it instead of trapping in the VMM.
+    init?() {
+        let (cellBytes, over1) = capacity.multipliedReportingOverflow(by: EventQueue.cellBytes)
+        let (_, over2) = (cellBytes &+ EventQueue.lineBytes).multipliedReportingOverflow(by: EventQueue.shards)
+        guard capacity > 0, capacity & (capacity - 1) == 0, !over1, !over2, cellBytes < Int.max - EventQueue.lineBytes
+        else { return nil }
         // Atomics and EventRecord are plain words: zero bytes are a valid
         // Atomic(0) and Atomic(false), records are raw memory until pushed.
-        mappedBytes = allBytes
-        let memory = mmap(nil, mappedBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        let memory = mmap(nil, EventQueue.mappedBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         guard let memory, memory != MAP_FAILED else { return nil }
         mapping = memory
         for shard in 0..<EventQueue.shards {
-            let base = memory + shard * shardBytes
+            let base = memory + shard * EventQueue.shardBytes
             _ = base.bindMemory(to: Atomic<Int>.self, capacity: 1)
             _ = (base + EventQueue.wakeOffset).bindMemory(to: Atomic<Bool>.self, capacity: 1)
-            for cell in 0..<size {
+            for cell in 0..<capacity {
                 let cellBase = base + EventQueue.lineBytes + cell * EventQueue.cellBytes
                 _ = cellBase.bindMemory(to: Atomic<Int>.self, capacity: 1)
                 _ = (cellBase + EventQueue.recordOffset).bindMemory(to: EventRecord.self, capacity: 1)
             }
         }
-        heads = .allocate(capacity: EventQueue.shards)
-        heads.initialize(repeating: 0, count: EventQueue.shards)
+        consumer = .allocate(capacity: EventQueue.consumerWords)
+        consumer.initialize(repeating: 0, count: EventQueue.consumerWords)
     }
 
     deinit {
-        munmap(mapping, mappedBytes)
-        heads.deallocate()
+        munmap(mapping, EventQueue.mappedBytes)
+        consumer.deallocate()
     }
 
     @inline(__always) private static var wakeOffset: Int { MemoryLayout<Atomic<Int>>.stride }
 
     /// A shard's header line; its cells follow it.
     @inline(__always) private func shard(_ index: Int) -> UnsafeMutableRawPointer {
-        mapping + index &* shardBytes
+        mapping + index &* EventQueue.shardBytes
     }
 
     @inline(__always) private func tail(_ shard: UnsafeMutableRawPointer) -> UnsafeMutablePointer<Atomic<Int>> {
@@ -143,7 +155,7 @@ final class EventQueue: @unchecked Sendable {
         let tail = tail(shard)
         var position = tail.pointee.load(ordering: .relaxed)
         while true {
-            let cell = position & mask
+            let cell = position & EventQueue.mask
             let sequence = cellSequence(shard, cell).pointee.load(ordering: .acquiring) &+ cell
             let difference = sequence &- position
             if difference == 0 {
@@ -200,31 +212,105 @@ final class EventQueue: @unchecked Sendable {
     /// The consumer thread only: the shards in `shards` (bit n: shard n)
     /// may have records; `pop` looks at them until it finds them empty.
     func expect(_ shards: UInt32) {
-        pending |= shards & EventQueue.allShards
+        unread |= Int(shards & EventQueue.allShards) & ~inOrder
     }
 
-    /// The consumer thread only: the next record of the next expected shard
-    /// in turn. Nil when every expected shard is empty (or its next record
-    /// is still being written: its producer wakes the consumer when done).
+    /// The consumer thread only: the oldest record (by its stamp) at the
+    /// head of the expected shards, so events of different vCPUs keep the
+    /// order they happened in (a pin on one vCPU before a denial on
+    /// another), and a storming vCPU delays no other's. Nil when every
+    /// expected shard is empty (or its next record is still being written:
+    /// its producer wakes the consumer when done).
+    @inline(__always)
     func pop() -> EventRecord? {
-        while pending != 0 {
-            // The first expected shard after the last one taken, else the first.
-            let after = pending & ~(UInt32(2) &<< UInt32(turn) &- 1)
-            let shard = Int((after != 0 ? after : pending).trailingZeroBitCount)
-            if let record = pop(shard) {
-                turn = shard
-                return record
-            }
-            pending &= ~(UInt32(1) &<< UInt32(shard))
-        }
+        guard unread == 0, ordered == 1 else { return popOrdered() }
+        // One shard: its records in order, no stamps to keep (`readHeads`
+        // reads its head again when another shard joins).
+        if let record = pop(order[0]) { return record }
+        ordered = 0
+        inOrder = 0
         return nil
     }
 
+    /// Several shards, or new ones: the head with the oldest stamp.
+    @inline(__always)
+    private func popOrdered() -> EventRecord? {
+        if unread != 0 { readHeads() }
+        guard ordered != 0 else { return nil }
+        let index = order[0]
+        let record = take(index)
+        reorder(after: index)
+        return record
+    }
+
+    /// Puts the shards whose heads are unread into `order` (the empty ones
+    /// stop being expected). Out of line: once per drain and shard.
+    @inline(never)
+    private func readHeads() {
+        var unread = self.unread
+        self.unread = 0
+        if ordered == 1 {
+            // The one shard was taken from without its stamps.
+            let index = order[0]
+            (ordered, inOrder) = (0, 0)
+            if let stamp = headStamp(index) { insert(index, stamp: stamp) }
+        }
+        while unread != 0 {
+            let index = unread.trailingZeroBitCount
+            unread &= unread &- 1
+            if let stamp = headStamp(index) { insert(index, stamp: stamp) }
+        }
+    }
+
+    /// `order[0]` was just taken from: its next record's place in `order`,
+    /// or none when its shard is empty.
+    @inline(__always)
+    private func reorder(after index: Int) {
+        let count = ordered &- 1
+        for slot in 0..<count { order[slot] = order[slot &+ 1] }
+        ordered = count
+        inOrder &= ~(1 &<< index)
+        if let stamp = headStamp(index) { insert(index, stamp: stamp) }
+    }
+
+    /// Inserts shard `index` with its head's stamp, from the newest end
+    /// (a shard just taken from usually has the newest head).
+    @inline(__always)
+    private func insert(_ index: Int, stamp: Int) {
+        stamps[index] = stamp
+        var slot = ordered
+        while slot > 0, UInt64(bitPattern: Int64(stamps[order[slot &- 1]])) > UInt64(bitPattern: Int64(stamp)) {
+            order[slot] = order[slot &- 1]
+            slot &-= 1
+        }
+        order[slot] = index
+        ordered &+= 1
+        inOrder |= 1 &<< index
+    }
+
+    /// The stamp of shard `index`'s next record, if it is written.
+    @inline(__always)
+    private func headStamp(_ index: Int) -> Int? {
+        let shard = shard(index), head = heads[index]
+        let cell = head & EventQueue.mask
+        guard cellSequence(shard, cell).pointee.load(ordering: .acquiring) &+ cell == head &+ 1 else { return nil }
+        return Int(cellRecord(shard, cell).pointee.timeMicros)
+    }
+
+    /// Shard `index`'s next record, if it is written.
+    @inline(__always)
     private func pop(_ index: Int) -> EventRecord? {
         let shard = shard(index), head = heads[index]
-        let cell = head & mask
-        let sequence = cellSequence(shard, cell).pointee.load(ordering: .acquiring) &+ cell
-        guard sequence == head &+ 1 else { return nil }
+        let cell = head & EventQueue.mask
+        guard cellSequence(shard, cell).pointee.load(ordering: .acquiring) &+ cell == head &+ 1 else { return nil }
+        return take(index)
+    }
+
+    /// Shard `index`'s next record, known to be written (its head was read).
+    @inline(__always)
+    private func take(_ index: Int) -> EventRecord {
+        let shard = shard(index), head = heads[index]
+        let cell = head & EventQueue.mask
         let record = cellRecord(shard, cell).pointee
         cellSequence(shard, cell).pointee.store(head &+ capacity &- cell, ordering: .releasing)
         heads[index] = head &+ 1

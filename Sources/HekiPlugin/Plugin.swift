@@ -20,7 +20,7 @@ final class Plugin {
     let limiter: RateLimiter
     /// Pins restored from a source, the blocker told to the host.
     let migration = MigrationState()
-    private let queue: EventQueue
+    private let queue: Queue
     /// Turns the queued records' stamp counters into the wall clock (main
     /// loop only, never reentered: no dynamic exclusivity checks).
     @exclusivity(unchecked) private var stamps = StampClock()
@@ -41,7 +41,8 @@ final class Plugin {
     /// burst at the default rate limit from every event kind, bounded
     /// whatever the guest does (16 shards of 4096 64-byte cells: 4 MiB of
     /// address space, touched only as far as records are queued).
-    static let queueCapacity = 4096
+    typealias Queue = EventQueue<4096>
+    static var queueCapacity: Int { Queue.records }
 
     // Main loop thread only. The ones each dispatch reads are never
     // accessed overlapping (a callback's flush returns at once, its free
@@ -66,8 +67,8 @@ final class Plugin {
         guard hostCanCheck || !config.requireCaps else {
             throw StartError("require-caps", "on needs a host that lets the plugin check the kernel (HekiHost.check_extension and enable_cap, heki-plugin 1.1)")
         }
-        guard let queue = EventQueue(capacity: Plugin.queueCapacity) else {
-            throw StartError(resource: "no memory for the event queue (\(EventQueue.shards) x \(Plugin.queueCapacity) records)")
+        guard let queue = Queue() else {
+            throw StartError(resource: "no memory for the event queue (\(ShardedCounts.shards) x \(Plugin.queueCapacity) records)")
         }
         self.queue = queue
         self.config = config
