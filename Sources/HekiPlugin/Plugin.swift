@@ -378,8 +378,8 @@ final class Plugin {
         let pending = announcements
         announcements.removeAll()
         for (event, time) in pending {
-            deliver(name: renderer.name(event), data: renderer.data(event), level: renderer.level(event),
-                    time: time) { renderer.message(event) }
+            deliver(name: renderer.name(event), data: renderer.data(event), time: time,
+                    level: { renderer.level(event) }, message: { renderer.message(event) })
         }
     }
 
@@ -388,13 +388,14 @@ final class Plugin {
     /// the source fires again at once (`wake`).
     private func drain(all: Bool = false) {
         var budget = Plugin.queueCapacity
-        var anchored = false
+        // Only the audit line has a time: without one, no stamp is converted.
+        var anchored = audit == nil
         while all || budget > 0, var record = queue.pop() {
             if !anchored {  // once per drain that has records
                 stamps.anchor()
                 anchored = true
             }
-            record.timeMicros = stamps.micros(of: UInt64(bitPattern: record.timeMicros))
+            if audit != nil { record.timeMicros = stamps.micros(of: UInt64(bitPattern: record.timeMicros)) }
             deliver(record)
             budget -= 1
         }
@@ -432,19 +433,19 @@ final class Plugin {
 
     /// Renders one record and hands it to every sink.
     private func deliver(_ record: EventRecord) {
-        deliver(name: renderer.name(record), data: renderer.data(record), level: renderer.level(record),
-                time: record.timeMicros) { renderer.message(record) }
+        deliver(name: renderer.name(record), data: renderer.data(record), time: record.timeMicros,
+                level: { renderer.level(record) }, message: { renderer.message(record) })
     }
 
     /// Hands one event to every sink: the host's event callback, the audit
-    /// log, the log callback (the log line is made only when there is one).
-    private func deliver(name: ByteString, data: ByteString, level: HekiLogLevel, time: Int64,
-                         message: () -> UnsafePointer<CChar>) {
+    /// log, the log callback (its level and line are made only when there is one).
+    private func deliver(name: ByteString, data: ByteString, time: Int64,
+                         level: () -> HekiLogLevel, message: () -> UnsafePointer<CChar>) {
         // One writer (the main loop): a plain add, no locked instruction.
         counters.delivered.store(counters.delivered.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
         if let callback = host.event { callback(host.opaque, name.cString, data.cString) }
         if let audit, let outcome = audit.append(time: time, event: name, data: data) { report(outcome) }
-        if let callback = host.log { callback(host.opaque, level, message()) }
+        if let callback = host.log { callback(host.opaque, level(), message()) }
     }
 
     /// Writes the audit lines of this dispatch (one write), if any.
