@@ -66,16 +66,32 @@ final class AuditLog {
     /// batch (`data` is JSON already). Returns the outcome of a write when
     /// the batch was full and had to be written first.
     func append(time: Int64, event: ByteString, data: ByteString) -> Outcome? {
-        let bytes = 64 + AuditTimestamp.maximumBytes + event.count + data.count
+        append(time: time, event: event, room: data.count, data: { line in
+            let start = line.count
+            line.reserve(data.count)
+            line.append(data)
+            return line.terminated(from: start)
+        }, then: { _ in })
+    }
+
+    /// The same with DATA rendered straight into the batch by `render`
+    /// (JSON; about `room` bytes at most, a larger one grows the batch),
+    /// no copy: `use` gets it, NUL-terminated in the batch, before the line
+    /// is closed (the host's event callback).
+    @inline(__always)
+    func append(time: Int64, event: ByteString, room: Int, data render: (inout ByteWriter) -> ByteString,
+                then use: (ByteString) -> Void) -> Outcome? {
+        let bytes = 64 + AuditTimestamp.maximumBytes + event.count + room
         let outcome = batch.count > 0 && batch.count + bytes > AuditLog.batchBytes ? flush() : nil
         var line = batch
-        line.reserve(bytes)
+        line.reserve(64 + AuditTimestamp.maximumBytes + event.count)
         line.append("{\"time\":\"")
         clock.append(time, to: &line)
         line.append("\",\"event\":\"")
         line.append(event)
         line.append("\",\"data\":")
-        line.append(data)
+        use(render(&line))
+        line.reserve(2)
         line.append("}\n")
         batch = line
         batchLines += 1

@@ -213,12 +213,13 @@ struct ByteWriter {
         return UnsafeRawPointer(base).assumingMemoryBound(to: CChar.self)
     }
 
-    /// NUL-terminates and returns the bytes, valid until the next change.
-    /// Like every ByteString they are readable past their count as
-    /// `appendBlocks` needs: the room `reserve` kept.
-    @inline(__always) mutating func terminated() -> ByteString {
+    /// NUL-terminates and returns the bytes from `start` on (what one
+    /// render appended), valid until the next change. Like every ByteString
+    /// they are readable past their count as `appendBlocks` needs: the room
+    /// `reserve` kept.
+    @inline(__always) mutating func terminated(from start: Int = 0) -> ByteString {
         base[count] = 0
-        return ByteString(bytes: base, count: count)
+        return ByteString(bytes: base + start, count: count &- start)
     }
 }
 

@@ -378,7 +378,7 @@ final class Plugin {
         let pending = announcements
         announcements.removeAll()
         for (event, time) in pending {
-            deliver(name: renderer.name(event), data: renderer.data(event), time: time,
+            deliver(name: renderer.name(event), time: time, data: { renderer.data(event, appendingTo: &$0) },
                     level: { renderer.level(event) }, message: { renderer.message(event) })
         }
     }
@@ -433,18 +433,28 @@ final class Plugin {
 
     /// Renders one record and hands it to every sink.
     private func deliver(_ record: EventRecord) {
-        deliver(name: renderer.name(record), data: renderer.data(record), time: record.timeMicros,
+        deliver(name: renderer.name(record), time: record.timeMicros, data: { renderer.data(record, appendingTo: &$0) },
                 level: { renderer.level(record) }, message: { renderer.message(record) })
     }
 
     /// Hands one event to every sink: the host's event callback, the audit
     /// log, the log callback (its level and line are made only when there is one).
-    private func deliver(name: ByteString, data: ByteString, time: Int64,
+    /// `data` appends the event's JSON to a buffer: with an audit log, its
+    /// batch, so the host's callback reads the line's own bytes (no copy).
+    @inline(__always)
+    private func deliver(name: ByteString, time: Int64, data: (inout ByteWriter) -> ByteString,
                          level: () -> HekiLogLevel, message: () -> UnsafePointer<CChar>) {
         // One writer (the main loop): a plain add, no locked instruction.
         counters.delivered.store(counters.delivered.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
-        if let callback = host.event { callback(host.opaque, name.cString, data.cString) }
-        if let audit, let outcome = audit.append(time: time, event: name, data: data) { report(outcome) }
+        let event = host.event, opaque = host.opaque
+        if let audit {
+            let outcome = audit.append(time: time, event: name, room: renderer.dataRoom, data: data) { data in
+                if let event { event(opaque, name.cString, data.cString) }
+            }
+            if let outcome { report(outcome) }
+        } else if let event {
+            event(opaque, name.cString, renderer.data(data).cString)
+        }
         if let callback = host.log { callback(host.opaque, level(), message()) }
     }
 
