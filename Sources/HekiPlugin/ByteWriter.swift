@@ -282,10 +282,12 @@ struct BitNameBytes {
     /// When `ascending`: by nibble (16 positions of 16 values), the list
     /// elements of its set bits, `,"a","b"`, ascending, in zero-padded
     /// slots of `1 << slotShift` bytes, and their lengths. A list is then a
-    /// copy per nonzero nibble instead of one per name.
-    private let nibbleElements: UnsafeBufferPointer<UInt8>
-    private let nibbleLengths: UnsafeBufferPointer<UInt8>
-    private let slotShift: Int
+    /// copy per nonzero nibble instead of one per name. Nil when a slot
+    /// would not fit (names longer than any control register's).
+    private let nibbleElements: UnsafePointer<UInt8>?
+    private let nibbleLengths: UnsafePointer<UInt8>
+    /// A constant: the slot's address is a shift by an immediate.
+    private static let slotShift = 6
 
     init(_ names: BitNames, arena: ByteArena) {
         tableBits = arena.table(names.table.map(\.bit))
@@ -310,11 +312,9 @@ struct BitNameBytes {
             lengths[slot] = UInt8(length)
             longest = max(longest, length)
         }
-        var shift = 4  // at least the block appendBlocks reads
-        while 1 << shift < longest { shift += 1 }
-        slotShift = shift
-        var bytes = [UInt8](repeating: 0, count: 256 << shift)
-        for slot in 0..<256 {
+        let shift = BitNameBytes.slotShift
+        var bytes = [UInt8](repeating: 0, count: longest <= 1 << shift ? 256 << shift : 0)
+        for slot in 0..<256 where !bytes.isEmpty {
             var at = slot << shift
             for bit in 0..<4 where slot & 1 << bit != 0 {
                 for byte in quoted[(slot >> 4) * 4 + bit] {
@@ -323,8 +323,8 @@ struct BitNameBytes {
                 }
             }
         }
-        nibbleElements = arena.table(bytes)
-        nibbleLengths = arena.table(lengths)
+        nibbleElements = bytes.isEmpty ? nil : arena.table(bytes).baseAddress
+        nibbleLengths = arena.table(lengths).baseAddress!
     }
 
     /// Calls `body` with each name of `value`, in BitNames.names(of:) order.
@@ -361,9 +361,9 @@ struct BitNameBytes {
     @inline(__always)
     func appendList(_ value: UInt64, to data: inout ByteWriter) {
         let start = data.count
-        if ascending {
-            appendNibbles(value & namedMask, to: &data)
-            appendNibbles(value & ~namedMask, to: &data)
+        if ascending, let elements = nibbleElements {
+            appendNibbles(value & namedMask, elements, to: &data)
+            appendNibbles(value & ~namedMask, elements, to: &data)
         } else {
             forEachName(of: value, quoted: true) { data.append($0) }
         }
@@ -373,13 +373,14 @@ struct BitNameBytes {
 
     /// The list elements of `bits`, nibble by nibble, ascending.
     @inline(__always)
-    private func appendNibbles(_ bits: UInt64, to data: inout ByteWriter) {
+    private func appendNibbles(_ bits: UInt64, _ elements: UnsafePointer<UInt8>, to data: inout ByteWriter) {
         var rest = bits
         while rest != 0 {
-            let shift = rest.trailingZeroBitCount & ~3
-            let slot = shift &<< 2 | Int(truncatingIfNeeded: rest &>> UInt64(shift)) & 15
-            data.appendBlocks(nibbleElements.baseAddress! + slot &<< slotShift, Int(nibbleLengths[slot]))
-            rest &= ~(15 &<< UInt64(shift))
+            let shift = UInt64(truncatingIfNeeded: rest.trailingZeroBitCount & ~3)
+            let nibble = rest &>> shift & 15
+            let slot = Int(truncatingIfNeeded: shift &<< 2 | nibble)
+            data.appendBlocks(elements + slot &<< BitNameBytes.slotShift, Int(nibbleLengths[slot]))
+            rest ^= nibble &<< shift
         }
     }
 }

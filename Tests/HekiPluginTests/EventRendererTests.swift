@@ -192,4 +192,26 @@ import Testing
         #expect(String(cString: writer.cString()) == text)
         #expect(writer.capacity > 3000)
     }
+
+    /// A value's bit-name list (nibble slots) against BitNames.names(of:),
+    /// for random values of each register, dense and sparse.
+    @Test func bitNameListsMatchTheNames() throws {
+        var generator = SystemRandomNumberGenerator()
+        var writer = ByteWriter(capacity: 64)
+        defer { writer.deallocate() }
+        for register in ControlRegister.allCases {
+            let arena = ByteArena()
+            let bytes = BitNameBytes(register.bitNames, arena: arena)
+            for round in 0..<2_000 {
+                let value = round % 2 == 0 ? generator.next() as UInt64 : generator.next() & generator.next() & generator.next()
+                writer.reset()
+                writer.reserve(64 * 24)
+                bytes.appendList(value, to: &writer)
+                let text = String(cString: writer.cString())
+                let list = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String]
+                #expect(list == register.bitNames.names(of: value), "\(register.name) \(String(value, radix: 16))")
+            }
+        }
+    }
 }
+
