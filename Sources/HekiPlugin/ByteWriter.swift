@@ -23,7 +23,8 @@ struct ByteWriter {
     /// Room for `bytes` more (and the NUL of `cString`), plus the 16 bytes
     /// a ByteString's whole-block copy may write past its end.
     @inline(__always) mutating func reserve(_ bytes: Int) {
-        if count + bytes + ByteWriter.slack > capacity { grow(to: count + bytes + ByteWriter.slack) }
+        // Wrapping adds: a count and a room are far below Int.max (no overflow check per append).
+        if count &+ bytes &+ ByteWriter.slack > capacity { grow(to: count + bytes + ByteWriter.slack) }
     }
 
     /// The NUL and a block copy's overshoot (`appendBlocks`).
@@ -97,7 +98,7 @@ struct ByteWriter {
 
     @inline(__always) mutating func append(byte: UInt8) {
         base[count] = byte
-        count += 1
+        count &+= 1
     }
 
     @inline(__always) mutating func appendDecimal(_ value: UInt64) {
@@ -105,8 +106,7 @@ struct ByteWriter {
         if value < 10 {
             append(byte: UInt8(truncatingIfNeeded: value) &+ 0x30)
         } else if value < 100 {
-            base[count] = UInt8(truncatingIfNeeded: value / 10) &+ 0x30
-            base[count + 1] = UInt8(truncatingIfNeeded: value % 10) &+ 0x30
+            UnsafeMutableRawPointer(base + count).storeBytes(of: ByteWriter.digitPair(value), as: UInt16.self)
             count &+= 2
         } else {
             appendLongDecimal(value)
@@ -130,21 +130,20 @@ struct ByteWriter {
         var index = count &+ width
         while index &- count >= 2 {
             index &-= 2
-            UnsafeMutableRawPointer(base + index).storeBytes(of: ByteWriter.digitPairs[Int(rest % 100)], as: UInt16.self)
+            UnsafeMutableRawPointer(base + index).storeBytes(of: ByteWriter.digitPair(rest % 100), as: UInt16.self)
             rest /= 100
         }
         if index > count { base[count] = UInt8(truncatingIfNeeded: rest % 10) &+ 0x30 }
         count &+= width
     }
 
-    /// "00" to "99", each as the two bytes of a UInt16.
-    private nonisolated(unsafe) static let digitPairs: UnsafePointer<UInt16> = {
-        let pairs = UnsafeMutablePointer<UInt16>.allocate(capacity: 100)
-        for value in 0..<100 {
-            pairs[value] = UInt16(0x30 + value / 10) | UInt16(0x30 + value % 10) << 8
-        }
-        return UnsafePointer(pairs)
-    }()
+    /// The two digits of `value` (below 100) as the bytes of a UInt16, by
+    /// arithmetic: a table would be a lazy global, checked at every use.
+    @inline(__always) private static func digitPair(_ value: UInt64) -> UInt16 {
+        let tens = (value &* 205) &>> 11  // value / 10 for value < 1024
+        let ones = value &- tens &* 10
+        return UInt16(truncatingIfNeeded: tens | ones &<< 8) | 0x3030
+    }
 
     /// A signed decimal: String(value).
     mutating func appendDecimal(signed value: Int64) {

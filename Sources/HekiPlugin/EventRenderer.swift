@@ -34,7 +34,7 @@ final class EventRenderer {
     private let registerFields: UnsafeBufferPointer<ByteString>
     private let verdictTails: UnsafeBufferPointer<ByteString>
     private let keys: Names
-    private let bitNames: UnsafeBufferPointer<BitNameBytes>
+    private let bitNames: UnsafePointer<BitNameBytes>  // by register
     private let verdictNames: UnsafeBufferPointer<ByteString>  // by Verdict.rawValue + 1
     private let eventNames: UnsafeBufferPointer<ByteString>    // by EventKind.rawValue
     private let policyEventName: ByteString
@@ -119,7 +119,7 @@ final class EventRenderer {
         vmSubject = arena.string("heki: " + (vmLabel.map { $0 + ": " } ?? ""))
         let names = EventRenderer.names
         keys = names
-        (registerNames, bitNames, verdictNames) = (names.registerNames, names.bitNames, names.verdictNames)
+        (registerNames, bitNames, verdictNames) = (names.registerNames, names.bitNames.baseAddress!, names.verdictNames)
         (exitRegisterFields, registerFields, verdictTails) = (names.exitRegisterFields, names.registerFields, names.verdictTails)
         (eventNames, policyEventName) = (names.eventNames, names.policyEventName)
         (migrationEventName, resetEventName) = (names.migrationEventName, names.resetEventName)
@@ -136,7 +136,7 @@ final class EventRenderer {
 
     // MARK: Name and level
 
-    func name(_ record: EventRecord) -> ByteString { eventNames[Int(record.kind.rawValue)] }
+    @inline(__always) func name(_ record: EventRecord) -> ByteString { eventNames[Int(record.kind.rawValue)] }
 
     func name(_ announcement: Announcement) -> ByteString {
         switch announcement {
@@ -352,7 +352,7 @@ final class EventRenderer {
         }
         if let exit { data.appendDecimal(UInt64(exit)) }
         // By address: the tables are a dozen words, not to be copied per call.
-        let verdict = fields(&data, bitNames.baseAddress! + register)
+        let verdict = fields(&data, bitNames + register)
         data.append(verdictTails[Int(verdict.rawValue) + 1])
     }
 

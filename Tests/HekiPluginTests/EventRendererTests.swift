@@ -176,6 +176,12 @@ import Testing
             writer.appendDecimal(value)
             #expect(String(cString: writer.cString()) == String(value))
         }
+        for value: UInt64 in 0..<10_000 {  // every digit pair, one to four digits, zero-padded
+            writer.reset()
+            writer.appendDecimal(value)
+            writer.appendDecimal(value, width: 6)
+            #expect(String(cString: writer.cString()) == String(value) + String(String(value).reversed()).padding(toLength: 6, withPad: "0", startingAt: 0).reversed())
+        }
         for value: Int64 in [0, -1, 22, -22, .min, .max] {
             writer.reset()
             writer.appendDecimal(signed: value)
