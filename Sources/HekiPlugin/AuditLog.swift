@@ -157,7 +157,9 @@ final class AuditLog {
 /// (2026-11-25T12:00:00.123456Z). The date and time of day are made once
 /// per second and kept as bytes; each line adds its microseconds.
 struct AuditTimestamp {
-    private var second = Int64.min
+    /// The first microsecond of the second the prefix is of (wrapping:
+    /// only differences are used); no prefix yet while `prefixCount` is 0.
+    private var secondStart: Int64 = 0
     /// "YYYY-MM-DDTHH:MM:SS." (the year as wide as it needs), zero-padded.
     private var prefix: (UInt64, UInt64, UInt64) = (0, 0, 0)
     private var prefixCount = 0
@@ -166,13 +168,18 @@ struct AuditTimestamp {
     static let maximumBytes = 24 + 7
 
     mutating func append(_ micros: Int64, to text: inout ByteWriter) {
-        // Floor division: a time before the epoch still has a fraction in 0..<1 s.
-        var seconds = micros / 1_000_000, fraction = micros % 1_000_000
-        if fraction < 0 {
-            seconds -= 1
-            fraction += 1_000_000
+        // Within the second of the previous line: no division.
+        var fraction = micros &- secondStart
+        if UInt64(bitPattern: fraction) >= 1_000_000 || prefixCount == 0 {
+            // Floor division: a time before the epoch still has a fraction in 0..<1 s.
+            var seconds = micros / 1_000_000
+            fraction = micros % 1_000_000
+            if fraction < 0 {
+                seconds -= 1
+                fraction += 1_000_000
+            }
+            setSecond(seconds)
         }
-        if seconds != second { setSecond(seconds) }
         text.reserve(AuditTimestamp.maximumBytes)
         let target = UnsafeMutableRawPointer(text.base + text.count)
         target.storeBytes(of: prefix.0, as: UInt64.self)
@@ -197,6 +204,6 @@ struct AuditTimestamp {
         prefixCount = bytes.count
         bytes += Array(repeating: 0, count: MemoryLayout.size(ofValue: prefix) - bytes.count)
         withUnsafeMutableBytes(of: &prefix) { $0.copyBytes(from: bytes) }
-        second = seconds
+        secondStart = seconds &* 1_000_000
     }
 }

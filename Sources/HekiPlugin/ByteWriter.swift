@@ -123,18 +123,39 @@ struct ByteWriter {
         appendDecimal(value, width: digits)
     }
 
-    /// The last `width` decimal digits of `value`, zero-padded; two at a
-    /// time from a table. Inlined: a constant width unrolls.
+    /// The last `width` decimal digits of `value` (at most 20), zero-padded.
+    /// Eight digits at a time (`eightDigits`), the leading group first:
+    /// each group is one 8-byte store, the leading one's extra bytes
+    /// overwritten by the next group or left past the count (the room
+    /// `reserve` keeps). Inlined: a constant width of up to 8 is one group.
     @inline(__always) mutating func appendDecimal(_ value: UInt64, width: Int) {
-        var rest = value
-        var index = count &+ width
-        while index &- count >= 2 {
-            index &-= 2
-            UnsafeMutableRawPointer(base + index).storeBytes(of: ByteWriter.digitPair(rest % 100), as: UInt16.self)
-            rest /= 100
+        let target = UnsafeMutableRawPointer(base + count)
+        let low = value % 100_000_000, upper = value / 100_000_000
+        if width <= 8 {
+            target.storeBytes(of: ByteWriter.eightDigits(low) &>> UInt64((8 &- width) &<< 3), as: UInt64.self)
+        } else if width <= 16 {
+            target.storeBytes(of: ByteWriter.eightDigits(upper % 100_000_000) &>> UInt64((16 &- width) &<< 3), as: UInt64.self)
+            target.storeBytes(of: ByteWriter.eightDigits(low), toByteOffset: width &- 8, as: UInt64.self)
+        } else {
+            let head = upper / 100_000_000 % 10_000
+            target.storeBytes(of: ByteWriter.eightDigits(head) &>> UInt64((24 &- width) &<< 3), as: UInt64.self)
+            target.storeBytes(of: ByteWriter.eightDigits(upper % 100_000_000), toByteOffset: width &- 16, as: UInt64.self)
+            target.storeBytes(of: ByteWriter.eightDigits(low), toByteOffset: width &- 8, as: UInt64.self)
         }
-        if index > count { base[count] = UInt8(truncatingIfNeeded: rest % 10) &+ 0x30 }
         count &+= width
+    }
+
+    /// The 8 decimal digits of `value` (below 10^8), zero-padded, most
+    /// significant first in memory: the value split into two 4-digit
+    /// lanes, each into two 2-digit lanes, each into two digits, by
+    /// multiplying by reciprocals (exact in these ranges), all lanes at once.
+    @inline(__always) private static func eightDigits(_ value: UInt64) -> UInt64 {
+        // Little-endian: the lane in the low bits is the first in memory.
+        let fours = value / 10_000 | (value % 10_000) &<< 32
+        let hundreds = (fours &* 10_486) &>> 20 & 0x0000_007f_0000_007f  // / 100 below 43,699
+        let twos = hundreds | (fours &- hundreds &* 100) &<< 16
+        let tens = (twos &* 103) &>> 10 & 0x000f_000f_000f_000f  // / 10 below 179
+        return (tens | (twos &- tens &* 10) &<< 8) | 0x3030_3030_3030_3030
     }
 
     /// The two digits of `value` (below 100) as the bytes of a UInt16, by

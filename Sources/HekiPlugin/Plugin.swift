@@ -449,9 +449,12 @@ final class Plugin {
         // One writer (the main loop): a plain add, no locked instruction.
         counters.delivered.store(counters.delivered.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
         let event = host.event, opaque = host.opaque
-        if let audit {
-            let outcome = audit.append(time: time, event: name, room: renderer.dataRoom, data: data) { data in
-                if let event { event(opaque, name.cString, data.cString) }
+        if audit != nil {
+            // `self` holds the log for the whole call: no retain and release per event.
+            let outcome = Unmanaged.passUnretained(audit.unsafelyUnwrapped)._withUnsafeGuaranteedRef { audit in
+                audit.append(time: time, event: name, room: renderer.dataRoom, data: data) { data in
+                    if let event { event(opaque, name.cString, data.cString) }
+                }
             }
             if let outcome { report(outcome) }
         } else if let event {

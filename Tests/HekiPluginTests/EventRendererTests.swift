@@ -182,6 +182,13 @@ import Testing
             writer.appendDecimal(value, width: 6)
             #expect(String(cString: writer.cString()) == String(value) + String(String(value).reversed()).padding(toLength: 6, withPad: "0", startingAt: 0).reversed())
         }
+        var generator = SystemRandomNumberGenerator()
+        for round in 0..<4_000 {  // every digit count, 1 to 20
+            let value = (generator.next() as UInt64) >> UInt64(round % 64)
+            writer.reset()
+            writer.appendDecimal(value)
+            #expect(String(cString: writer.cString()) == String(value))
+        }
         for value: Int64 in [0, -1, 22, -22, .min, .max] {
             writer.reset()
             writer.appendDecimal(signed: value)
