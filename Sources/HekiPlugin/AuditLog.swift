@@ -81,10 +81,11 @@ final class AuditLog {
     @inline(__always)
     func append(time: Int64, event: ByteString, room: Int, data render: (inout ByteWriter) -> ByteString,
                 then use: (ByteString) -> Void) -> Outcome? {
-        let bytes = 64 + AuditTimestamp.maximumBytes + event.count + room
-        let outcome = batch.count > 0 && batch.count + bytes > AuditLog.batchBytes ? flush() : nil
+        // Wrapping adds: counts far below Int.max.
+        let fixed = 64 &+ AuditTimestamp.maximumBytes &+ event.count
+        let outcome = batch.count > 0 && batch.count &+ fixed &+ room > AuditLog.batchBytes ? flush() : nil
         var line = batch
-        line.reserve(64 + AuditTimestamp.maximumBytes + event.count)
+        line.reserve(fixed)
         line.append("{\"time\":\"")
         clock.append(time, to: &line)
         line.append("\",\"event\":\"")
@@ -94,7 +95,7 @@ final class AuditLog {
         line.reserve(2)
         line.append("}\n")
         batch = line
-        batchLines += 1
+        batchLines &+= 1
         return outcome
     }
 

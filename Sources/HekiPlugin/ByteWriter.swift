@@ -24,7 +24,7 @@ struct ByteWriter {
     /// a ByteString's whole-block copy may write past its end.
     @inline(__always) mutating func reserve(_ bytes: Int) {
         // Wrapping adds: a count and a room are far below Int.max (no overflow check per append).
-        if count &+ bytes &+ ByteWriter.slack > capacity { grow(to: count + bytes + ByteWriter.slack) }
+        if count &+ bytes &+ ByteWriter.slack > capacity { grow(to: count &+ bytes &+ ByteWriter.slack) }
     }
 
     /// The NUL and a block copy's overshoot (`appendBlocks`).
