@@ -182,9 +182,9 @@ import Testing
             writer.appendDecimal(value, width: 6)
             #expect(String(cString: writer.cString()) == String(value) + String(String(value).reversed()).padding(toLength: 6, withPad: "0", startingAt: 0).reversed())
         }
-        var generator = SystemRandomNumberGenerator()
+        var generator = SplitMix64(seed: 0x4845_4b49)  // fixed: a failure names a value that fails again
         for round in 0..<4_000 {  // every digit count, 1 to 20
-            let value = (generator.next() as UInt64) >> UInt64(round % 64)
+            let value = (generator.next()) >> UInt64(round % 64)
             writer.reset()
             writer.appendDecimal(value)
             #expect(String(cString: writer.cString()) == String(value))
@@ -209,14 +209,14 @@ import Testing
     /// A value's bit-name list (nibble slots) against BitNames.names(of:),
     /// for random values of each register, dense and sparse.
     @Test func bitNameListsMatchTheNames() throws {
-        var generator = SystemRandomNumberGenerator()
+        var generator = SplitMix64(seed: 0x4845_4b49)  // fixed: a failure names a value that fails again
         var writer = ByteWriter(capacity: 64)
         defer { writer.deallocate() }
         for register in ControlRegister.allCases {
             let arena = ByteArena()
             let bytes = BitNameBytes(register.bitNames, arena: arena)
             for round in 0..<2_000 {
-                let value = round % 2 == 0 ? generator.next() as UInt64 : generator.next() & generator.next() & generator.next()
+                let value = round % 2 == 0 ? generator.next() : generator.next() & generator.next() & generator.next()
                 writer.reset()
                 writer.reserve(64 * 24)
                 bytes.appendList(value, to: &writer)
@@ -228,3 +228,15 @@ import Testing
     }
 }
 
+/// SplitMix64: reproducible values for the tests above.
+private struct SplitMix64 {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9e37_79b9_7f4a_7c15
+        var z = state
+        z = (z ^ z >> 30) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ z >> 27) &* 0x94d0_49bb_1331_11eb
+        return z ^ z >> 31
+    }
+}
