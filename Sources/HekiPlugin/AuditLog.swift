@@ -66,19 +66,36 @@ final class AuditLog {
     /// batch (`data` is JSON already). Returns the outcome of a write when
     /// the batch was full and had to be written first.
     func append(time: Int64, event: ByteString, data: ByteString) -> Outcome? {
-        let bytes = 64 + AuditTimestamp.maximumBytes + event.count + data.count
-        let outcome = batch.count > 0 && batch.count + bytes > AuditLog.batchBytes ? flush() : nil
+        append(time: time, event: event, room: data.count, data: { line in
+            let start = line.count
+            line.reserve(data.count)
+            line.append(data)
+            return line.terminated(from: start)
+        }, then: { _ in })
+    }
+
+    /// The same with DATA rendered straight into the batch by `render`
+    /// (JSON; about `room` bytes at most, a larger one grows the batch),
+    /// no copy: `use` gets it, NUL-terminated in the batch, before the line
+    /// is closed (the host's event callback).
+    @inline(__always)
+    func append(time: Int64, event: ByteString, room: Int, data render: (inout ByteWriter) -> ByteString,
+                then use: (ByteString) -> Void) -> Outcome? {
+        // Wrapping adds: counts far below Int.max.
+        let fixed = 64 &+ AuditTimestamp.maximumBytes &+ event.count
+        let outcome = batch.count > 0 && batch.count &+ fixed &+ room > AuditLog.batchBytes ? flush() : nil
         var line = batch
-        line.reserve(bytes)
+        line.reserve(fixed)
         line.append("{\"time\":\"")
         clock.append(time, to: &line)
         line.append("\",\"event\":\"")
         line.append(event)
         line.append("\",\"data\":")
-        line.append(data)
+        use(render(&line))
+        line.reserve(2)
         line.append("}\n")
         batch = line
-        batchLines += 1
+        batchLines &+= 1
         return outcome
     }
 
@@ -141,7 +158,9 @@ final class AuditLog {
 /// (2026-11-25T12:00:00.123456Z). The date and time of day are made once
 /// per second and kept as bytes; each line adds its microseconds.
 struct AuditTimestamp {
-    private var second = Int64.min
+    /// The first microsecond of the second the prefix is of (wrapping:
+    /// only differences are used); no prefix yet while `prefixCount` is 0.
+    private var secondStart: Int64 = 0
     /// "YYYY-MM-DDTHH:MM:SS." (the year as wide as it needs), zero-padded.
     private var prefix: (UInt64, UInt64, UInt64) = (0, 0, 0)
     private var prefixCount = 0
@@ -150,13 +169,18 @@ struct AuditTimestamp {
     static let maximumBytes = 24 + 7
 
     mutating func append(_ micros: Int64, to text: inout ByteWriter) {
-        // Floor division: a time before the epoch still has a fraction in 0..<1 s.
-        var seconds = micros / 1_000_000, fraction = micros % 1_000_000
-        if fraction < 0 {
-            seconds -= 1
-            fraction += 1_000_000
+        // Within the second of the previous line: no division.
+        var fraction = micros &- secondStart
+        if UInt64(bitPattern: fraction) >= 1_000_000 || prefixCount == 0 {
+            // Floor division: a time before the epoch still has a fraction in 0..<1 s.
+            var seconds = micros / 1_000_000
+            fraction = micros % 1_000_000
+            if fraction < 0 {
+                seconds -= 1
+                fraction += 1_000_000
+            }
+            setSecond(seconds)
         }
-        if seconds != second { setSecond(seconds) }
         text.reserve(AuditTimestamp.maximumBytes)
         let target = UnsafeMutableRawPointer(text.base + text.count)
         target.storeBytes(of: prefix.0, as: UInt64.self)
@@ -181,6 +205,6 @@ struct AuditTimestamp {
         prefixCount = bytes.count
         bytes += Array(repeating: 0, count: MemoryLayout.size(ofValue: prefix) - bytes.count)
         withUnsafeMutableBytes(of: &prefix) { $0.copyBytes(from: bytes) }
-        second = seconds
+        secondStart = seconds &* 1_000_000
     }
 }

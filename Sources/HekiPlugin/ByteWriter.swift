@@ -23,7 +23,8 @@ struct ByteWriter {
     /// Room for `bytes` more (and the NUL of `cString`), plus the 16 bytes
     /// a ByteString's whole-block copy may write past its end.
     @inline(__always) mutating func reserve(_ bytes: Int) {
-        if count + bytes + ByteWriter.slack > capacity { grow(to: count + bytes + ByteWriter.slack) }
+        // Wrapping adds: a count and a room are far below Int.max (no overflow check per append).
+        if count &+ bytes &+ ByteWriter.slack > capacity { grow(to: count &+ bytes &+ ByteWriter.slack) }
     }
 
     /// The NUL and a block copy's overshoot (`appendBlocks`).
@@ -97,7 +98,7 @@ struct ByteWriter {
 
     @inline(__always) mutating func append(byte: UInt8) {
         base[count] = byte
-        count += 1
+        count &+= 1
     }
 
     @inline(__always) mutating func appendDecimal(_ value: UInt64) {
@@ -105,8 +106,7 @@ struct ByteWriter {
         if value < 10 {
             append(byte: UInt8(truncatingIfNeeded: value) &+ 0x30)
         } else if value < 100 {
-            base[count] = UInt8(truncatingIfNeeded: value / 10) &+ 0x30
-            base[count + 1] = UInt8(truncatingIfNeeded: value % 10) &+ 0x30
+            UnsafeMutableRawPointer(base + count).storeBytes(of: ByteWriter.digitPair(value), as: UInt16.self)
             count &+= 2
         } else {
             appendLongDecimal(value)
@@ -123,28 +123,48 @@ struct ByteWriter {
         appendDecimal(value, width: digits)
     }
 
-    /// The last `width` decimal digits of `value`, zero-padded; two at a
-    /// time from a table. Inlined: a constant width unrolls.
+    /// The last `width` decimal digits of `value` (at most 20), zero-padded.
+    /// Eight digits at a time (`eightDigits`), the leading group first:
+    /// each group is one 8-byte store, the leading one's extra bytes
+    /// overwritten by the next group or left past the count (the room
+    /// `reserve` keeps). Inlined: a constant width of up to 8 is one group.
     @inline(__always) mutating func appendDecimal(_ value: UInt64, width: Int) {
-        var rest = value
-        var index = count &+ width
-        while index &- count >= 2 {
-            index &-= 2
-            UnsafeMutableRawPointer(base + index).storeBytes(of: ByteWriter.digitPairs[Int(rest % 100)], as: UInt16.self)
-            rest /= 100
+        let target = UnsafeMutableRawPointer(base + count)
+        let low = value % 100_000_000, upper = value / 100_000_000
+        if width <= 8 {
+            target.storeBytes(of: ByteWriter.eightDigits(low) &>> UInt64((8 &- width) &<< 3), as: UInt64.self)
+        } else if width <= 16 {
+            target.storeBytes(of: ByteWriter.eightDigits(upper % 100_000_000) &>> UInt64((16 &- width) &<< 3), as: UInt64.self)
+            target.storeBytes(of: ByteWriter.eightDigits(low), toByteOffset: width &- 8, as: UInt64.self)
+        } else {
+            let head = upper / 100_000_000 % 10_000
+            target.storeBytes(of: ByteWriter.eightDigits(head) &>> UInt64((24 &- width) &<< 3), as: UInt64.self)
+            target.storeBytes(of: ByteWriter.eightDigits(upper % 100_000_000), toByteOffset: width &- 16, as: UInt64.self)
+            target.storeBytes(of: ByteWriter.eightDigits(low), toByteOffset: width &- 8, as: UInt64.self)
         }
-        if index > count { base[count] = UInt8(truncatingIfNeeded: rest % 10) &+ 0x30 }
         count &+= width
     }
 
-    /// "00" to "99", each as the two bytes of a UInt16.
-    private nonisolated(unsafe) static let digitPairs: UnsafePointer<UInt16> = {
-        let pairs = UnsafeMutablePointer<UInt16>.allocate(capacity: 100)
-        for value in 0..<100 {
-            pairs[value] = UInt16(0x30 + value / 10) | UInt16(0x30 + value % 10) << 8
-        }
-        return UnsafePointer(pairs)
-    }()
+    /// The 8 decimal digits of `value` (below 10^8), zero-padded, most
+    /// significant first in memory: the value split into two 4-digit
+    /// lanes, each into two 2-digit lanes, each into two digits, by
+    /// multiplying by reciprocals (exact in these ranges), all lanes at once.
+    @inline(__always) private static func eightDigits(_ value: UInt64) -> UInt64 {
+        // Little-endian: the lane in the low bits is the first in memory.
+        let fours = value / 10_000 | (value % 10_000) &<< 32
+        let hundreds = (fours &* 10_486) &>> 20 & 0x0000_007f_0000_007f  // / 100 below 43,699
+        let twos = hundreds | (fours &- hundreds &* 100) &<< 16
+        let tens = (twos &* 103) &>> 10 & 0x000f_000f_000f_000f  // / 10 below 179
+        return (tens | (twos &- tens &* 10) &<< 8) | 0x3030_3030_3030_3030
+    }
+
+    /// The two digits of `value` (below 100) as the bytes of a UInt16, by
+    /// arithmetic: a table would be a lazy global, checked at every use.
+    @inline(__always) private static func digitPair(_ value: UInt64) -> UInt16 {
+        let tens = (value &* 205) &>> 11  // value / 10 for value < 1024
+        let ones = value &- tens &* 10
+        return UInt16(truncatingIfNeeded: tens | ones &<< 8) | 0x3030
+    }
 
     /// A signed decimal: String(value).
     mutating func appendDecimal(signed value: Int64) {
@@ -213,12 +233,13 @@ struct ByteWriter {
         return UnsafeRawPointer(base).assumingMemoryBound(to: CChar.self)
     }
 
-    /// NUL-terminates and returns the bytes, valid until the next change.
-    /// Like every ByteString they are readable past their count as
-    /// `appendBlocks` needs: the room `reserve` kept.
-    @inline(__always) mutating func terminated() -> ByteString {
+    /// NUL-terminates and returns the bytes from `start` on (what one
+    /// render appended), valid until the next change. Like every ByteString
+    /// they are readable past their count as `appendBlocks` needs: the room
+    /// `reserve` kept.
+    @inline(__always) mutating func terminated(from start: Int = 0) -> ByteString {
         base[count] = 0
-        return ByteString(bytes: base, count: count)
+        return ByteString(bytes: base + start, count: count &- start)
     }
 }
 
@@ -281,10 +302,12 @@ struct BitNameBytes {
     /// When `ascending`: by nibble (16 positions of 16 values), the list
     /// elements of its set bits, `,"a","b"`, ascending, in zero-padded
     /// slots of `1 << slotShift` bytes, and their lengths. A list is then a
-    /// copy per nonzero nibble instead of one per name.
-    private let nibbleElements: UnsafeBufferPointer<UInt8>
-    private let nibbleLengths: UnsafeBufferPointer<UInt8>
-    private let slotShift: Int
+    /// copy per nonzero nibble instead of one per name. Nil when a slot
+    /// would not fit (names longer than any control register's).
+    private let nibbleElements: UnsafePointer<UInt8>?
+    private let nibbleLengths: UnsafePointer<UInt8>
+    /// A constant: the slot's address is a shift by an immediate.
+    private static let slotShift = 6
 
     init(_ names: BitNames, arena: ByteArena) {
         tableBits = arena.table(names.table.map(\.bit))
@@ -309,11 +332,9 @@ struct BitNameBytes {
             lengths[slot] = UInt8(length)
             longest = max(longest, length)
         }
-        var shift = 4  // at least the block appendBlocks reads
-        while 1 << shift < longest { shift += 1 }
-        slotShift = shift
-        var bytes = [UInt8](repeating: 0, count: 256 << shift)
-        for slot in 0..<256 {
+        let shift = BitNameBytes.slotShift
+        var bytes = [UInt8](repeating: 0, count: longest <= 1 << shift ? 256 << shift : 0)
+        for slot in 0..<256 where !bytes.isEmpty {
             var at = slot << shift
             for bit in 0..<4 where slot & 1 << bit != 0 {
                 for byte in quoted[(slot >> 4) * 4 + bit] {
@@ -322,8 +343,8 @@ struct BitNameBytes {
                 }
             }
         }
-        nibbleElements = arena.table(bytes)
-        nibbleLengths = arena.table(lengths)
+        nibbleElements = bytes.isEmpty ? nil : arena.table(bytes).baseAddress
+        nibbleLengths = arena.table(lengths).baseAddress!
     }
 
     /// Calls `body` with each name of `value`, in BitNames.names(of:) order.
@@ -360,9 +381,9 @@ struct BitNameBytes {
     @inline(__always)
     func appendList(_ value: UInt64, to data: inout ByteWriter) {
         let start = data.count
-        if ascending {
-            appendNibbles(value & namedMask, to: &data)
-            appendNibbles(value & ~namedMask, to: &data)
+        if ascending, let elements = nibbleElements {
+            appendNibbles(value & namedMask, elements, to: &data)
+            appendNibbles(value & ~namedMask, elements, to: &data)
         } else {
             forEachName(of: value, quoted: true) { data.append($0) }
         }
@@ -372,13 +393,14 @@ struct BitNameBytes {
 
     /// The list elements of `bits`, nibble by nibble, ascending.
     @inline(__always)
-    private func appendNibbles(_ bits: UInt64, to data: inout ByteWriter) {
+    private func appendNibbles(_ bits: UInt64, _ elements: UnsafePointer<UInt8>, to data: inout ByteWriter) {
         var rest = bits
         while rest != 0 {
-            let shift = rest.trailingZeroBitCount & ~3
-            let slot = shift &<< 2 | Int(truncatingIfNeeded: rest &>> UInt64(shift)) & 15
-            data.appendBlocks(nibbleElements.baseAddress! + slot &<< slotShift, Int(nibbleLengths[slot]))
-            rest &= ~(15 &<< UInt64(shift))
+            let shift = UInt64(truncatingIfNeeded: rest.trailingZeroBitCount & ~3)
+            let nibble = rest &>> shift & 15
+            let slot = Int(truncatingIfNeeded: shift &<< 2 | nibble)
+            data.appendBlocks(elements + slot &<< BitNameBytes.slotShift, Int(nibbleLengths[slot]))
+            rest ^= nibble &<< shift
         }
     }
 }

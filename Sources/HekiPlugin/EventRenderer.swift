@@ -34,7 +34,7 @@ final class EventRenderer {
     private let registerFields: UnsafeBufferPointer<ByteString>
     private let verdictTails: UnsafeBufferPointer<ByteString>
     private let keys: Names
-    private let bitNames: UnsafeBufferPointer<BitNameBytes>
+    private let bitNames: UnsafePointer<BitNameBytes>  // by register
     private let verdictNames: UnsafeBufferPointer<ByteString>  // by Verdict.rawValue + 1
     private let eventNames: UnsafeBufferPointer<ByteString>    // by EventKind.rawValue
     private let policyEventName: ByteString
@@ -119,7 +119,7 @@ final class EventRenderer {
         vmSubject = arena.string("heki: " + (vmLabel.map { $0 + ": " } ?? ""))
         let names = EventRenderer.names
         keys = names
-        (registerNames, bitNames, verdictNames) = (names.registerNames, names.bitNames, names.verdictNames)
+        (registerNames, bitNames, verdictNames) = (names.registerNames, names.bitNames.baseAddress!, names.verdictNames)
         (exitRegisterFields, registerFields, verdictTails) = (names.exitRegisterFields, names.registerFields, names.verdictTails)
         (eventNames, policyEventName) = (names.eventNames, names.policyEventName)
         (migrationEventName, resetEventName) = (names.migrationEventName, names.resetEventName)
@@ -136,7 +136,7 @@ final class EventRenderer {
 
     // MARK: Name and level
 
-    func name(_ record: EventRecord) -> ByteString { eventNames[Int(record.kind.rawValue)] }
+    @inline(__always) func name(_ record: EventRecord) -> ByteString { eventNames[Int(record.kind.rawValue)] }
 
     func name(_ announcement: Announcement) -> ByteString {
         switch announcement {
@@ -177,25 +177,44 @@ final class EventRenderer {
 
     // MARK: Data
 
-    /// The JSON data of `record`, NUL-terminated.
-    func data(_ record: EventRecord) -> ByteString {
+    /// What `render` writes into the renderer's own buffer, emptied first:
+    /// the data when no audit batch takes it.
+    func data(_ render: (inout ByteWriter) -> ByteString) -> ByteString {
         dataBuffer.reset()
+        return render(&dataBuffer)
+    }
+
+    /// The JSON data of `record`, NUL-terminated, in the renderer's buffer.
+    func data(_ record: EventRecord) -> ByteString { data { data(record, appendingTo: &$0) } }
+
+    /// The JSON data of `announcement`, NUL-terminated, in the renderer's buffer.
+    func data(_ announcement: Announcement) -> ByteString { data { data(announcement, appendingTo: &$0) } }
+
+    /// Room for a bulk kind's data: a writer with this much left does not
+    /// grow (the rare kinds and announcements grow it as they need).
+    var dataRoom: Int { maximumBulkBytes }
+
+    /// The JSON data of `record` appended to `bytes` (the renderer's buffer
+    /// or the audit batch, which then needs no copy); returns it,
+    /// NUL-terminated until the next append.
+    func data(_ record: EventRecord, appendingTo bytes: inout ByteWriter) -> ByteString {
+        let start = bytes.count
         switch record.payload {
         case let .configure(event):
-            bulkData(vcpu: event.vcpu, event.register, exit: event.exit) { data, names in
+            bulkData(&bytes, vcpu: event.vcpu, event.register, exit: event.exit) { data, names in
                 bits(&data, keys.value, event.bits, names)
                 bits(&data, keys.pinned, event.pinned, names)
                 return event.verdict
             }
         case let .denial(event):
-            bulkData(vcpu: event.vcpu, event.register, exit: event.exit) { data, names in
+            bulkData(&bytes, vcpu: event.vcpu, event.register, exit: event.exit) { data, names in
                 bits(&data, keys.value, event.value, names)
                 bits(&data, keys.pinned, event.pinned, names)
                 bits(&data, keys.violated, event.violated, names)
                 return event.verdict
             }
         case let .weakPinning(event):
-            bulkData(vcpu: event.vcpu, event.register, exit: nil) { data, names in
+            bulkData(&bytes, vcpu: event.vcpu, event.register, exit: nil) { data, names in
                 bits(&data, keys.pinned, event.pinned, names)
                 bits(&data, keys.required, event.required, names)
                 bits(&data, keys.missing, event.missing, names)
@@ -206,7 +225,7 @@ final class EventRenderer {
                 return event.verdict
             }
         case let .malformedExit(event):
-            vmObject { object in
+            vmObject(&bytes) { object in
                 object.add("vcpu", UInt64(event.vcpu))
                 if let register = event.register { object.add("register", register.name) }
                 object.add("exit-reason", UInt64(event.exit))
@@ -216,7 +235,7 @@ final class EventRenderer {
                 object.add("verdict", Verdict.notHeki.name)
             }
         case let .capability(event):
-            vmObject { object in
+            vmObject(&bytes) { object in
                 object.add("kind", event.kind.name)
                 object.add("capability", UInt64(event.capability))
                 object.add("mask", hex: event.mask.rawValue)
@@ -226,17 +245,17 @@ final class EventRenderer {
                 object.add("required", config.requireCaps)
             }
         case let .suppressed(event):
-            vmObject { object in
+            vmObject(&bytes) { object in
                 object.add("event", event.coalesced.eventName)
                 object.add("count", event.count)
             }
         }
-        return dataBuffer.terminated()
+        return bytes.terminated(from: start)
     }
 
-    func data(_ announcement: Announcement) -> ByteString {
-        dataBuffer.reset()
-        vmObject { object in
+    func data(_ announcement: Announcement, appendingTo bytes: inout ByteWriter) -> ByteString {
+        let start = bytes.count
+        vmObject(&bytes) { object in
             switch announcement {
             case let .kernelCheck(check, answers):
                 kernelFields(&object, status: check.status, profile: check.profile, answers: answers)
@@ -281,7 +300,7 @@ final class EventRenderer {
                 object.add("verdict", report.rule.verdict.name)
             }
         }
-        return dataBuffer.terminated()
+        return bytes.terminated(from: start)
     }
 
     /// One register's pins by origin: this kernel's, restored only.
@@ -293,9 +312,9 @@ final class EventRenderer {
         entry.add("restored-only-bits", register.bitNames.names(of: restoredOnly))
     }
 
-    /// The object `body` writes into the data buffer, after the vm-name.
-    private func vmObject(_ body: (inout JSONWriter) -> Void) {
-        JSONWriter.object(appendingTo: &dataBuffer) { object in
+    /// The object `body` writes into `bytes`, after the vm-name.
+    private func vmObject(_ bytes: inout ByteWriter, _ body: (inout JSONWriter) -> Void) {
+        JSONWriter.object(appendingTo: &bytes) { object in
             if let name = config.vmName { object.add("vm-name", name) }
             body(&object)
         }
@@ -314,13 +333,13 @@ final class EventRenderer {
     /// and `}`; no vcpu key when `vcpu` is nil. Each fixed part is one
     /// block copy of bytes made at init.
     @inline(__always)
-    private func bulkData(vcpu: UInt32?, _ register: ControlRegister, exit: UInt32?,
+    private func bulkData(_ bytes: inout ByteWriter, vcpu: UInt32?, _ register: ControlRegister, exit: UInt32?,
                           _ fields: (inout ByteWriter, UnsafePointer<BitNameBytes>) -> Verdict) {
         let register = Int(register.rawValue)
-        // A local copy: the count stays in a register instead of the object.
-        var data = dataBuffer
+        // A local copy: the count stays in a register instead of memory.
+        var data = bytes
         data.reserve(maximumBulkBytes)
-        defer { dataBuffer = data }
+        defer { bytes = data }
         let registerField = (exit == nil ? registerFields : exitRegisterFields)[register]
         if let vcpu {
             data.append(vcpuHead)
@@ -333,7 +352,7 @@ final class EventRenderer {
         }
         if let exit { data.appendDecimal(UInt64(exit)) }
         // By address: the tables are a dozen words, not to be copied per call.
-        let verdict = fields(&data, bitNames.baseAddress! + register)
+        let verdict = fields(&data, bitNames + register)
         data.append(verdictTails[Int(verdict.rawValue) + 1])
     }
 

@@ -382,8 +382,8 @@ final class Plugin {
         let pending = announcements
         announcements.removeAll()
         for (event, time) in pending {
-            deliver(name: renderer.name(event), data: renderer.data(event), level: renderer.level(event),
-                    time: time) { renderer.message(event) }
+            deliver(name: renderer.name(event), time: time, data: { renderer.data(event, appendingTo: &$0) },
+                    level: { renderer.level(event) }, message: { renderer.message(event) })
         }
     }
 
@@ -395,13 +395,14 @@ final class Plugin {
     private func drain(all: Bool = false) {
         queue.expect(queue.takeWoken())
         var budget = Plugin.queueCapacity
-        var anchored = false
+        // Only the audit line has a time: without one, no stamp is converted.
+        var anchored = audit == nil
         while all || budget > 0, var record = queue.pop() {
             if !anchored {  // once per drain that has records
                 stamps.anchor()
                 anchored = true
             }
-            record.timeMicros = stamps.micros(of: UInt64(bitPattern: record.timeMicros))
+            if audit != nil { record.timeMicros = stamps.micros(of: UInt64(bitPattern: record.timeMicros)) }
             deliver(record)
             budget -= 1
         }
@@ -437,21 +438,36 @@ final class Plugin {
         return next.map { Int64($0) * 1_000_000 + 1_000 + RateLimiter.coarseLagMicros }
     }
 
-    /// Renders one record and hands it to every sink.
+    /// Renders one record and hands it to every sink. Inlined: drain's
+    /// loop makes no call of its own per record.
+    @inline(__always)
     private func deliver(_ record: EventRecord) {
-        deliver(name: renderer.name(record), data: renderer.data(record), level: renderer.level(record),
-                time: record.timeMicros) { renderer.message(record) }
+        deliver(name: renderer.name(record), time: record.timeMicros, data: { renderer.data(record, appendingTo: &$0) },
+                level: { renderer.level(record) }, message: { renderer.message(record) })
     }
 
     /// Hands one event to every sink: the host's event callback, the audit
-    /// log, the log callback (the log line is made only when there is one).
-    private func deliver(name: ByteString, data: ByteString, level: HekiLogLevel, time: Int64,
-                         message: () -> UnsafePointer<CChar>) {
+    /// log, the log callback (its level and line are made only when there is one).
+    /// `data` appends the event's JSON to a buffer: with an audit log, its
+    /// batch, so the host's callback reads the line's own bytes (no copy).
+    @inline(__always)
+    private func deliver(name: ByteString, time: Int64, data: (inout ByteWriter) -> ByteString,
+                         level: () -> HekiLogLevel, message: () -> UnsafePointer<CChar>) {
         // One writer (the main loop): a plain add, no locked instruction.
         counters.delivered.store(counters.delivered.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
-        if let callback = host.event { callback(host.opaque, name.cString, data.cString) }
-        if let audit, let outcome = audit.append(time: time, event: name, data: data) { report(outcome) }
-        if let callback = host.log { callback(host.opaque, level, message()) }
+        let event = host.event, opaque = host.opaque
+        if audit != nil {
+            // `self` holds the log for the whole call: no retain and release per event.
+            let outcome = Unmanaged.passUnretained(audit.unsafelyUnwrapped)._withUnsafeGuaranteedRef { audit in
+                audit.append(time: time, event: name, room: renderer.dataRoom, data: data) { data in
+                    if let event { event(opaque, name.cString, data.cString) }
+                }
+            }
+            if let outcome { report(outcome) }
+        } else if let event {
+            event(opaque, name.cString, renderer.data(data).cString)
+        }
+        if let callback = host.log { callback(host.opaque, level(), message()) }
     }
 
     /// Writes the audit lines of this dispatch (one write), if any.

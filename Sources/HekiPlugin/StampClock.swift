@@ -18,6 +18,9 @@ struct StampClock {
     private var counter: UInt64
     private var wallNanos: Int64
     private var nanosPerTick: Double = 0
+    /// The same in fixed point (times 2^32): a record's conversion is
+    /// integer arithmetic, no floating-point range checks.
+    private var nanosPerTickQ32: Int64 = 0
 
     init() {
         let now = StampClock.read()
@@ -56,15 +59,24 @@ struct StampClock {
         let now = StampClock.read(quickTicks: nanosPerTick > 0 ? UInt64(2_000 / nanosPerTick) : 0)
         (counter, wallNanos) = (now.counter, now.wall)
         let ticks = now.counter &- originCounter, nanos = now.monotonic &- originMonotonic
-        if ticks > 0 && ticks < 1 << 62 && nanos > 0 { nanosPerTick = Double(nanos) / Double(ticks) }
+        if ticks > 0 && ticks < 1 << 62 && nanos > 0 {
+            let rate = Double(nanos) / Double(ticks)
+            if rate < 1_048_576 {  // 2^20 ns: a tick of up to a millisecond: the fixed point fits
+                nanosPerTick = rate
+                nanosPerTickQ32 = Int64(rate * 4_294_967_296)
+            }
+        }
     }
 
     /// Wall-clock microseconds since the epoch of a record stamped `stamp`.
     func micros(of stamp: UInt64) -> Int64 {
-        // Records are at most seconds old; the clamp keeps a bad counter
-        // (a CPU whose TSC jumped) from overflowing the conversion.
-        let behind = min(max(Double(Int64(bitPattern: counter &- stamp)) * nanosPerTick, -1e15), 1e15)
-        let nanos = wallNanos &- Int64(behind)
-        return nanos >= 0 ? nanos / 1_000 : (nanos - 999) / 1_000
+        // Records are at most seconds old; the clamp (2^48 ticks, a day at
+        // 3 GHz) keeps a bad counter (a CPU whose TSC jumped) from
+        // overflowing the conversion: 2^48 ticks of at most 2^20 ns.
+        let ticks = min(max(Int64(bitPattern: counter &- stamp), -(1 << 48)), 1 << 48)
+        let product = ticks.multipliedFullWidth(by: nanosPerTickQ32)
+        let behind = product.high &<< 32 | Int64(bitPattern: product.low &>> 32)  // the product / 2^32
+        let nanos = wallNanos &- behind
+        return nanos >= 0 ? nanos / 1_000 : (nanos &- 999) / 1_000
     }
 }

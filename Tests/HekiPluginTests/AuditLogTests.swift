@@ -54,4 +54,37 @@ import Testing
             #expect(object?["time"] as? String == AuditLog.timestamp(1_795_608_000_000_000 + Int64(index)))
         }
     }
+
+    /// Data rendered straight into the batch: the callback sees the line's
+    /// own bytes, NUL-terminated, before the line is closed; data larger
+    /// than its room (or the batch) grows the batch and stays whole.
+    @Test func dataRenderedIntoTheBatchIsWhatTheCallbackSees() throws {
+        let path = path()
+        defer { unlink(path) }
+        let arena = ByteArena()
+        let name = arena.string("HEKI_POLICY")
+        let log = try AuditLog(path: path)
+        var seen: [String] = []
+        let sizes = [10, 2 * AuditLog.batchBytes, 20]
+        for (index, size) in sizes.enumerated() {
+            let text = "{\"n\":\(index),\"pad\":\"" + String(repeating: "y", count: size) + "\"}"
+            let outcome = log.append(time: 0, event: name, room: 16, data: { line in
+                let start = line.count
+                line.append(text: text)
+                return line.terminated(from: start)
+            }, then: { data in
+                seen.append(String(cString: data.cString))
+                #expect(data.count == text.utf8.count)
+            })
+            #expect(outcome == nil || outcome?.failed == 0)
+        }
+        _ = log.flush()
+        let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == sizes.count)
+        for (index, line) in lines.enumerated() {
+            #expect(line == "{\"time\":\"1970-01-01T00:00:00.000000Z\",\"event\":\"HEKI_POLICY\",\"data\":" + seen[index] + "}")
+            let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            #expect((object?["data"] as? [String: Any])?["n"] as? Int == index)
+        }
+    }
 }

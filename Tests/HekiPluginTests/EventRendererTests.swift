@@ -179,6 +179,19 @@ import Testing
             writer.appendDecimal(value)
             #expect(String(cString: writer.cString()) == String(value))
         }
+        for value: UInt64 in 0..<10_000 {  // every digit pair, one to four digits, zero-padded
+            writer.reset()
+            writer.appendDecimal(value)
+            writer.appendDecimal(value, width: 6)
+            #expect(String(cString: writer.cString()) == String(value) + String(String(value).reversed()).padding(toLength: 6, withPad: "0", startingAt: 0).reversed())
+        }
+        var generator = SplitMix64(seed: 0x4845_4b49)  // fixed: a failure names a value that fails again
+        for round in 0..<4_000 {  // every digit count, 1 to 20
+            let value = (generator.next()) >> UInt64(round % 64)
+            writer.reset()
+            writer.appendDecimal(value)
+            #expect(String(cString: writer.cString()) == String(value))
+        }
         for value: Int64 in [0, -1, 22, -22, .min, .max] {
             writer.reset()
             writer.appendDecimal(signed: value)
@@ -194,5 +207,39 @@ import Testing
         writer.append(text: text)
         #expect(String(cString: writer.cString()) == text)
         #expect(writer.capacity > 3000)
+    }
+
+    /// A value's bit-name list (nibble slots) against BitNames.names(of:),
+    /// for random values of each register, dense and sparse.
+    @Test func bitNameListsMatchTheNames() throws {
+        var generator = SplitMix64(seed: 0x4845_4b49)  // fixed: a failure names a value that fails again
+        var writer = ByteWriter(capacity: 64)
+        defer { writer.deallocate() }
+        for register in ControlRegister.allCases {
+            let arena = ByteArena()
+            let bytes = BitNameBytes(register.bitNames, arena: arena)
+            for round in 0..<2_000 {
+                let value = round % 2 == 0 ? generator.next() : generator.next() & generator.next() & generator.next()
+                writer.reset()
+                writer.reserve(64 * 24)
+                bytes.appendList(value, to: &writer)
+                let text = String(cString: writer.cString())
+                let list = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String]
+                #expect(list == register.bitNames.names(of: value), "\(register.name) \(String(value, radix: 16))")
+            }
+        }
+    }
+}
+
+/// SplitMix64: reproducible values for the tests above.
+private struct SplitMix64 {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9e37_79b9_7f4a_7c15
+        var z = state
+        z = (z ^ z >> 30) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ z >> 27) &* 0x94d0_49bb_1331_11eb
+        return z ^ z >> 31
     }
 }

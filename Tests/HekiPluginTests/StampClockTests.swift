@@ -43,4 +43,19 @@ import Glibc
         #expect(clock.micros(of: first) < clock.micros(of: second))
         #expect(clock.micros(of: second) - clock.micros(of: first) >= 990)
     }
+
+    /// A stamp from a counter that jumped (far ahead of or behind the
+    /// anchor) converts without trapping, to a time clamped near the anchor.
+    @Test func aJumpedCounterIsClampedNotTrapped() {
+        var clock = StampClock()
+        usleep(1_000)
+        clock.anchor()
+        let now = wallMicros()
+        let day: Int64 = 86_400_000_000
+        for stamp: UInt64 in [0, 1, .max, .max / 2, 1 << 63, StampClock.counter() &+ (1 << 60)] {
+            let micros = clock.micros(of: stamp)
+            #expect(micros > now - 8 * day && micros < now + 8 * day, "\(stamp): \(micros)")
+        }
+    }
 }
+
