@@ -266,11 +266,18 @@ struct EventQueue<let capacity: Int>: ~Copyable, @unchecked Sendable {
     /// or none when its shard is empty.
     @inline(__always)
     private func reorder(after index: Int) {
+        let next = headStamp(index)
+        // A burst from one vCPU: its next record is still the oldest.
+        if let stamp = next, ordered > 1,
+           UInt64(bitPattern: Int64(stamp)) <= UInt64(bitPattern: Int64(stamps[order[1]])) {
+            stamps[index] = stamp
+            return
+        }
         let count = ordered &- 1
         for slot in 0..<count { order[slot] = order[slot &+ 1] }
         ordered = count
         inOrder &= ~(1 &<< index)
-        if let stamp = headStamp(index) { insert(index, stamp: stamp) }
+        if let stamp = next { insert(index, stamp: stamp) }
     }
 
     /// Inserts shard `index` with its head's stamp, from the newest end
