@@ -30,8 +30,8 @@ struct EventQueue<let capacity: Int>: ~Copyable, @unchecked Sendable {
     static var shards: Int { ShardedCounts.shards }
     /// Records per shard (the generic parameter, for code outside).
     static var records: Int { capacity }
-    /// Records per shard: a power of two, a constant, so the exit path
-    /// finds a cell without loading a mask or a shard's size.
+    /// A position's cell: `capacity` is a power of two and a constant, so
+    /// the exit path finds a cell without loading a mask or a shard's size.
     private static var mask: Int { capacity - 1 }
     /// Bytes per shard: its header line, then its cells.
     private static var shardBytes: Int { capacity &* cellBytes &+ lineBytes }
