@@ -28,7 +28,8 @@ log=$scratch/test.log
 
 echo "== $short: build (swift build --build-tests --sanitize=$kind, scratch $scratch)"
 # --export-dynamic: the test runner's sanitizer runtime must serve the
-# dlopen'ed instrumented .so (MACHINE-NOTES).
+# dlopen'ed instrumented .so (without it, the .so's sanitizer symbols are
+# not found when it is loaded).
 swift build --build-tests --sanitize="$kind" -Xlinker --export-dynamic --scratch-path "$scratch"
 library=$scratch/debug/libHekiPlugin.so
 instrumented=$(nm -D "$library" | grep -c "__${short}_" || true)
