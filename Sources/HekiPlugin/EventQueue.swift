@@ -140,6 +140,8 @@ struct EventQueue<let capacity: Int>: ~Copyable, @unchecked Sendable {
     enum Push {
         /// The shard is full: nothing was written.
         case refused
+        /// Queued; the shard's wake flag was already set (the consumer is
+        /// signalled, or has not taken the flags yet).
         case queued
         /// Queued, and the shard's wake flag was clear: signal the consumer.
         case queuedFirst
@@ -268,8 +270,7 @@ struct EventQueue<let capacity: Int>: ~Copyable, @unchecked Sendable {
     private func reorder(after index: Int) {
         let next = headStamp(index)
         // A burst from one vCPU: its next record is still the oldest.
-        if let stamp = next, ordered > 1,
-           UInt64(bitPattern: Int64(stamp)) <= UInt64(bitPattern: Int64(stamps[order[1]])) {
+        if let stamp = next, ordered > 1, !EventQueue.newer(stamp, than: stamps[order[1]]) {
             stamps[index] = stamp
             return
         }
@@ -286,13 +287,19 @@ struct EventQueue<let capacity: Int>: ~Copyable, @unchecked Sendable {
     private func insert(_ index: Int, stamp: Int) {
         stamps[index] = stamp
         var slot = ordered
-        while slot > 0, UInt64(bitPattern: Int64(stamps[order[slot &- 1]])) > UInt64(bitPattern: Int64(stamp)) {
+        while slot > 0, EventQueue.newer(stamps[order[slot &- 1]], than: stamp) {
             order[slot] = order[slot &- 1]
             slot &-= 1
         }
         order[slot] = index
         ordered &+= 1
         inOrder |= 1 &<< index
+    }
+
+    /// Stamps are the TSC's unsigned count, kept in Int words.
+    @inline(__always)
+    private static func newer(_ stamp: Int, than other: Int) -> Bool {
+        UInt(bitPattern: stamp) > UInt(bitPattern: other)
     }
 
     /// The stamp of shard `index`'s next record, if it is written.

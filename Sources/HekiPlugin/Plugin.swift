@@ -387,9 +387,9 @@ final class Plugin {
         }
     }
 
-    /// Delivers what is queued: in the shards whose wake flags are set and
-    /// in those an earlier drain left unfinished (a shard with records has
-    /// one or the other). From a dispatch, at most one queue's worth: when
+    /// Delivers what is queued: in the shards pushes named since the last
+    /// drain and in those an earlier drain left unfinished (a shard with
+    /// records is one or the other). From a dispatch, at most one queue's worth: when
     /// vCPUs keep pushing, the loop gets back to its other sources and the
     /// source fires again at once (`wake`).
     private func drain(all: Bool = false) {
