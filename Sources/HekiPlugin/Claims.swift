@@ -48,6 +48,11 @@ struct ExitClaims: ~Copyable {
         Claim(rawValue: claims[kind.rawValue].load(ordering: .acquiring))
     }
 
+    /// The claimed exit numbers, for the renderer.
+    func exits() -> ClaimedExits {
+        ClaimedExits(configure: claim(.configure).claimedExit, denial: claim(.denial).claimedExit)
+    }
+
     /// KVM_ENABLE_CAP of `kind` returned `result`; 0 claims `numbers`' exit
     /// with the `granted` mask.
     func record(_ kind: ExitKind, result: Int32, numbers: HekiNumbers, granted: ExitReasonMask) {
@@ -62,4 +67,11 @@ struct ExitClaims: ~Copyable {
         let result = results[kind.rawValue].load(ordering: .relaxed)
         return result == ExitClaims.notReported ? nil : result
     }
+}
+
+/// The exit number of each kind's claim (0 while unclaimed): a configure or
+/// denial event's "exit-reason", which its record does not carry.
+struct ClaimedExits {
+    var configure: UInt32 = 0
+    var denial: UInt32 = 0
 }

@@ -5,9 +5,11 @@ import Synchronization
 /// Noncopyable: the plugin holds it inline, one pointer load less per exit.
 struct Counters: ~Copyable, Sendable {
     /// Events per (kind, register) for configure, denial and weak pinning
-    /// that went out individually (queued), per vCPU shard; the rest are
-    /// the limiter's held-back counts. Each event adds to one of the two.
-    private let perRegister = ShardedCounts()
+    /// that a migration's source counted (RateLimiter.slot's slots). The
+    /// ones this plugin saw went out individually, counted by the queue
+    /// (EventQueue.queued), or were held back, counted by the limiter:
+    /// each event adds to one of the two.
+    private let restored: InlineArray<6, Atomic<UInt64>>
     let malformedExits = Atomic<UInt64>(0)
     let capabilityReports = Atomic<UInt64>(0)
     /// Per event kind: counts already reported in HEKI_SUPPRESSED.
@@ -19,23 +21,21 @@ struct Counters: ~Copyable, Sendable {
 
     init() {
         summarised = InlineArray { _ in Atomic(0) }
-    }
-
-    /// One event of `kind` (.configure, .denial or .weakPinning) went out
-    /// individually; `vcpu` picks the shard.
-    @inline(__always)
-    func countQueued(_ kind: EventKind, _ register: ControlRegister?, vcpu: UInt32) {
-        perRegister.increment(RateLimiter.slot(kind, register), shard: vcpu)
+        restored = InlineArray { _ in Atomic(0) }
     }
 
     /// A restored state's counts, added (the destination continues the source's totals).
     func add(_ kind: EventKind, _ register: ControlRegister, _ count: UInt64) {
-        perRegister.add(RateLimiter.slot(kind, register), count, shard: 0)
+        restored[RateLimiter.slot(kind, register)].wrappingAdd(count, ordering: .relaxed)
     }
 
-    /// Every event of `kind` on `register`: queued, or held back by `limiter`.
-    func total(_ kind: EventKind, _ register: ControlRegister, heldBackBy limiter: borrowing RateLimiter) -> UInt64 {
-        perRegister.total(RateLimiter.slot(kind, register)) &+ limiter.heldBackTotal(kind, register)
+    /// Every event of `kind` (.configure, .denial or .weakPinning) on
+    /// `register`: queued (`queued`, the queue's count), held back by
+    /// `limiter`, or restored.
+    func total(_ kind: EventKind, _ register: ControlRegister, queued: UInt64,
+               heldBackBy limiter: borrowing RateLimiter) -> UInt64 {
+        queued &+ restored[RateLimiter.slot(kind, register)].load(ordering: .relaxed)
+            &+ limiter.heldBackTotal(kind, register)
     }
 
     func addSummarised(_ kind: EventKind, _ count: UInt64) {

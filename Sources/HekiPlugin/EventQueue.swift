@@ -25,7 +25,9 @@ import Glibc
 ///
 /// A cell is one cache line: its sequence, then its record (56 bytes), so
 /// a push writes one line and a pop reads one. A shard starts with a line
-/// of its own: its tail and its wake flag, both written by its producers.
+/// of its own, written by its producers: its tail, its wake flag and the
+/// exact count of its pushes per counted slot (`countedSlots`), so a push
+/// adds to a line it already holds instead of a counter line of its own.
 struct EventQueue<let capacity: Int>: ~Copyable, @unchecked Sendable {
     static var shards: Int { ShardedCounts.shards }
     /// Records per shard (the generic parameter, for code outside).
@@ -36,8 +38,8 @@ struct EventQueue<let capacity: Int>: ~Copyable, @unchecked Sendable {
     /// Bytes per shard: its header line, then its cells.
     private static var shardBytes: Int { capacity &* cellBytes &+ lineBytes }
     private static var mappedBytes: Int { shardBytes &* shards }
-    /// Per shard: the header (the tail, then the wake flag: set by the
-    /// shard's first push after the consumer took the flags), then the
+    /// Per shard: the header (the tail; the wake flag, set by the shard's
+    /// first push after the consumer took the flags; the counts), then the
     /// cells: per cell, minus the cell's index, the position it expects to
     /// be written (pos) or read (pos+1); then the record, written before
     /// read.
@@ -96,6 +98,7 @@ struct EventQueue<let capacity: Int>: ~Copyable, @unchecked Sendable {
             let base = memory + shard * EventQueue.shardBytes
             _ = base.bindMemory(to: Atomic<Int>.self, capacity: 1)
             _ = (base + EventQueue.wakeOffset).bindMemory(to: Atomic<Bool>.self, capacity: 1)
+            _ = (base + EventQueue.countsOffset).bindMemory(to: Atomic<UInt64>.self, capacity: EventQueue.countedSlots)
             for cell in 0..<capacity {
                 let cellBase = base + EventQueue.lineBytes + cell * EventQueue.cellBytes
                 _ = cellBase.bindMemory(to: Atomic<Int>.self, capacity: 1)
@@ -112,6 +115,11 @@ struct EventQueue<let capacity: Int>: ~Copyable, @unchecked Sendable {
     }
 
     @inline(__always) private static var wakeOffset: Int { MemoryLayout<Atomic<Int>>.stride }
+    @inline(__always) private static var countsOffset: Int { 2 * MemoryLayout<Atomic<Int>>.stride }
+    /// The slots a push can count in its shard's header line (the rest of
+    /// the line after the tail and the wake flag): RateLimiter.slot's
+    /// configure, denial and weak pinning per register.
+    static var countedSlots: Int { (lineBytes - countsOffset) / MemoryLayout<Atomic<UInt64>>.stride }
 
     /// A shard's header line; its cells follow it.
     @inline(__always) private func shard(_ index: Int) -> UnsafeMutableRawPointer {
@@ -124,6 +132,10 @@ struct EventQueue<let capacity: Int>: ~Copyable, @unchecked Sendable {
 
     @inline(__always) private func woken(_ shard: UnsafeMutableRawPointer) -> UnsafeMutablePointer<Atomic<Bool>> {
         (shard + EventQueue.wakeOffset).assumingMemoryBound(to: Atomic<Bool>.self)
+    }
+
+    @inline(__always) private func counts(_ shard: UnsafeMutableRawPointer) -> UnsafeMutablePointer<Atomic<UInt64>> {
+        (shard + EventQueue.countsOffset).assumingMemoryBound(to: Atomic<UInt64>.self)
     }
 
     @inline(__always) private func cellSequence(_ shard: UnsafeMutableRawPointer, _ cell: Int)
@@ -147,11 +159,12 @@ struct EventQueue<let capacity: Int>: ~Copyable, @unchecked Sendable {
         case queuedFirst
     }
 
-    /// Any thread. `stamping`: sets the record's `timeMicros` to the stamp
-    /// counter (StampClock turns it into the wall clock) once a cell is
-    /// reserved: a full shard reads no clock.
+    /// Any thread. `counting`: the slot the push adds one to when it
+    /// queues (none at or above `countedSlots`). `stamping`: sets the
+    /// record's `timeMicros` to the stamp counter (StampClock turns it into
+    /// the wall clock) once a cell is reserved: a full shard reads no clock.
     @inline(__always)
-    func push(_ record: EventRecord, vcpu: UInt32, stamping: Bool = false) -> Push {
+    func push(_ record: EventRecord, vcpu: UInt32, counting slot: Int = .max, stamping: Bool = false) -> Push {
         let index = Int(vcpu & UInt32(EventQueue.shards - 1))
         let shard = shard(index)
         let tail = tail(shard)
@@ -169,6 +182,7 @@ struct EventQueue<let capacity: Int>: ~Copyable, @unchecked Sendable {
                     if stamping { record.timeMicros = Int64(bitPattern: StampClock.counter()) }
                     cellRecord(shard, cell).initialize(to: record)
                     cellSequence(shard, cell).pointee.store(position &+ 1 &- cell, ordering: .releasing)
+                    if slot < EventQueue.countedSlots { counts(shard)[slot].wrappingAdd(1, ordering: .relaxed) }
                     // After the record is published: the consumer clears the
                     // flag before it looks, so it sees this record or this
                     // push sees the flag clear.
@@ -182,6 +196,15 @@ struct EventQueue<let capacity: Int>: ~Copyable, @unchecked Sendable {
                 position = tail.pointee.load(ordering: .relaxed)
             }
         }
+    }
+
+    /// Any thread: the pushes `counting` `slot` queued, over every shard.
+    /// It reads every shard's header: a page of each (a query, a save).
+    func queued(_ slot: Int) -> UInt64 {
+        guard slot >= 0, slot < EventQueue.countedSlots else { return 0 }
+        var sum: UInt64 = 0
+        for index in 0..<EventQueue.shards { sum &+= counts(shard(index))[slot].load(ordering: .relaxed) }
+        return sum
     }
 
     /// A push set shard `index`'s wake flag: names the shard to the

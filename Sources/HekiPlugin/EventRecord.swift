@@ -26,14 +26,15 @@ enum EventKind: UInt8, CaseIterable, Sendable {
 // The payloads, one per kind: what the decode and the policy found, typed,
 // carried unchanged to the renderer. Each is a few words and BitwiseCopyable
 // (the compiler checks it), so a vCPU writes one into the queue without
-// allocating or reference counting.
+// allocating or reference counting. A configure or denial does not carry its
+// exit number: that is its kind's claim, set once before any exit of the
+// kind is taken (ExitClaims), which the main loop reads when it renders.
 
 /// HEKI_CONFIGURE: `bits` this call pinned (cr_pinned), `pinned` the
 /// register's pins after it.
 struct PinEvent: Sendable, BitwiseCopyable {
     var vcpu: UInt32
     var register: ControlRegister
-    var exit: UInt32
     var bits: UInt64
     var pinned: UInt64
     var verdict: Verdict
@@ -44,7 +45,6 @@ struct PinEvent: Sendable, BitwiseCopyable {
 struct DenialEvent: Sendable, BitwiseCopyable {
     var vcpu: UInt32
     var register: ControlRegister
-    var exit: UInt32
     var value: UInt64
     var pinned: UInt64
     var verdict: Verdict

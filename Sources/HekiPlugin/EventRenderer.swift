@@ -185,7 +185,9 @@ final class EventRenderer {
     }
 
     /// The JSON data of `record`, NUL-terminated, in the renderer's buffer.
-    func data(_ record: EventRecord) -> ByteString { data { data(record, appendingTo: &$0) } }
+    func data(_ record: EventRecord, exits: ClaimedExits) -> ByteString {
+        data { data(record, exits: exits, appendingTo: &$0) }
+    }
 
     /// The JSON data of `announcement`, NUL-terminated, in the renderer's buffer.
     func data(_ announcement: Announcement) -> ByteString { data { data(announcement, appendingTo: &$0) } }
@@ -196,18 +198,19 @@ final class EventRenderer {
 
     /// The JSON data of `record` appended to `bytes` (the renderer's buffer
     /// or the audit batch, which then needs no copy); returns it,
-    /// NUL-terminated until the next append.
-    func data(_ record: EventRecord, appendingTo bytes: inout ByteWriter) -> ByteString {
+    /// NUL-terminated until the next append. `exits`: the claims' exit
+    /// numbers, a configure's or denial's "exit-reason".
+    func data(_ record: EventRecord, exits: ClaimedExits, appendingTo bytes: inout ByteWriter) -> ByteString {
         let start = bytes.count
         switch record.payload {
         case let .configure(event):
-            bulkData(&bytes, vcpu: event.vcpu, event.register, exit: event.exit) { data, names in
+            bulkData(&bytes, vcpu: event.vcpu, event.register, exit: exits.configure) { data, names in
                 bits(&data, keys.value, event.bits, names)
                 bits(&data, keys.pinned, event.pinned, names)
                 return event.verdict
             }
         case let .denial(event):
-            bulkData(&bytes, vcpu: event.vcpu, event.register, exit: event.exit) { data, names in
+            bulkData(&bytes, vcpu: event.vcpu, event.register, exit: exits.denial) { data, names in
                 bits(&data, keys.value, event.value, names)
                 bits(&data, keys.pinned, event.pinned, names)
                 bits(&data, keys.violated, event.violated, names)

@@ -126,21 +126,20 @@ final class Plugin {
             let pinned = ledger.pin(bits, on: register)
             let (verdict, missing) = policy.judgePin(pinnedNow: pinned)
             guard missing == 0 else {
-                return recordWeakPin(vcpu: vcpu, register: register, exit: configure.claimedExit, bits: bits,
-                                     pinned: pinned, policy: policy)
+                return recordWeakPin(vcpu: vcpu, register: register, bits: bits, pinned: pinned, policy: policy)
             }
-            record(.configure(PinEvent(vcpu: vcpu, register: register, exit: configure.claimedExit, bits: bits,
-                                       pinned: pinned, verdict: verdict)), vcpu: vcpu, register: register)
+            record(.configure(PinEvent(vcpu: vcpu, register: register, bits: bits, pinned: pinned,
+                                       verdict: verdict)), vcpu: vcpu, register: register)
             return verdict
         case let .denial(register, value):
             let pinned = ledger.pins(register)
             guard bootJudged.load(ordering: .relaxed) else {
-                return recordFirstDenial(vcpu: vcpu, register: register, exit: denial.claimedExit, value: value,
-                                         pinned: pinned, configure: configure)
+                return recordFirstDenial(vcpu: vcpu, register: register, value: value, pinned: pinned,
+                                         configure: configure)
             }
             let verdict = self.policy.exitPolicy(register).judgeDenial()
-            record(.denial(DenialEvent(vcpu: vcpu, register: register, exit: denial.claimedExit, value: value,
-                                       pinned: pinned, verdict: verdict)), vcpu: vcpu, register: register)
+            record(.denial(DenialEvent(vcpu: vcpu, register: register, value: value, pinned: pinned,
+                                       verdict: verdict)), vcpu: vcpu, register: register)
             return verdict
         }
     }
@@ -149,11 +148,11 @@ final class Plugin {
     /// the weak pinning. Out of line, and judged again from the policy
     /// word, so the exit path keeps nothing live across a call.
     @inline(never)
-    private func recordWeakPin(vcpu: UInt32, register: ControlRegister, exit: UInt32, bits: UInt64, pinned: UInt64,
+    private func recordWeakPin(vcpu: UInt32, register: ControlRegister, bits: UInt64, pinned: UInt64,
                                policy: ExitPolicy) -> Verdict {
         let (verdict, missing) = policy.judgePin(pinnedNow: pinned)
-        record(.configure(PinEvent(vcpu: vcpu, register: register, exit: exit, bits: bits, pinned: pinned,
-                                   verdict: verdict)), vcpu: vcpu, register: register)
+        record(.configure(PinEvent(vcpu: vcpu, register: register, bits: bits, pinned: pinned, verdict: verdict)),
+               vcpu: vcpu, register: register)
         record(.weakPinning(WeakPinningEvent(vcpu: vcpu, register: register, pinned: pinned, required: policy.required,
                                              missing: missing, verdict: verdict)), vcpu: vcpu, register: register)
         return verdict
@@ -165,14 +164,14 @@ final class Plugin {
     /// Out of line, recording the denial too: this happens once per VM, and
     /// the exit path keeps nothing live across a call.
     @inline(never)
-    private func recordFirstDenial(vcpu: UInt32, register: ControlRegister, exit: UInt32, value: UInt64,
-                                   pinned: UInt64, configure: Claim) -> Verdict {
+    private func recordFirstDenial(vcpu: UInt32, register: ControlRegister, value: UInt64, pinned: UInt64,
+                                   configure: Claim) -> Verdict {
         let policy = self.policy.current()
         var verdict = policy.judgeDenial(on: register)
         let weak = judgeBoot(vcpu: vcpu, exit: configure, policy: policy)
         if verdict == .resume { verdict = weak }
-        record(.denial(DenialEvent(vcpu: vcpu, register: register, exit: exit, value: value, pinned: pinned,
-                                   verdict: verdict)), vcpu: vcpu, register: register)
+        record(.denial(DenialEvent(vcpu: vcpu, register: register, value: value, pinned: pinned, verdict: verdict)),
+               vcpu: vcpu, register: register)
         return verdict
     }
 
@@ -197,23 +196,38 @@ final class Plugin {
 
     /// Queues `record` for the main loop, or counts it for a summary when the
     /// rate limit or a full queue holds it back: either way one count (the
-    /// per-register counter or the limiter's held-back count), which is
-    /// what `Counters.total` adds up. Never blocks. `vcpu` picks the
-    /// counts' shard; `register` is the event's, for the kinds counted per
-    /// register.
+    /// queue's per-slot count or the limiter's held-back count), which is
+    /// what `eventTotal` adds up. Never blocks. `vcpu` picks the queue's
+    /// and the counts' shard; `register` is the event's, for the kinds
+    /// counted per register.
     @inline(always)
     private func record(_ payload: EventPayload, vcpu: UInt32, register: ControlRegister? = nil) {
         let record = EventRecord(payload: payload)
         if limiter.admit(record.kind) {
             // Stamped once a cell is reserved: a full queue costs no clock read.
-            let push = queue.push(record, vcpu: vcpu, stamping: true)
-            if push != .refused {
-                counters.countQueued(record.kind, register, vcpu: vcpu)
-                if push == .queuedFirst { source.signal() }
-                return
-            }
+            let push = queue.push(record, vcpu: vcpu, counting: RateLimiter.slot(record.kind, register), stamping: true)
+            if push != .queued { pushed(push, record.kind, vcpu: vcpu, register: register) }
+            return
         }
         if limiter.suppress(record.kind, register: register, vcpu: vcpu) { source.wake() }
+    }
+
+    /// A push that was the first after a drain (signal the main loop), or
+    /// that found the shard full (count the record as held back). Out of
+    /// line: the exit path keeps nothing live across the queue for it.
+    @inline(never)
+    private func pushed(_ push: Queue.Push, _ kind: EventKind, vcpu: UInt32, register: ControlRegister?) {
+        if push == .queuedFirst {
+            source.signal()
+        } else if limiter.suppress(kind, register: register, vcpu: vcpu) {
+            source.wake()
+        }
+    }
+
+    /// Every event of `kind` (.configure, .denial or .weakPinning) on
+    /// `register` this VM saw, and its migration source before it.
+    func eventTotal(_ kind: EventKind, _ register: ControlRegister) -> UInt64 {
+        counters.total(kind, register, queued: queue.queued(RateLimiter.slot(kind, register)), heldBackBy: limiter)
     }
 
     /// `record` out of line, for the events no storm is made of: the exit
@@ -397,13 +411,15 @@ final class Plugin {
         var budget = Plugin.queueCapacity
         // Only the audit line has a time: without one, no stamp is converted.
         var anchored = audit == nil
+        // Once: claims are made on this thread, before any exit they claim.
+        let exits = claims.exits()
         while all || budget > 0, var record = queue.pop() {
             if !anchored {  // once per drain that has records
                 stamps.anchor()
                 anchored = true
             }
             if audit != nil { record.timeMicros = stamps.micros(of: UInt64(bitPattern: record.timeMicros)) }
-            deliver(record)
+            deliver(record, exits: exits)
             budget -= 1
         }
         if !all && budget == 0 { source.wake() }
@@ -429,7 +445,7 @@ final class Plugin {
                 guard count > 0 else { continue }
                 counters.addSummarised(kind, count)
                 deliver(EventRecord(payload: .suppressed(SuppressedEvent(coalesced: kind, count: count)),
-                                    timeMicros: Int64(g_get_real_time())))
+                                    timeMicros: Int64(g_get_real_time())), exits: claims.exits())
             } else {
                 next = min(next ?? .max, due)
             }
@@ -441,8 +457,9 @@ final class Plugin {
     /// Renders one record and hands it to every sink. Inlined: drain's
     /// loop makes no call of its own per record.
     @inline(__always)
-    private func deliver(_ record: EventRecord) {
-        deliver(name: renderer.name(record), time: record.timeMicros, data: { renderer.data(record, appendingTo: &$0) },
+    private func deliver(_ record: EventRecord, exits: ClaimedExits) {
+        deliver(name: renderer.name(record), time: record.timeMicros,
+                data: { renderer.data(record, exits: exits, appendingTo: &$0) },
                 level: { renderer.level(record) }, message: { renderer.message(record) })
     }
 

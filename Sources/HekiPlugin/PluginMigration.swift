@@ -183,7 +183,7 @@ extension Plugin {
         var index = 0
         for kind in StateCounters.perRegisterKinds {
             for register in ControlRegister.allCases {
-                saved.values[index] = counters.total(kind, register, heldBackBy: limiter)
+                saved.values[index] = eventTotal(kind, register)
                 index += 1
             }
         }

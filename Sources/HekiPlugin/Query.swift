@@ -87,7 +87,7 @@ extension Plugin {
                 for (kind, key) in [(EventKind.configure, "configure"), (.denial, "denial"), (.weakPinning, "weak-pinning")] {
                     counts.add(named: key) { perRegister in
                         for register in ControlRegister.allCases {
-                            perRegister.add(named: register.name, counters.total(kind, register, heldBackBy: limiter))
+                            perRegister.add(named: register.name, eventTotal(kind, register))
                         }
                     }
                 }

@@ -56,6 +56,27 @@ import Testing
         #expect(box.queue.pop() == nil)
     }
 
+    /// A push counts in the slot it names, in its shard's header line, only
+    /// when it queues; `queued` sums every shard's count of a slot, and pops
+    /// do not take counts back.
+    @Test func pushesCountTheirSlotWhenTheyQueue() throws {
+        let box = try #require(QueueBox<2>())
+        for vcpu: UInt32 in [0, 0, 0, 1, 17, 17] {  // the third into shard 0 and the second into shard 1 are refused
+            _ = box.queue.push(sequencedRecord(producer: vcpu, sequence: 0), vcpu: vcpu, counting: 3)
+        }
+        _ = box.queue.push(sequencedRecord(producer: 5, sequence: 0), vcpu: 5, counting: 0)
+        _ = box.queue.push(sequencedRecord(producer: 6, sequence: 0), vcpu: 6)  // no slot
+        _ = box.queue.push(sequencedRecord(producer: 7, sequence: 0), vcpu: 7, counting: EventQueue<2>.countedSlots)
+        #expect(box.queue.queued(3) == 4)
+        #expect(box.queue.queued(0) == 1)
+        #expect((0..<EventQueue<2>.countedSlots).map { box.queue.queued($0) } == [1, 0, 0, 4, 0, 0])
+        #expect(box.queue.queued(EventQueue<2>.countedSlots) == 0 && box.queue.queued(-1) == 0)
+        box.queue.expect(EventQueue<2>.allShards)
+        #expect((0..<7).compactMap { _ in box.queue.pop() }.count == 7)
+        #expect(box.queue.queued(3) == 4)
+        #expect(EventQueue<2>.countedSlots == 6, "configure, denial and weak pinning per register")
+    }
+
     /// A shard's first push after the consumer took the wake flags says to
     /// signal it, the next ones do not; `takeWoken` names the shards.
     @Test func theFirstPushAfterTheFlagsWereTakenSignals() throws {

@@ -35,9 +35,9 @@ import Testing
     private final class Checker {
         var checked = 0
         var missing: [String] = []
-        func check(_ id: String, _ renderer: EventRenderer, _ record: EventRecord) {
+        func check(_ id: String, _ renderer: EventRenderer, _ record: EventRecord, exits: ClaimedExits = ClaimedExits()) {
             compare(id, String(cString: renderer.name(record).cString), renderer.level(record),
-                    String(cString: renderer.data(record).cString), String(cString: renderer.message(record)))
+                    String(cString: renderer.data(record, exits: exits).cString), String(cString: renderer.message(record)))
         }
         func check(_ id: String, _ renderer: EventRenderer, _ announcement: Announcement) {
             compare(id, String(cString: renderer.name(announcement).cString), renderer.level(announcement),
@@ -69,11 +69,12 @@ import Testing
                             let exit = UInt32(vi * 1000 + 39)
                             let base = "\(n) \(requireCaps) \(vi) \(register.rawValue) \(verdict.rawValue)"
                             if n < 3 || register == .cr4 {
+                                let exits = ClaimedExits(configure: exit, denial: exit)
                                 checker.check("configure \(base)", renderer, EventRecord(payload: .configure(PinEvent(
-                                    vcpu: vcpu, register: register, exit: exit, bits: value, pinned: other, verdict: verdict))))
+                                    vcpu: vcpu, register: register, bits: value, pinned: other, verdict: verdict))), exits: exits)
                                 checker.check("denial \(base)", renderer, EventRecord(payload: .denial(DenialEvent(
-                                    vcpu: vcpu, register: register, exit: exit, value: value, pinned: other,
-                                    verdict: verdict))))
+                                    vcpu: vcpu, register: register, value: value, pinned: other, verdict: verdict))),
+                                              exits: exits)
                                 checker.check("weakPinning \(base)", renderer, EventRecord(payload: .weakPinning(WeakPinningEvent(
                                     vcpu: vcpu, register: register, pinned: other, required: value, missing: third,
                                     verdict: verdict))))
@@ -158,13 +159,14 @@ import Testing
     /// same bytes: the buffers are reused, never appended to.
     @Test func reusedBuffersStartEmptyForEachEvent() throws {
         let renderer = EventRenderer(config: try Options.parse(["vm-name=web1"]))
-        let small = EventRecord(payload: .configure(PinEvent(vcpu: 1, register: .cr0, exit: 39, bits: 1 << 16,
+        let small = EventRecord(payload: .configure(PinEvent(vcpu: 1, register: .cr0, bits: 1 << 16,
                                                              pinned: 1 << 16, verdict: .resume)))
-        let large = EventRecord(payload: .denial(DenialEvent(vcpu: 2, register: .cr4, exit: 40, value: .max,
+        let large = EventRecord(payload: .denial(DenialEvent(vcpu: 2, register: .cr4, value: .max,
                                                              pinned: .max, verdict: .pause)))
-        let first = (String(cString: renderer.data(small).cString), String(cString: renderer.message(small)))
-        _ = (renderer.data(large), renderer.message(large))
-        #expect((String(cString: renderer.data(small).cString), String(cString: renderer.message(small))) == first)
+        let exits = ClaimedExits(configure: 39, denial: 40)
+        let first = (String(cString: renderer.data(small, exits: exits).cString), String(cString: renderer.message(small)))
+        _ = (renderer.data(large, exits: exits), renderer.message(large))
+        #expect((String(cString: renderer.data(small, exits: exits).cString), String(cString: renderer.message(small))) == first)
         #expect(first.1 == "heki: vm web1 vcpu 1: guest pinned cr0 wp (pinned now wp), verdict resume")
     }
 

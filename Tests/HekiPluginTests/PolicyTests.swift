@@ -23,7 +23,7 @@ import Testing
         #expect(split.judgeDenial(on: .cr0) == .reset)
         let pinned = CR4.smep.rawValue | CR4.smap.rawValue
         func denial(_ value: UInt64, _ pinned: UInt64) -> DenialEvent {
-            DenialEvent(vcpu: 0, register: .cr4, exit: 40, value: value, pinned: pinned, verdict: .pause)
+            DenialEvent(vcpu: 0, register: .cr4, value: value, pinned: pinned, verdict: .pause)
         }
         #expect(denial(CR4.smap.rawValue, pinned).violated == CR4.smep.rawValue)
         #expect(denial(0, CR0.wp.rawValue).violated == CR0.wp.rawValue)

@@ -3,7 +3,7 @@
 /// A denial record that carries a producer (as its vCPU) and a sequence
 /// number (as its value): what the queue tests push and check.
 func sequencedRecord(producer: UInt32, sequence: UInt64) -> EventRecord {
-    EventRecord(payload: .denial(DenialEvent(vcpu: producer, register: .cr4, exit: 40, value: sequence,
+    EventRecord(payload: .denial(DenialEvent(vcpu: producer, register: .cr4, value: sequence,
                                              pinned: 0, verdict: .resume)))
 }
 
