@@ -20,7 +20,7 @@ struct ByteWriter {
 
     @inline(__always) mutating func reset() { count = 0 }
 
-    /// Room for `bytes` more (and the NUL of `cString`), plus the 16 bytes
+    /// Room for `bytes` more (and the NUL of `cString`), plus the 32 bytes
     /// a ByteString's whole-block copy may write past its end.
     @inline(__always) mutating func reserve(_ bytes: Int) {
         // Wrapping adds: a count and a room are far below Int.max (no overflow check per append).
@@ -28,7 +28,7 @@ struct ByteWriter {
     }
 
     /// The NUL and a block copy's overshoot (`appendBlocks`).
-    static let slack = 17
+    static let slack = 33
 
     @inline(never) private mutating func grow(to needed: Int) {
         var size = capacity * 2
@@ -77,10 +77,29 @@ struct ByteWriter {
         appendBlocks(text.bytes, text.count)
     }
 
-    /// `length` bytes from `source`, copied 16 at a time: `source` must be
-    /// readable up to `length` rounded up to 16 (padded tables), and up to
-    /// 15 bytes past the count are overwritten (the room `reserve` keeps).
+    /// `length` bytes from `source`, copied 16 at a time, the first two
+    /// blocks whatever the length (most fragments fit: no loop, no branch
+    /// on their length): `source` must be readable up to `length` rounded
+    /// up to 16, and at least 32 bytes (padded tables), and up to 32 bytes
+    /// past the count are overwritten (the room `reserve` keeps).
     @inline(__always) mutating func appendBlocks(_ source: UnsafePointer<UInt8>, _ length: Int) {
+        let from = UnsafeRawPointer(source), target = UnsafeMutableRawPointer(base + count)
+        target.storeBytes(of: from.loadUnaligned(as: SIMD16<UInt8>.self), as: SIMD16<UInt8>.self)
+        target.storeBytes(of: from.loadUnaligned(fromByteOffset: 16, as: SIMD16<UInt8>.self),
+                          toByteOffset: 16, as: SIMD16<UInt8>.self)
+        var offset = 32
+        while offset < length {
+            target.storeBytes(of: from.loadUnaligned(fromByteOffset: offset, as: SIMD16<UInt8>.self),
+                              toByteOffset: offset, as: SIMD16<UInt8>.self)
+            offset &+= 16
+        }
+        count &+= length
+    }
+
+    /// `length` bytes from `source`, 16 at a time, as few blocks as they
+    /// need: for the nibble slots of a bit list (64-byte slots, any length
+    /// up to 64). Up to 15 bytes past the count are overwritten.
+    @inline(__always) mutating func appendSlot(_ source: UnsafePointer<UInt8>, _ length: Int) {
         let from = UnsafeRawPointer(source), target = UnsafeMutableRawPointer(base + count)
         var offset = 0
         repeat {
@@ -261,12 +280,12 @@ struct ByteString {
 final class ByteArena {
     private var blocks: [UnsafeMutableRawPointer] = []
 
-    /// NUL-terminated and zero-padded to whole 16-byte blocks (ByteWriter
-    /// copies them as whole blocks).
+    /// NUL-terminated and zero-padded to whole 16-byte blocks, at least
+    /// two (ByteWriter copies them as whole blocks, two at least).
     func string(_ string: String) -> ByteString {
         var copy = string
         return copy.withUTF8 { utf8 in
-            let size = (utf8.count + 16) & ~15
+            let size = max(32, (utf8.count + 16) & ~15)
             let block = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 16)
                 .initializeMemory(as: UInt8.self, repeating: 0, count: size)
             if let source = utf8.baseAddress { block.update(from: source, count: utf8.count) }
@@ -399,7 +418,7 @@ struct BitNameBytes {
             let shift = UInt64(truncatingIfNeeded: rest.trailingZeroBitCount & ~3)
             let nibble = rest &>> shift & 15
             let slot = Int(truncatingIfNeeded: shift &<< 2 | nibble)
-            data.appendBlocks(elements + slot &<< BitNameBytes.slotShift, Int(nibbleLengths[slot]))
+            data.appendSlot(elements + slot &<< BitNameBytes.slotShift, Int(nibbleLengths[slot]))
             rest ^= nibble &<< shift
         }
     }
