@@ -45,7 +45,12 @@ struct ByteWriter {
     @inline(__always) mutating func append(_ bytes: UnsafePointer<UInt8>, _ length: Int) {
         let source = UnsafeRawPointer(bytes)
         let target = UnsafeMutableRawPointer(base + count)
-        if length >= 8 && length <= 16 {
+        if length > 16 && length <= 32 {
+            let head = source.loadUnaligned(as: SIMD16<UInt8>.self)
+            let tail = source.loadUnaligned(fromByteOffset: length - 16, as: SIMD16<UInt8>.self)
+            target.storeBytes(of: head, as: SIMD16<UInt8>.self)
+            target.storeBytes(of: tail, toByteOffset: length - 16, as: SIMD16<UInt8>.self)
+        } else if length >= 8 && length <= 16 {
             let head = source.loadUnaligned(as: UInt64.self)
             let tail = source.loadUnaligned(fromByteOffset: length - 8, as: UInt64.self)
             target.storeBytes(of: head, as: UInt64.self)

@@ -33,7 +33,6 @@ final class EventRenderer {
     private let exitRegisterFields: UnsafeBufferPointer<ByteString>
     private let registerFields: UnsafeBufferPointer<ByteString>
     private let verdictTails: UnsafeBufferPointer<ByteString>
-    private let keys: Names
     private let bitNames: UnsafePointer<BitNameBytes>  // by register
     private let verdictNames: UnsafeBufferPointer<ByteString>  // by Verdict.rawValue + 1
     private let eventNames: UnsafeBufferPointer<ByteString>    // by EventKind.rawValue
@@ -59,7 +58,6 @@ final class EventRenderer {
         let registerFields: UnsafeBufferPointer<ByteString>
         /// By Verdict.rawValue + 1: `,"verdict":"NAME"}`, the end of a bulk event's data.
         let verdictTails: UnsafeBufferPointer<ByteString>
-        let value: BitsKeys, pinned: BitsKeys, violated: BitsKeys, required: BitsKeys, missing: BitsKeys
         /// The longest name of a single bit.
         let longestBitName: Int
 
@@ -73,8 +71,6 @@ final class EventRenderer {
             verdictTails = arena.table(Verdict.allCases.sorted { $0.rawValue < $1.rawValue }.map {
                 arena.string(",\"verdict\":\"\($0.name)\"}")
             })
-            (value, pinned, violated) = (BitsKeys("value", arena), BitsKeys("pinned", arena), BitsKeys("violated", arena))
-            (required, missing) = (BitsKeys("required", arena), BitsKeys("missing", arena))
             bitNames = arena.table(ControlRegister.allCases.map { BitNameBytes($0.bitNames, arena: arena) })
             verdictNames = arena.table(Verdict.allCases.sorted { $0.rawValue < $1.rawValue }.map { arena.string($0.name) })
             eventNames = arena.table(EventKind.allCases.map { arena.string($0.eventName) })
@@ -88,15 +84,18 @@ final class EventRenderer {
     }
     private static let names = Names()
 
-    /// The keys of a value and its bit names: `,"NAME":"0x` and `","NAME-bits":`.
+    /// The keys of a value and its bit names, `,"NAME":"0x` and
+    /// `","NAME-bits":`: literals, so each is copied with its bytes and
+    /// length known to the compiler (no table load, no loop).
     private struct BitsKeys {
-        let key: ByteString
-        let listKey: ByteString
+        let key: StaticString
+        let listKey: StaticString
 
-        init(_ name: String, _ arena: ByteArena) {
-            key = arena.string(",\"\(name)\":\"0x")
-            listKey = arena.string("\",\"\(name)-bits\":")
-        }
+        static var value: BitsKeys { BitsKeys(key: ",\"value\":\"0x", listKey: "\",\"value-bits\":") }
+        static var pinned: BitsKeys { BitsKeys(key: ",\"pinned\":\"0x", listKey: "\",\"pinned-bits\":") }
+        static var violated: BitsKeys { BitsKeys(key: ",\"violated\":\"0x", listKey: "\",\"violated-bits\":") }
+        static var required: BitsKeys { BitsKeys(key: ",\"required\":\"0x", listKey: "\",\"required-bits\":") }
+        static var missing: BitsKeys { BitsKeys(key: ",\"missing\":\"0x", listKey: "\",\"missing-bits\":") }
     }
 
     // A start, not a bound: `reserve` grows a buffer for a larger event, so
@@ -118,7 +117,6 @@ final class EventRenderer {
         vcpuSubject = arena.string("heki: " + (vmLabel.map { $0 + " " } ?? "") + "vcpu ")
         vmSubject = arena.string("heki: " + (vmLabel.map { $0 + ": " } ?? ""))
         let names = EventRenderer.names
-        keys = names
         (registerNames, bitNames, verdictNames) = (names.registerNames, names.bitNames.baseAddress!, names.verdictNames)
         (exitRegisterFields, registerFields, verdictTails) = (names.exitRegisterFields, names.registerFields, names.verdictTails)
         (eventNames, policyEventName) = (names.eventNames, names.policyEventName)
@@ -205,22 +203,22 @@ final class EventRenderer {
         switch record.payload {
         case let .configure(event):
             bulkData(&bytes, vcpu: event.vcpu, event.register, exit: exits.configure) { data, names in
-                bits(&data, keys.value, event.bits, names)
-                bits(&data, keys.pinned, event.pinned, names)
+                bits(&data, BitsKeys.value, event.bits, names)
+                bits(&data, BitsKeys.pinned, event.pinned, names)
                 return event.verdict
             }
         case let .denial(event):
             bulkData(&bytes, vcpu: event.vcpu, event.register, exit: exits.denial) { data, names in
-                bits(&data, keys.value, event.value, names)
-                bits(&data, keys.pinned, event.pinned, names)
-                bits(&data, keys.violated, event.violated, names)
+                bits(&data, BitsKeys.value, event.value, names)
+                bits(&data, BitsKeys.pinned, event.pinned, names)
+                bits(&data, BitsKeys.violated, event.violated, names)
                 return event.verdict
             }
         case let .weakPinning(event):
             bulkData(&bytes, vcpu: event.vcpu, event.register, exit: nil) { data, names in
-                bits(&data, keys.pinned, event.pinned, names)
-                bits(&data, keys.required, event.required, names)
-                bits(&data, keys.missing, event.missing, names)
+                bits(&data, BitsKeys.pinned, event.pinned, names)
+                bits(&data, BitsKeys.required, event.required, names)
+                bits(&data, BitsKeys.missing, event.missing, names)
                 if event.vcpu == nil {  // the pin deadline's: no vCPU, the deadline instead
                     data.append(",\"deadline-seconds\":")
                     data.appendDecimal(UInt64(config.pinDeadline ?? 0))
