@@ -153,11 +153,19 @@ class QMP:
 
 
 def parse_guest(text):
-    """The guest's `heki-guest: key=value ...` lines as dicts, in order."""
+    """The guest's `heki-guest: key=value ...` lines as dicts, in order.
+
+    A reset can cut a line: the vCPU runs on until the main loop resets the
+    machine, so the next boot's first line may follow a partial one on the
+    same line of the serial log. A line is taken from its last
+    `heki-guest:` on; the partial one before it is dropped.
+    """
     lines = []
     for raw in text.splitlines():
-        if not raw.startswith("heki-guest:"):
+        start = raw.rfind("heki-guest:")
+        if start < 0:
             continue
+        raw = raw[start:]
         fields = {}
         for token in raw[len("heki-guest:"):].split():
             key, _, value = token.partition("=")
