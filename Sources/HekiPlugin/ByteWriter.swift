@@ -271,9 +271,9 @@ struct ByteWriter {
 /// fragments) and owned by a ByteArena, or a rendered event in a
 /// ByteWriter (`terminated`). A plain pointer and count: using one costs
 /// no reference counting, and its length is known without strlen. Its
-/// bytes are readable up to its count rounded up to 16 (the arena's
-/// padding, the writer's reserve): it is copied as whole 16-byte blocks
-/// (`ByteWriter.appendBlocks`).
+/// bytes are readable up to its count rounded up to 16, and at least 32
+/// (the arena's padding, the writer's reserve): it is copied as whole
+/// 16-byte blocks (`ByteWriter.appendBlocks`).
 struct ByteString {
     let bytes: UnsafePointer<UInt8>
     let count: Int

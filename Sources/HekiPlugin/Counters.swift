@@ -26,7 +26,9 @@ struct Counters: ~Copyable, Sendable {
 
     /// A restored state's counts, added (the destination continues the source's totals).
     func add(_ kind: EventKind, _ register: ControlRegister, _ count: UInt64) {
-        restored[RateLimiter.slot(kind, register)].wrappingAdd(count, ordering: .relaxed)
+        let slot = RateLimiter.slot(kind, register)
+        guard slot < restored.count else { return }  // not a kind counted per register
+        restored[slot].wrappingAdd(count, ordering: .relaxed)
     }
 
     /// Every event of `kind` (.configure, .denial or .weakPinning) on
@@ -34,8 +36,9 @@ struct Counters: ~Copyable, Sendable {
     /// `limiter`, or restored.
     func total(_ kind: EventKind, _ register: ControlRegister, queued: UInt64,
                heldBackBy limiter: borrowing RateLimiter) -> UInt64 {
-        queued &+ restored[RateLimiter.slot(kind, register)].load(ordering: .relaxed)
-            &+ limiter.heldBackTotal(kind, register)
+        let slot = RateLimiter.slot(kind, register)
+        let restored = slot < self.restored.count ? self.restored[slot].load(ordering: .relaxed) : 0
+        return queued &+ restored &+ limiter.heldBackTotal(kind, register)
     }
 
     func addSummarised(_ kind: EventKind, _ count: UInt64) {
