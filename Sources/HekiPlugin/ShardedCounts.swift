@@ -37,12 +37,6 @@ struct ShardedCounts: ~Copyable, @unchecked Sendable {
         words[word(slot, shard)].wrappingAdd(1, ordering: .sequentiallyConsistent).oldValue
     }
 
-    /// Adds `count` to `slot` in `shard`'s line (a restored state's counts:
-    /// the main loop, not the exit path).
-    func add(_ slot: Int, _ count: UInt64, shard: UInt32) {
-        words[word(slot, shard)].wrappingAdd(count, ordering: .sequentiallyConsistent)
-    }
-
     /// The sum over the shards.
     func total(_ slot: Int) -> UInt64 {
         var sum: UInt64 = 0
