@@ -155,13 +155,15 @@ class QMP:
 def parse_guest(text):
     """The guest's `heki-guest: key=value ...` lines as dicts, in order.
 
-    A reset can cut a line: the vCPU runs on until the main loop resets the
-    machine, so the next boot's first line may follow a partial one on the
-    same line of the serial log. A line is taken from its last
-    `heki-guest:` on; the partial one before it is dropped.
+    A reset or a quit can cut a line: the vCPU runs on until the main loop
+    resets the machine, so the next boot's first line may follow a partial
+    one on the same line of the serial log, and the log's last line may
+    stop in the middle of a value (`applied=n`). The guest ends every line
+    with a newline, so only terminated lines count, each taken from its
+    last `heki-guest:` on; the partial one before it is dropped.
     """
     lines = []
-    for raw in text.splitlines():
+    for raw in text.split("\n")[:-1]:
         start = raw.rfind("heki-guest:")
         if start < 0:
             continue

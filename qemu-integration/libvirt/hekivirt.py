@@ -256,8 +256,7 @@ class Domain:
 
     def guest(self):
         """The guest's complete lines (the last one may still be being written)."""
-        text = self.serial_text()
-        return parse_guest(text[:text.rfind("\n") + 1])
+        return parse_guest(self.serial_text())
 
     def wait_guest(self, predicate, timeout=20.0):
         """Polls the serial log until predicate(guest lines) is true."""
