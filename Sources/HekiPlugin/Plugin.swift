@@ -335,17 +335,26 @@ final class Plugin {
     /// heki_plugin_flush: what the vCPUs queued, delivered now, before the
     /// host reports a verdict's consequences. Inside one of our own
     /// callbacks (a dispatch, a flush, the teardown) it does nothing.
-    func flush() { flush(queueFirst: false) }
+    func flush() { flush(then: nil) }
 
-    /// `queueFirst`: the vCPUs' events before the main loop's own (a
-    /// reset's HEKI_RESET after the denial that asked for it). A free from
-    /// one of the callbacks ends the plugin when this returns.
-    func flush(queueFirst: Bool) {
-        guard !dispatching, !finishing else { return }
+    /// `last`: announced after everything made before it, the vCPUs'
+    /// whole queue included (a reset's HEKI_RESET after the denial that
+    /// asked for it, and after the kernel check no dispatch delivered
+    /// yet); from inside a callback, at the next dispatch. A free from one
+    /// of the callbacks ends the plugin when this returns.
+    func flush(then last: Announcement?) {
+        guard !dispatching, !finishing else {
+            if let last { announce(last) }
+            return
+        }
         asDispatch {
-            if queueFirst { drain() }
             deliverAnnouncements()
-            drain()
+            // A reset comes with every vCPU stopped: the queue has an end.
+            drain(all: last != nil)
+            if let last {
+                announcements.append((last, Int64(g_get_real_time())))
+                deliverAnnouncements()
+            }
             if tellMigrationBlocker() { deliverAnnouncements() }
         }
     }

@@ -70,10 +70,9 @@ extension Plugin {
         }
         let verdict = config.onReset.verdict
         if verdict == .reset { forgetRestoredPins() }
-        announce(.reset(ResetReport(cause: cause, pinned: pinned, unseen: unseen, rule: config.onReset)))
         // The exits' events first: they say how the VM got its pins. A
         // callback may free the plugin: nothing touches self after this.
-        flush(queueFirst: true)
+        flush(then: .reset(ResetReport(cause: cause, pinned: pinned, unseen: unseen, rule: config.onReset)))
         return verdict
     }
 

@@ -25,6 +25,22 @@ final class HostLifecycleTests: XCTestCase {
         XCTAssertEqual(t.suppressed("HEKI_DENIAL"), 15)
     }
 
+    /// A reset before the loop ever ran (QEMU resets with the vCPUs
+    /// stopped, whenever the main loop gets to it): what was made before
+    /// it is delivered first, in the order it was made, then HEKI_RESET.
+    /// The reset used to drain the queue ahead of the kernel check's
+    /// announcement (seen once under TSan in HostResetTests).
+    func testResetDeliversEverythingMadeBeforeItFirst() throws {
+        let t = try TestVM.started([])
+        XCTAssertEqual(exit(t, number: 39, reason: 1, value: GuestCR0.wp), verdictResume)
+        XCTAssertEqual(exit(t, number: 40, reason: 1, value: 0), verdictResume)
+        XCTAssertEqual(fh_vm_event_total(t.vm), 0, "nothing is delivered before the loop runs")
+        XCTAssertEqual(fh_vm_reset(t.vm, HEKI_RESET_CAUSE_HOST), verdictPoweroff)
+        XCTAssertEqual(t.events.map(\.name), ["HEKI_CAPABILITY", "HEKI_CAPABILITY", "HEKI_CAPABILITY",
+                                              "HEKI_CONFIGURE", "HEKI_DENIAL", "HEKI_RESET"])
+        XCTAssertEqual(fh_vm_callback_violations(t.vm), 0)
+    }
+
     /// heki_plugin_flush delivers what the vCPUs queued without the loop
     /// running (QEMU calls it before GUEST_PANICKED), in order; coalesced
     /// counts wait for their summary.
