@@ -347,12 +347,13 @@ final class Plugin {
             if let last { announce(last) }
             return
         }
+        let made = last == nil ? 0 : Int64(g_get_real_time())  // `last`'s time: now, not after the queue
         asDispatch {
             deliverAnnouncements()
             // A reset comes with every vCPU stopped: the queue has an end.
             drain(all: last != nil)
             if let last {
-                announcements.append((last, Int64(g_get_real_time())))
+                announcements.append((last, made))
                 deliverAnnouncements()
             }
             if tellMigrationBlocker() { deliverAnnouncements() }
